@@ -1,0 +1,279 @@
+"""`AsyncInferQueue`: a pool of infer requests over one model, in OpenVINO's shape.
+
+Several independent requests in flight let one request's host work overlap
+another's compute. `start_async` hands inputs to an idle request and returns at
+once; it blocks only when every request is busy. Each finished request calls the
+callback with itself and the caller's userdata; the request stays busy until the
+callback returns, so the callback may read `request.outputs` safely.
+
+The optimal number of requests (`jobs=0`) follows `optimal_requests`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
+
+log = logging.getLogger(__name__)
+
+
+class Hint(str, Enum):
+    """Performance hint, as in OpenVINO: many requests for throughput, one for latency."""
+
+    THROUGHPUT = "throughput"
+    LATENCY = "latency"
+
+
+class QueueClosedError(RuntimeError):
+    """The queue was closed before this request could start."""
+
+
+class Plan(NamedTuple):
+    """Requests in flight and intra-op threads per request."""
+
+    jobs: int
+    threads_per_request: int
+
+
+def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT) -> Plan:
+    """The rule behind `jobs=0` (OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS).
+
+    - LATENCY: one request that may use every core.
+    - THROUGHPUT on CPU: one single-threaded request per core. A small model's
+      operators scale poorly across threads (thread sync per op), while independent
+      requests scale almost linearly until the cores are full.
+    - THROUGHPUT on an accelerator: 4 requests (two computing while two are in copy or
+      host post-processing), each driven by one host thread.
+    `python -m jobs.bench runtime` measures jobs 1/2/4 against this choice.
+    """
+    hint = Hint(hint)
+    cpus = max(1, cpus)
+    if hint is Hint.LATENCY:
+        return Plan(1, cpus if device == "cpu" else 1)
+    if device == "cpu":
+        return Plan(cpus, 1)
+    return Plan(4, 1)
+
+
+class InferRequest:
+    """One request slot. After completion: `outputs` or `error`, and `latency` in ms."""
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.outputs: list[np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.latency: float = 0.0
+        self.completed = 0
+
+    @property
+    def results(self) -> dict[int, np.ndarray]:
+        if self.error is not None:
+            raise self.error
+        return dict(enumerate(self.outputs or []))
+
+
+_STOP = object()
+
+
+class AsyncInferQueue:
+    """A pool of `jobs` infer requests over one thread-safe model.
+
+    `model` is a path to an .onnx file (then the session is built with the thread
+    count the plan asks for) or a `Model` already built. `prepare`, if given, runs
+    in the request's own thread before inference (used by `AsyncRuntime(parallel=1)`).
+    """
+
+    def __init__(
+        self,
+        model: Model | str | os.PathLike[str],
+        jobs: int = 0,
+        hint: Hint | str = Hint.THROUGHPUT,
+        options: RuntimeOptions | None = None,
+        prepare: Callable[[Any], Any] | None = None,
+        cpus: int | None = None,
+    ) -> None:
+        cpus = cpus or available_cpus()
+        if isinstance(model, (str, os.PathLike)):
+            options = options or RuntimeOptions()
+            device = "cpu" if options.resolved_providers()[0][0] == "CPUExecutionProvider" else "gpu"
+            plan = optimal_requests(device, cpus, hint)
+            if jobs > 0 and device == "cpu":
+                plan = Plan(jobs, max(1, cpus // jobs))
+            elif jobs > 0:
+                plan = Plan(jobs, 1)
+            if not options.intra_op_threads:
+                options = RuntimeOptions(**{**options.__dict__, "intra_op_threads": plan.threads_per_request})
+            model = OnnxModel(model, options)
+            jobs = plan.jobs
+        elif jobs <= 0:
+            threads = getattr(model, "intra_op_threads", 1) or 1
+            if model.device == "cpu":
+                jobs = 1 if Hint(hint) is Hint.LATENCY else max(1, cpus // threads)
+            else:
+                jobs = optimal_requests(model.device, cpus, hint).jobs
+        self.model: Model = model
+        self.hint = Hint(hint)
+        self._prepare = prepare
+        self._callback: Callable[[InferRequest, Any], None] | None = None
+        self._requests = [InferRequest(i) for i in range(jobs)]
+        self._idle: deque[int] = deque(range(jobs))
+        self._cond = threading.Condition()
+        self._closed = False
+        self._inbox: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(jobs)]
+        self.callback_errors = 0
+        self.failed = 0
+        self.completed = 0
+        self._busy_since: float | None = None
+        self._busy_seconds = 0.0
+        self._workers = [
+            threading.Thread(target=self._work, args=(i,), name=f"infer-request-{i}", daemon=True)
+            for i in range(jobs)
+        ]
+        for t in self._workers:
+            t.start()
+
+    # -- OpenVINO-shaped API -------------------------------------------------
+    def set_callback(self, fn: Callable[[InferRequest, Any], None] | None) -> None:
+        """`fn(request, userdata)` runs in the request's thread once per finished request."""
+        self._callback = fn
+
+    def start_async(self, inputs: Any, userdata: Any = None) -> int:
+        """Start one request; block only while every request is busy. Returns its id.
+
+        Inputs are checked against the model here (unless a `prepare` step will
+        produce them), so a wrong shape fails in the caller, naming the input.
+        """
+        feed = inputs if self._prepare is not None else self.model.prepare(inputs)
+        with self._cond:
+            while not self._idle and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise QueueClosedError("AsyncInferQueue is closed")
+            rid = self._idle.popleft()
+            if self._busy_since is None:
+                self._busy_since = time.perf_counter()
+        self._inbox[rid].put((feed, userdata))
+        return rid
+
+    def wait_all(self, timeout: float | None = None) -> bool:
+        """Wait until every request is idle. False if the timeout passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while len(self._idle) < len(self._requests):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def get_idle_request_id(self) -> int:
+        """Id of an idle request, waiting for one if all are busy."""
+        with self._cond:
+            while not self._idle and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise QueueClosedError("AsyncInferQueue is closed")
+            return self._idle[0]
+
+    def is_ready(self) -> bool:
+        """True when at least one request is idle (start_async would not block)."""
+        with self._cond:
+            return bool(self._idle) and not self._closed
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __getitem__(self, request_id: int) -> InferRequest:
+        return self._requests[request_id]
+
+    @property
+    def jobs(self) -> int:
+        return len(self._requests)
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._requests) - len(self._idle)
+
+    @property
+    def busy_seconds(self) -> float:
+        """Wall time with at least one request in flight (for the busy fraction)."""
+        with self._cond:
+            extra = 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since
+            return self._busy_seconds + extra
+
+    # -- shutdown ------------------------------------------------------------
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Refuse new requests, let running ones finish, then stop the threads.
+
+        Callers blocked in `start_async` get `QueueClosedError`. Idempotent.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        for box in self._inbox:
+            box.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._workers:
+            if t is threading.current_thread():
+                continue
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("%s did not stop within %.1fs (a request is still running)", t.name, timeout)
+
+    def __enter__(self) -> AsyncInferQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker --------------------------------------------------------------
+    def _work(self, rid: int) -> None:
+        request = self._requests[rid]
+        box = self._inbox[rid]
+        while True:
+            item = box.get()
+            if item is _STOP:
+                return
+            feed, userdata = item
+            t0 = time.perf_counter()
+            try:
+                if self._prepare is not None:
+                    feed = self.model.prepare(self._prepare(feed))
+                request.outputs, request.error = self.model.run(feed), None
+            except BaseException as exc:  # noqa: BLE001 - surfaced through the callback
+                request.outputs, request.error = None, exc
+            request.latency = (time.perf_counter() - t0) * 1000.0
+            request.completed += 1
+            callback_failed = False
+            callback = self._callback
+            if callback is not None:
+                try:
+                    callback(request, userdata)
+                except Exception:
+                    callback_failed = True
+                    log.exception("callback for request %d raised; the queue goes on", rid)
+            elif request.error is not None:
+                log.error("request %d failed and no callback is set: %s", rid, request.error)
+            with self._cond:
+                self.completed += 1
+                self.failed += request.error is not None
+                self.callback_errors += callback_failed
+                self._idle.append(rid)
+                if len(self._idle) == len(self._requests) and self._busy_since is not None:
+                    self._busy_seconds += time.perf_counter() - self._busy_since
+                    self._busy_since = None
+                self._cond.notify_all()
