@@ -1,0 +1,215 @@
+"""`InferenceActor`: owns exactly one runtime (one accelerator, or N CPU cores).
+
+It receives work units (a shard: a list of sample ids and files), reads and
+preprocesses them in its own loader threads (so only paths travel, never float32
+tensors), keeps every request of its `AsyncInferQueue` busy, postprocesses in the
+request's callback, and returns one small Arrow table per shard. A bad sample
+becomes an error row; it never fails the shard.
+
+The class is plain Python (tests use it without Ray); the driver wraps it with
+`ray.remote`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
+from actors.queue import AsyncInferQueue, InferRequest, optimal_requests
+from datasets.base import ERROR_SCHEMA, Sample, SampleError, records_schema
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "preprocess", "queue", "infer", "postprocess")
+
+
+@dataclass
+class ShardResult:
+    """What an actor returns for one shard: records, per-sample errors and timings."""
+
+    shard: int
+    records: pa.Table
+    errors: pa.Table
+    actor: str
+    wall_s: float
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+class _ShardState:
+    """Collects one shard's outcomes; `done` fires when every sample has one."""
+
+    def __init__(self, shard: int, samples: Sequence[Sample], actor: str) -> None:
+        self.shard = shard
+        self.actor = actor
+        self.order = {s.sample_id: i for i, s in enumerate(samples)}
+        self.records: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.stage_s = dict.fromkeys(STAGES, 0.0)
+        self.remaining = len(samples)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        if not samples:
+            self.done.set()
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.records.append(record)
+            for stage in STAGES:
+                self.stage_s[stage] += record[f"{stage}_ms"] / 1000.0
+            self._one_done()
+
+    def fail(self, sample: Sample, stage: str, message: str) -> None:
+        with self.lock:
+            self.errors.append({"sample_id": sample.sample_id, "file": sample.file, "stage": stage,
+                                "message": message, "shard": self.shard, "actor": self.actor})
+            self._one_done()
+
+    def _one_done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+
+def build_model(cfg: Any, threads_per_request: int) -> Model:
+    """The runtime model for a job config: ONNX Runtime, or a simulated device (`sim://`)."""
+    if str(cfg.model).startswith("sim://"):
+        from actors.simulated import SimulatedModel
+
+        return SimulatedModel.from_uri(cfg.model)
+    options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
+                             intra_op_threads=threads_per_request)
+    return OnnxModel(cfg.model, options)
+
+
+class InferenceActor:
+    """One runtime, fed by loader threads, returning one table per shard."""
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        from jobs.tasks import build_adapter, build_dataset
+
+        self.cfg = cfg
+        self.name = name
+        self.cpus = available_cpus()
+        device = "gpu" if cfg.uses_gpu else "cpu"
+        plan = optimal_requests(device, self.cpus, cfg.hint)
+        if cfg.jobs:
+            plan = plan._replace(jobs=cfg.jobs, threads_per_request=max(1, self.cpus // cfg.jobs) if device == "cpu" else 1)
+        self.dataset = build_dataset(cfg)
+        self.model = build_model(cfg, plan.threads_per_request)
+        self.adapter = build_adapter(cfg, self.dataset, self.model)
+        self.schema = records_schema(self.adapter.schema)
+        self.queue = AsyncInferQueue(self.model, jobs=plan.jobs, hint=cfg.hint, cpus=self.cpus)
+        self.queue.set_callback(self._on_done)
+        self.loader_threads = cfg.loader_threads or (plan.jobs + 1)
+        self.loader = ThreadPoolExecutor(self.loader_threads, thread_name_prefix=f"{name}-loader")
+        self.started = time.perf_counter()
+        self.samples_done = 0
+        self.shards_done = 0
+
+    def info(self) -> dict[str, Any]:
+        """Where and how this actor runs (for run.json)."""
+        return {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "node_id": _node_id(),
+            "pid": os.getpid(),
+            "cpus": self.cpus,
+            "requests": self.queue.jobs,
+            "threads_per_request": getattr(self.model, "intra_op_threads", None),
+            "loader_threads": self.loader_threads,
+            "providers": list(getattr(self.model, "providers", [])),
+            "device": self.model.device,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the accelerator-busy fraction since start."""
+        uptime = time.perf_counter() - self.started
+        return {
+            "name": self.name,
+            "samples": self.samples_done,
+            "shards": self.shards_done,
+            "uptime_s": uptime,
+            "busy_s": self.queue.busy_seconds,
+            "failed_requests": self.queue.failed,
+            "callback_errors": self.queue.callback_errors,
+        }
+
+    def process(self, shard: int, samples: Sequence[Sample]) -> ShardResult:
+        """Run one shard to completion. Several shards may run at once (threaded actor)."""
+        t0 = time.perf_counter()
+        state = _ShardState(shard, samples, self.name)
+        for sample in samples:
+            self.loader.submit(self._prepare_and_start, sample, state)
+        state.done.wait()
+        records = sorted(state.records, key=lambda r: state.order[r["sample_id"]])
+        table = pa.Table.from_pylist(records, schema=self.schema)
+        errors = pa.Table.from_pylist(state.errors, schema=ERROR_SCHEMA)
+        self.samples_done += len(samples)
+        self.shards_done += 1
+        return ShardResult(shard, table, errors, self.name, time.perf_counter() - t0, state.stage_s)
+
+    def close(self) -> None:
+        self.loader.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
+
+    # -- per sample ------------------------------------------------------------
+    def _prepare_and_start(self, sample: Sample, state: _ShardState) -> None:
+        t0 = time.perf_counter()
+        try:
+            raw = self.dataset.load(sample)
+        except SampleError as exc:
+            return state.fail(sample, exc.stage, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any reader failure is this sample's
+            return state.fail(sample, "load", f"{sample.file}: {type(exc).__name__}: {exc}")
+        t1 = time.perf_counter()
+        try:
+            feed, meta = self.adapter.preprocess(raw, sample)
+        except Exception as exc:  # noqa: BLE001
+            stage = exc.stage if isinstance(exc, SampleError) else "preprocess"
+            return state.fail(sample, stage, f"{sample.file}: {type(exc).__name__}: {exc}")
+        t2 = time.perf_counter()
+        timing = {"load_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
+        try:
+            self.queue.start_async(feed, (sample, meta, state, timing, t2))
+        except Exception as exc:  # noqa: BLE001 - input mismatch, closed queue
+            state.fail(sample, "infer", f"{sample.file}: {type(exc).__name__}: {exc}")
+
+    def _on_done(self, request: InferRequest, userdata: Any) -> None:
+        sample, meta, state, timing, submitted = userdata
+        t0 = time.perf_counter()
+        if request.error is not None:
+            return state.fail(sample, "infer", f"{sample.file}: {type(request.error).__name__}: {request.error}")
+        try:
+            record = self.adapter.postprocess(request.outputs or [], meta, sample)
+        except Exception as exc:  # noqa: BLE001
+            return state.fail(sample, "postprocess", f"{sample.file}: {type(exc).__name__}: {exc}")
+        record.update(
+            sample_id=sample.sample_id,
+            file=sample.file,
+            shard=state.shard,
+            actor=self.name,
+            queue_ms=max(0.0, (t0 - submitted) * 1000 - request.latency),
+            infer_ms=request.latency,
+            postprocess_ms=(time.perf_counter() - t0) * 1000,
+            **timing,
+        )
+        state.add(record)
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # pragma: no cover
+        return None

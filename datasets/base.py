@@ -1,0 +1,120 @@
+"""The two seams a job is made of: a dataset and a task adapter.
+
+- `Dataset`: lists samples with stable ids, loads one sample's raw data on the host,
+  and evaluates saved records against its ground truth. Knows nothing of models or Ray.
+- `Adapter` (dataset x model family): turns raw data into model inputs, and model
+  outputs into one record (a row of the predictions table).
+
+The pipeline runs any (dataset, adapter) pair; a new dataset or model family is a new
+class here, never a copy of the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+
+class SampleError(Exception):
+    """One sample cannot be processed. The job records it and goes on."""
+
+    def __init__(self, message: str, stage: str = "load") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class SetupError(Exception):
+    """The job cannot start (bad annotation file, unusable model, ...): one clear line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A unit of work: a stable id and the file it comes from (relative to the data root)."""
+
+    sample_id: str
+    file: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing paths that escape the root (from annotation files)."""
+    root = root.resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise SampleError(f"path {relative!r} escapes the data root {root}", stage="load")
+    return path
+
+
+class Dataset(Protocol):
+    name: str
+    root: Path
+
+    def samples(self) -> list[Sample]:
+        """Every sample, in a stable order."""
+        ...
+
+    def load(self, sample: Sample) -> Any:
+        """Raw host data for one sample (uint8 image, depth map, ...). Raises SampleError."""
+        ...
+
+    def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """Dataset metrics from the saved predictions table, over `sample_ids`
+        (default: the samples in the table; samples without a row count as misses)."""
+        ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this data for `--resume` (paths, sizes, counts)."""
+        ...
+
+    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+        """Extra JSON files the task writes next to metrics.json (name -> content)."""
+        ...
+
+
+class Adapter(Protocol):
+    """Model-family specific steps around inference."""
+
+    #: Columns this adapter adds to each record, beyond the common ones.
+    schema: pa.Schema
+
+    def preprocess(self, raw: Any, sample: Sample) -> tuple[dict[str, np.ndarray], Any]:
+        """Model inputs and whatever postprocess needs to undo the transform."""
+        ...
+
+    def postprocess(self, outputs: Sequence[np.ndarray], meta: Any, sample: Sample) -> dict[str, Any]:
+        """One record: a dict of the schema's columns."""
+        ...
+
+
+#: Columns every predictions table has, whatever the task.
+COMMON_FIELDS = [
+    pa.field("sample_id", pa.string()),
+    pa.field("file", pa.string()),
+    pa.field("shard", pa.int32()),
+    pa.field("actor", pa.string()),
+    pa.field("load_ms", pa.float32()),
+    pa.field("preprocess_ms", pa.float32()),
+    pa.field("queue_ms", pa.float32()),
+    pa.field("infer_ms", pa.float32()),
+    pa.field("postprocess_ms", pa.float32()),
+]
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("file", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("shard", pa.int32()),
+        pa.field("actor", pa.string()),
+    ]
+)
+
+
+def records_schema(adapter_schema: pa.Schema) -> pa.Schema:
+    return pa.schema(COMMON_FIELDS + list(adapter_schema))

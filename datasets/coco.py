@@ -1,0 +1,186 @@
+"""COCO detection (val2017 layout): samples, images, ground truth and COCOeval metrics.
+
+`data_root` holds `val2017/*.jpg` and `annotations/instances_val2017.json`, the
+official layout; the 79-image mini set and the full 5000-image set read the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from datasets.base import Sample, SetupError, safe_join
+from datasets.images import read_image
+
+log = logging.getLogger(__name__)
+
+#: COCOeval's 12 summary numbers, named as in the COCO detection challenge.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterable[None]:
+    """pycocotools prints progress to stdout; send it to the debug log instead."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    if buf.getvalue().strip():
+        log.debug("pycocotools: %s", buf.getvalue().strip())
+
+
+class CocoDataset:
+    """COCO instances annotations read with pycocotools."""
+
+    name = "coco"
+
+    def __init__(self, root: str | Path, split: str = "val2017", annotations: str | Path | None = None,
+                 image_ids: Sequence[int] | None = None, limit: int | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.annotations = Path(annotations) if annotations else self.root / "annotations" / f"instances_{split}.json"
+        self.image_ids = tuple(image_ids) if image_ids else None
+        self.limit = limit
+
+    @cached_property
+    def coco(self) -> Any:
+        from pycocotools.coco import COCO
+
+        if not self.annotations.is_file():
+            raise SetupError(f"annotation file not found: {self.annotations} (expected DATA_ROOT/annotations/instances_{self.split}.json)")
+        try:
+            with self.annotations.open("rb") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SetupError(f"{self.annotations}: not a JSON file ({exc})") from None
+        if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+            raise SetupError(f"{self.annotations}: not COCO instances annotations (needs images, annotations, categories)")
+        with _quiet():
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
+        return coco
+
+    @cached_property
+    def category_ids(self) -> list[int]:
+        """COCO's category ids in sorted order: model class i is category_ids[i]."""
+        return sorted(self.coco.getCatIds())
+
+    @cached_property
+    def category_names(self) -> dict[int, str]:
+        return {c["id"]: c["name"] for c in self.coco.loadCats(self.category_ids)}
+
+    def samples(self) -> list[Sample]:
+        ids = sorted(self.coco.getImgIds())
+        if self.image_ids:
+            unknown = set(self.image_ids) - set(ids)
+            if unknown:
+                raise SetupError(f"image ids not in {self.annotations.name}: {sorted(unknown)[:10]}")
+            wanted = set(self.image_ids)
+            ids = [i for i in ids if i in wanted]
+        if self.limit:
+            ids = ids[: self.limit]
+        out = []
+        for img in self.coco.loadImgs(ids):
+            out.append(Sample(
+                sample_id=str(img["id"]),
+                file=f"{self.split}/{img['file_name']}",
+                info={"image_id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])},
+            ))
+        return out
+
+    def load(self, sample: Sample) -> np.ndarray:
+        return read_image(safe_join(self.root, sample.file))
+
+    def fingerprint(self) -> dict[str, Any]:
+        st = self.annotations.stat() if self.annotations.exists() else None
+        return {
+            "dataset": self.name,
+            "root": str(self.root.resolve()),
+            "annotations": str(self.annotations.resolve()),
+            "annotations_size": st.st_size if st else None,
+            "image_ids": list(self.image_ids) if self.image_ids else None,
+            "limit": self.limit,
+        }
+
+    # -- evaluation ----------------------------------------------------------
+    def results_array(self, predictions: pa.Table) -> np.ndarray:
+        """Predictions as pycocotools' Nx7 array [image_id, x, y, w, h, score, category_id]."""
+        cols = predictions.select(["image_id", "bbox", "score", "category_id"]).to_pydict()
+        parts = []
+        for image_id, bbox, score, cat in zip(cols["image_id"], cols["bbox"], cols["score"], cols["category_id"]):
+            if not score:
+                continue
+            n = len(score)
+            block = np.empty((n, 7), np.float64)
+            block[:, 0] = image_id
+            block[:, 1:5] = np.asarray(bbox, np.float64).reshape(n, 4)
+            block[:, 5] = score
+            block[:, 6] = cat
+            parts.append(block)
+        return np.concatenate(parts) if parts else np.zeros((0, 7))
+
+    def results_json(self, predictions: pa.Table) -> list[dict[str, Any]]:
+        """The standard COCO results format, loadable by `COCO.loadRes`."""
+        arr = self.results_array(predictions)
+        return [
+            {"image_id": int(r[0]), "category_id": int(r[6]),
+             "bbox": [round(float(v), 3) for v in r[1:5]], "score": round(float(r[5]), 5)}
+            for r in arr
+        ]
+
+    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+        """Extra JSON files for the output directory: the standard `coco_results.json`."""
+        return {"coco_results.json": self.results_json(predictions)}
+
+    def evaluate(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
+                 image_ids: Sequence[int | str] | None = None) -> dict[str, Any]:
+        """COCOeval bbox metrics over `image_ids` (default: the images in `predictions`).
+
+        Images that were evaluated but have no detections count as misses.
+        """
+        from pycocotools.cocoeval import COCOeval
+
+        if isinstance(predictions, pa.Table):
+            if image_ids is None:
+                image_ids = predictions.column("image_id").to_pylist()
+            results: Any = self.results_array(predictions)
+            has_results = len(results) > 0
+        else:
+            results = predictions
+            if image_ids is None:
+                image_ids = sorted({int(r["image_id"] if isinstance(r, dict) else r[0]) for r in results})
+            has_results = len(results) > 0
+        image_ids = sorted(set(int(i) for i in image_ids))
+        metrics: dict[str, Any] = {"images": len(image_ids), "detections": int(len(results))}
+        if not has_results or not image_ids:
+            metrics.update({k: 0.0 for k in STAT_NAMES})
+            metrics["per_class_AP"] = {}
+            return metrics
+        with _quiet():
+            dt = self.coco.loadRes(results)
+            ev = COCOeval(self.coco, dt, "bbox")
+            ev.params.imgIds = image_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics.update({k: float(v) for k, v in zip(STAT_NAMES, ev.stats)})
+        precision = ev.eval["precision"]  # [T, R, K, A, M]
+        per_class, per_class50 = {}, {}
+        for k, cat in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            p50 = precision[0, :, k, 0, -1]
+            name = self.category_names.get(cat, str(cat))
+            per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
+            per_class50[name] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
+        metrics["per_class_AP"] = per_class
+        metrics["per_class_AP50"] = per_class50
+        return metrics

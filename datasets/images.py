@@ -1,0 +1,92 @@
+"""Reading images from disk and fitting them to a model's input.
+
+Decoding and resizing use OpenCV, as Ultralytics' validation does, so letterboxed
+inputs match its protocol pixel for pixel; OpenCV also releases the GIL, so loader
+threads overlap inference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from datasets.base import SampleError
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to uint8 BGR HxWx3, EXIF orientation applied.
+
+    Grayscale, CMYK, palette and 16-bit files are converted to 8-bit BGR. Raises
+    SampleError naming the file for a missing, empty, truncated or corrupt file.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SampleError(f"{path}: file not found", stage="load") from None
+    except OSError as exc:
+        raise SampleError(f"{path}: cannot read: {exc.strerror or exc}", stage="load") from None
+    if not data:
+        raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
+    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-1024:]:
+        raise SampleError(f"{path}: truncated JPEG (no end-of-image marker)", stage="load")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise SampleError(f"{path}: not a decodable image ({len(data)} bytes)", stage="load")
+    return image
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted: model pixels = image pixels * (gain_x, gain_y) + (left, top)."""
+
+    gain_x: float
+    gain_y: float
+    left: int
+    top: int
+    height: int
+    width: int
+
+    def to_image(self, xyxy: np.ndarray) -> np.ndarray:
+        """Map boxes from model input pixels back to the original image, clipped to it."""
+        out = np.empty_like(xyxy)
+        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.left) / self.gain_x
+        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.top) / self.gain_y
+        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        return out
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], center: bool = True, pad_value: int = 114,
+              exact_ratio: bool = False) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio so the image fits `size` (h, w), then pad.
+
+    `center=True` pads both sides (Ultralytics); `False` pads right/bottom only
+    (YOLOX). Sizes follow Ultralytics' `load_image` (ceil) unless `exact_ratio`
+    (YOLOX: int(w * r)).
+    """
+    h0, w0 = image.shape[:2]
+    th, tw = size
+    r = min(th / h0, tw / w0)
+    if exact_ratio:
+        w, h = int(w0 * r), int(h0 * r)
+    else:
+        w, h = min(math.ceil(w0 * r), tw), min(math.ceil(h0 * r), th)
+    if (w, h) != (w0, h0):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    if center:
+        dw, dh = (tw - w) / 2, (th - h) / 2
+        top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+        left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    else:
+        top, left, bottom, right = 0, 0, th - h, tw - w
+    if top or bottom or left or right:
+        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                   value=(pad_value, pad_value, pad_value))
+    return image, Letterbox(w / w0, h / h0, left, top, h0, w0)

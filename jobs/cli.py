@@ -1,0 +1,191 @@
+"""`rayinfer` command line (also `python -m jobs`).
+
+    rayinfer run coco|nyu --data-root D --model M --output O [--actors N] [--address ADDR]
+    rayinfer submit coco|nyu --address http://127.0.0.1:8265 --data-root D ...
+
+Every `run` option can also come from a YAML file (`--config job.yaml`); flags win.
+Exit codes: 0 success, 1 unexpected error, 2 setup/config error, 3 partial success
+(some samples failed; see OUTPUT/errors.parquet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets.base import SetupError
+from datasets.depth import DepthOptions
+from datasets.yolo import DetectionOptions
+from jobs.config import TASKS, ConfigError, JobConfig
+
+log = logging.getLogger("rayinfer")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+#: (flag, config key, type, help). Nested keys use "section.key".
+OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
+    ("--data-root", "data_root", str, "dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5)"),
+    ("--model", "model", str, "ONNX model file"),
+    ("--output", "output", str, "output folder"),
+    ("--model-family", "model_family", str, "auto | yolov8 | yolox (detection); auto reads the output signature"),
+    ("--address", "address", str, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here"),
+    ("--actors", "actors", int, "inference actors; 0 = one per GPU, or one per node's CPUs"),
+    ("--cpus-per-actor", "cpus_per_actor", float, "CPUs reserved per actor; 0 = automatic"),
+    ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor when a GPU provider is chosen"),
+    ("--providers", "providers", _csv, "execution providers in order: cpu, cuda, tensorrt"),
+    ("--jobs", "jobs", int, "requests in flight per actor; 0 = optimal for the device"),
+    ("--hint", "hint", str, "throughput | latency"),
+    ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = requests + 1"),
+    ("--shard-size", "shard_size", int, "samples per work unit (committed together)"),
+    ("--shards-in-flight", "shards_in_flight", int, "outstanding shards per actor"),
+    ("--limit", "limit", int, "only the first N samples"),
+    ("--sample-ids", "sample_ids", _csv, "comma-separated sample ids (COCO image ids)"),
+    ("--resume", "resume", None, "continue a crashed run in --output, skipping committed shards"),
+    ("--overwrite", "overwrite", None, "replace a previous run in --output"),
+    ("--max-shard-attempts", "max_shard_attempts", int, "tries per shard before its samples become errors"),
+    ("--request-timeout", "request_timeout_s", float, "seconds per sample before its shard is retried elsewhere"),
+    ("--conf-thres", "detection.conf_thres", float, "detection confidence threshold"),
+    ("--iou-thres", "detection.iou_thres", float, "class-aware NMS IoU threshold"),
+    ("--max-det", "detection.max_det", int, "detections kept per image"),
+    ("--multi-label", "detection.multi_label", _bool, "every class above the threshold is a candidate (default: by family)"),
+    ("--profile", "depth.profile", str, "depth preprocessing profile: fastdepth | resize | unet"),
+    ("--align", "depth.align", str, "depth alignment for relative models: none | median | lsq"),
+    ("--no-eigen-crop", "depth.eigen_crop", None, "evaluate every pixel, not the Eigen crop"),
+    ("--min-depth", "depth.min_depth", float, "smallest valid ground-truth depth (m)"),
+    ("--max-depth", "depth.max_depth", float, "largest valid ground-truth depth (m)"),
+    ("--quiet", "quiet", None, "no progress bar; only warnings and the summary"),
+]
+
+
+def _defaults() -> dict[str, Any]:
+    base = {f.name: f.default for f in dataclasses.fields(JobConfig) if f.default is not dataclasses.MISSING}
+    base.update({f"detection.{k}": v for k, v in dataclasses.asdict(DetectionOptions()).items()})
+    base.update({f"depth.{k}": v for k, v in dataclasses.asdict(DepthOptions()).items()})
+    return base
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=TASKS, help="which job")
+    parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
+    defaults = _defaults()
+    for flag, key, kind, text in OPTIONS:
+        shown = defaults.get(key)
+        shown = ",".join(shown) if isinstance(shown, tuple) else shown
+        help_text = f"{text} (default: {shown})" if key in defaults else text
+        if kind is None:
+            parser.add_argument(flag, dest=key, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """Defaults <- YAML file <- flags, validated as one JobConfig."""
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{args.config}: cannot read YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of options")
+        data.update(loaded)
+    flags = {k: v for k, v in vars(args).items() if k in {key for _, key, _, _ in OPTIONS}}
+    if flags.pop("depth.eigen_crop", None):
+        flags["depth.eigen_crop"] = False
+    for key, value in flags.items():
+        if "." in key:
+            section, sub = key.split(".", 1)
+            data.setdefault(section, {})[sub] = value
+        else:
+            data[key] = value
+    data["task"] = args.task
+    return JobConfig.from_dict(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jobs.driver import run_job
+
+    cfg = config_from_args(args)
+    outcome = run_job(cfg)
+    _summary(outcome.metrics, outcome.run)
+    return outcome.exit_code
+
+
+def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
+    head = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    counts = run["counts"]
+    sys.stdout.write(
+        f"{counts['samples']} samples, {counts['errors']} errors, "
+        f"{run['throughput']['samples_per_s']} samples/s over {run['timings']['inference_s']}s\n"
+        f"metrics: {json.dumps(head)}\n"
+        f"outputs: {run['config']['output']}\n"
+    )
+    for a in run["actors"]:
+        if a.get("busy_fraction") is not None:
+            sys.stdout.write(f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}\n")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit_and_follow
+
+    cfg = config_from_args(args)
+    return submit_and_follow(cfg, args.dashboard, follow=not args.no_follow)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayinfer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job here or on a cluster (--address)")
+    add_run_options(run)
+    run.set_defaults(func=cmd_run)
+
+    submit = sub.add_parser("submit", help="send a job to a cluster through Ray Jobs and follow its logs")
+    add_run_options(submit)
+    submit.add_argument("--dashboard", default="http://127.0.0.1:8265", help="Ray Jobs address (default: %(default)s)")
+    submit.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    submit.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("ray", "filelock", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (SetupError, ConfigError) as exc:
+        sys.stderr.write(f"rayinfer: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("rayinfer: interrupted; rerun with --resume to continue\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""The driver: one pipeline for every job.
+
+dataset (sample list) -> loader stage (shards) -> inference actors -> committed
+Parquet shards -> evaluator -> metrics.json, run.json.
+
+Setup problems (missing files, unusable model, wrong output directory) stop the job
+before any work with a `SetupError`; per-sample problems become rows of
+errors.parquet and the job goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from actors.actor import InferenceActor, ShardResult, build_model
+from datasets.base import ERROR_SCHEMA, Dataset, SetupError, records_schema
+from jobs import PROJECT_ROOT
+from jobs.config import JobConfig
+from jobs.loader import FailedShard, LoaderStage, make_shards
+from jobs.output import RunOutput, atomic_write_json
+from jobs.tasks import build_adapter, build_dataset
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_SETUP, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+@dataclass
+class JobOutcome:
+    """What a finished job reports to the CLI."""
+
+    metrics: dict[str, Any]
+    run: dict[str, Any]
+    samples: int
+    errors: int
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.errors else EXIT_OK
+
+
+def resolve_paths(cfg: JobConfig) -> JobConfig:
+    """Absolute paths, so actors on any node and the Jobs API see the same files."""
+    model = cfg.model if cfg.model.startswith("sim://") else str(Path(cfg.model).expanduser().resolve())
+    return dataclasses.replace(
+        cfg,
+        data_root=str(Path(cfg.data_root).expanduser().resolve()),
+        model=model,
+        output=str(Path(cfg.output).expanduser().resolve()),
+    )
+
+
+def file_digest(path: str) -> dict[str, Any]:
+    if path.startswith("sim://"):
+        return {"uri": path}
+    p = Path(path)
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(p), "size": p.stat().st_size, "sha256": h.hexdigest()}
+
+
+def fingerprint(cfg: JobConfig, dataset: Dataset) -> dict[str, Any]:
+    """What must not change between a run and its `--resume`."""
+    return {
+        "task": cfg.task,
+        "data": dataset.fingerprint(),
+        "model": file_digest(cfg.model),
+        "model_family": cfg.model_family,
+        "shard_size": cfg.shard_size,
+        "detection": dataclasses.asdict(cfg.detection) if cfg.task == "coco" else None,
+        "depth": dataclasses.asdict(cfg.depth) if cfg.task == "nyu" else None,
+    }
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import onnxruntime
+    import ray
+
+    return {
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pa.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def connect_ray(cfg: JobConfig) -> bool:
+    """Join the cluster at `cfg.address`, the one of a Ray Job, or start Ray embedded.
+
+    Returns True when this process started Ray (and must shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "namespace": "rayinfer"}
+    in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
+    if cfg.address:
+        excludes = [".git", "runs", "out", "**/__pycache__", "*.egg-info"]
+        kwargs["runtime_env"] = {"working_dir": str(PROJECT_ROOT), "excludes": excludes}
+        ray.init(address=cfg.address, **kwargs)
+        return False
+    if in_job:
+        ray.init(**kwargs)
+        return False
+    path = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    return True
+
+
+def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
+    """(actors, cpus per actor, gpus per actor) from the cluster's resources."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    if not nodes:
+        raise SetupError("the Ray cluster has no alive node with CPUs")
+    if cfg.uses_gpu:
+        gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+        if gpus < cfg.gpus_per_actor or gpus == 0:
+            raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")
+        actors = cfg.actors or int(gpus // cfg.gpus_per_actor)
+        return actors, cfg.cpus_per_actor or 1.0, cfg.gpus_per_actor
+    node_cpus = min(n["Resources"]["CPU"] for n in nodes)
+    if cfg.actors:
+        per_node = -(-cfg.actors // len(nodes))
+        return cfg.actors, cfg.cpus_per_actor or node_cpus / per_node, 0.0
+    cpus = cfg.cpus_per_actor or node_cpus
+    actors = sum(int(n["Resources"]["CPU"] // cpus) for n in nodes)
+    return max(1, actors), cpus, 0.0
+
+
+def start_actors(cfg: JobConfig) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    import ray
+
+    n, cpus, gpus = plan_actors(cfg)
+    remote = ray.remote(InferenceActor)
+    names = [f"actor-{i}" for i in range(n)]
+    actors = [
+        remote.options(num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=0,
+                       max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name)
+        for name in names
+    ]
+    try:
+        infos = ray.get([a.info.remote() for a in actors], timeout=600)
+    except Exception as exc:
+        for a in actors:
+            ray.kill(a)
+        cause = str(exc).strip().splitlines()
+        raise SetupError(f"inference actors failed to start: {cause[-1] if cause else exc}") from None
+    log.info("%d actors x %.2g CPUs%s", n, cpus, f" x {gpus:g} GPUs" if gpus else "")
+    return actors, names, infos
+
+
+def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[list[Any], pa.Schema]:
+    """Everything that can fail before work starts: samples, model, adapter."""
+    samples = dataset.samples()
+    if not samples:
+        raise SetupError(f"no samples found under {cfg.data_root}")
+    if not cfg.model.startswith("sim://") and not Path(cfg.model).is_file():
+        raise SetupError(f"model file not found: {cfg.model}")
+    try:
+        model = build_model(cfg, 1)
+    except SetupError:
+        raise
+    except Exception as exc:
+        raise SetupError(str(exc)) from None
+    adapter = build_adapter(cfg, dataset, model)
+    return samples, records_schema(adapter.schema)
+
+
+def run_job(cfg: JobConfig) -> JobOutcome:
+    """Run a whole job; see the module docstring."""
+    import ray
+
+    t_start = time.time()
+    cfg = resolve_paths(cfg)
+    dataset = build_dataset(cfg)
+    samples, schema = check_setup(cfg, dataset)
+    output = RunOutput(cfg.output)
+    committed = output.open(fingerprint(cfg, dataset), resume=cfg.resume, overwrite=cfg.overwrite)
+    shards = make_shards(samples, cfg.shard_size)
+    todo = [s for s in shards if s.index not in committed]
+    done_before = sum(len(s.samples) for s in shards if s.index in committed)
+    if committed:
+        log.info("resuming: %d of %d shards already committed", len(shards) - len(todo), len(shards))
+
+    started_ray = connect_ray(cfg)
+    try:
+        t_setup = time.time()
+        actors, names, infos = start_actors(cfg) if todo else ([], [], [])
+        t_work = time.time()
+        stage_totals: dict[str, float] = {}
+        processed = 0
+        stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
+                            shard_timeout_s=cfg.request_timeout_s * cfg.shard_size) if todo else None
+        with _progress(cfg, len(samples), done_before) as bar:
+            for result in stage.run(todo) if stage else []:
+                if isinstance(result, FailedShard):
+                    errors = pa.Table.from_pylist(
+                        [{"sample_id": s.sample_id, "file": s.file, "stage": "actor", "message": result.reason,
+                          "shard": result.shard.index, "actor": None} for s in result.shard.samples],
+                        schema=ERROR_SCHEMA)
+                    output.commit(result.shard.index, schema.empty_table(), errors)
+                    n = len(result.shard.samples)
+                else:
+                    output.commit(result.shard, result.records, result.errors)
+                    for k, v in result.stage_s.items():
+                        stage_totals[k] = stage_totals.get(k, 0.0) + v
+                    n = result.records.num_rows + result.errors.num_rows
+                processed += n
+                bar.update(n)
+                elapsed = time.time() - t_work
+                bar.set_postfix_str(f"{processed / elapsed:.1f} img/s" if elapsed > 0 else "")
+        t_done = time.time()
+        actor_stats = _collect_stats(actors)
+        for a in actors:
+            ray.kill(a)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    predictions = output.read_predictions()
+    errors = output.gather_errors()
+    if predictions.num_columns == 0:
+        predictions = schema.empty_table()
+    metrics = dataset.evaluate(predictions, [s.sample_id for s in samples])
+    for name, obj in dataset.exports(predictions).items():
+        atomic_write_json(output.root / name, obj)
+    atomic_write_json(output.root / "metrics.json", metrics)
+
+    work_s = t_done - t_work
+    per_actor = []
+    for info, st in zip(infos, actor_stats):
+        entry = {**info, **st}
+        entry["shards"] = stage.shards_per_actor.get(info["name"], 0) if stage else 0
+        entry["busy_fraction"] = round(st["busy_s"] / work_s, 4) if work_s > 0 and "busy_s" in st else None
+        per_actor.append(entry)
+    run = {
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "timings": {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+            "total_s": round(time.time() - t_start, 3),
+            "setup_s": round(t_work - t_setup, 3),
+            "inference_s": round(work_s, 3),
+            "stage_mean_ms": {k: round(v * 1000 / max(1, processed), 3) for k, v in stage_totals.items()},
+        },
+        "throughput": {"samples_per_s": round(processed / work_s, 3) if work_s > 0 else None},
+        "counts": {
+            "samples": len(samples),
+            "processed_this_run": processed,
+            "resumed_samples": done_before,
+            "predictions": predictions.num_rows,
+            "errors": errors.num_rows,
+            "shards": len(shards),
+            "shards_resumed": len(shards) - len(todo),
+            "shards_requeued": stage.requeued if stage else 0,
+            "actors_retired": stage.retired if stage else [],
+        },
+        "actors": per_actor,
+    }
+    atomic_write_json(output.root / "run.json", run)
+    return JobOutcome(metrics, run, len(samples), errors.num_rows)
+
+
+def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
+    import ray
+
+    out = []
+    for a in actors:
+        try:
+            out.append(ray.get(a.stats.remote(), timeout=30))
+        except Exception as exc:  # noqa: BLE001 - a dead actor has no stats
+            out.append({"error": f"{type(exc).__name__}"})
+    return out
+
+
+class _progress:
+    """tqdm bar over samples, or nothing in quiet mode."""
+
+    def __init__(self, cfg: JobConfig, total: int, initial: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="img", desc=cfg.task, dynamic_ncols=True,
+                        disable=cfg.quiet or not cfg.progress, mininterval=0.5)
+
+    def __enter__(self) -> Any:
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+__all__ = ["JobOutcome", "ShardResult", "run_job", "EXIT_OK", "EXIT_PARTIAL", "EXIT_SETUP"]

@@ -1,0 +1,58 @@
+"""A job is a choice of dataset + adapter + config: this module makes that choice.
+
+The only place that knows which dataset pairs with which adapter; the actor and
+the driver call these two functions and nothing task-specific.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from actors.model import Model
+from datasets.base import Adapter, Dataset, SetupError
+from jobs.config import JobConfig
+
+
+def build_dataset(cfg: JobConfig) -> Dataset:
+    """The dataset reader for `cfg.task` (cheap: annotations load on first use)."""
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise SetupError(f"data root not found: {root}")
+    if cfg.task == "coco":
+        from datasets.coco import CocoDataset
+
+        ids = [int(i) for i in cfg.sample_ids] if cfg.sample_ids else None
+        return CocoDataset(root, image_ids=ids, limit=cfg.limit)
+    if cfg.task == "nyu":
+        from datasets.nyu import NyuDataset
+
+        return NyuDataset(root, sample_ids=cfg.sample_ids, limit=cfg.limit)
+    raise SetupError(f"unknown task {cfg.task!r}")
+
+
+def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
+    """The model-family adapter for this dataset, checked against the model's signature."""
+    if cfg.task == "coco":
+        from datasets.yolo import FAMILIES, YoloAdapter, detect_family
+
+        family = detect_family(model.outputs) if cfg.model_family == "auto" else cfg.model_family
+        if family not in FAMILIES:
+            raise SetupError(f"--model-family {family!r} is not a detection family: {FAMILIES}")
+        adapter = YoloAdapter(family, model.inputs, cfg.detection, dataset.category_ids)  # type: ignore[attr-defined]
+        _check_class_count(family, model, len(dataset.category_ids))  # type: ignore[attr-defined]
+        return adapter
+    if cfg.task == "nyu":
+        from datasets.depth import DepthAdapter
+
+        return DepthAdapter(model.inputs, cfg.depth)
+    raise SetupError(f"unknown task {cfg.task!r}")
+
+
+def _check_class_count(family: str, model: Model, categories: int) -> None:
+    shape: Any = model.outputs[0].shape
+    classes = (shape[1] - 4) if family == "yolov8" else (shape[2] - 5)
+    if isinstance(classes, int) and classes != categories:
+        raise SetupError(
+            f"the model predicts {classes} classes but the dataset has {categories} categories"
+        )
