@@ -1,10 +1,247 @@
-"""Depth adapters and metrics (NYU Depth V2). Filled in by the depth job."""
+"""Monocular depth: model profiles, the depth adapter and the standard metrics.
+
+A profile declares a model's geometric transform and normalisation. The ground
+truth and the evaluation mask go through the same geometric transform as the input
+(nearest-neighbour), so prediction and ground truth are compared pixel for pixel.
+
+Metrics (Eigen et al. 2014; silog as in the KITTI benchmark, x100) are computed per
+image on valid pixels, then averaged over images:
+abs_rel, sq_rel, rmse, rmse_log, log10, silog, delta1, delta2, delta3.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from actors.model import TensorSpec
+from datasets.base import Sample, SampleError, SetupError
+
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
+ALIGNMENTS = ("none", "median", "lsq")
+#: Eigen crop of the 480x640 NYU frames: rows 45:471, columns 41:601.
+EIGEN_CROP = (45, 471, 41, 601)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Geometric transform + normalisation of one model family's input.
+
+    Steps, each optional: scale so the height is `scale_to_height`; centre-crop
+    `crop` (h, w); resize to `size` (h, w; None = the model's input size).
+    Pixels: RGB / 255, then (x - mean) / std.
+    """
+
+    name: str
+    scale_to_height: int | None = None
+    crop: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+PROFILES = {
+    # FastDepth (Wofk et al. 2019) NYU validation transform.
+    "fastdepth": Profile("fastdepth", scale_to_height=250, crop=(228, 304)),
+    # Stretch to the model size; mean/std set by overrides (e.g. ImageNet).
+    "resize": Profile("resize"),
+    # The Keras UNet seed: resize to 512x512, float RGB in [0, 1], NHWC or NCHW.
+    "unet": Profile("unet", size=(512, 512)),
+}
 
 
 @dataclass(frozen=True)
 class DepthOptions:
+    """Depth job options: a named profile plus overrides, alignment and the valid range."""
+
     profile: str = "fastdepth"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    align: str = "none"
+    eigen_crop: bool = True
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.align not in ALIGNMENTS:
+            raise ValueError(f"align must be one of {ALIGNMENTS}, got {self.align!r}")
+        if not 0 <= self.min_depth < self.max_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 3:
+                    raise ValueError(f"{name} needs 3 values (R, G, B), got {value}")
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    def resolved_profile(self) -> Profile:
+        p = PROFILES[self.profile]
+        if self.mean is not None:
+            p = replace(p, mean=self.mean)
+        if self.std is not None:
+            p = replace(p, std=self.std)
+        return p
+
+
+# -- geometry -----------------------------------------------------------------------------
+def transform(image: np.ndarray, profile: Profile, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    """Apply the profile's geometric steps. `nearest` for depth and masks."""
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    if profile.scale_to_height:
+        h, w = image.shape[:2]
+        new_h = profile.scale_to_height
+        new_w = int(w * new_h / h)
+        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    if profile.crop:
+        ch, cw = profile.crop
+        h, w = image.shape[:2]
+        if h < ch or w < cw:
+            raise SampleError(f"frame {h}x{w} is smaller than the {ch}x{cw} crop", stage="preprocess")
+        top, left = int(round((h - ch) / 2)), int(round((w - cw) / 2))
+        image = image[top : top + ch, left : left + cw]
+    target = profile.size or size
+    if image.shape[:2] != tuple(target):
+        image = cv2.resize(image, (target[1], target[0]), interpolation=interp)
+    return image
+
+
+def eval_mask(shape: tuple[int, int], eigen_crop: bool) -> np.ndarray:
+    """Evaluation region before the transform: the Eigen crop on 480x640 frames, else all."""
+    mask = np.zeros(shape, np.uint8) if eigen_crop and shape == (480, 640) else np.ones(shape, np.uint8)
+    if eigen_crop and shape == (480, 640):
+        t, b, l, r = EIGEN_CROP
+        mask[t:b, l:r] = 1
+    return mask
+
+
+# -- metrics --------------------------------------------------------------------------------
+def align(pred: np.ndarray, gt: np.ndarray, method: str) -> np.ndarray:
+    """Scale (median) or scale+shift (least squares) `pred` onto `gt` (valid pixels only)."""
+    if method == "median":
+        return pred * (np.median(gt) / max(np.median(pred), 1e-12))
+    if method == "lsq":
+        a = np.stack([pred, np.ones_like(pred)], 1).astype(np.float64)
+        (s, t), *_ = np.linalg.lstsq(a, gt.astype(np.float64), rcond=None)
+        return (s * pred + t).astype(pred.dtype)
+    return pred
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """The nine standard metrics over matching 1-D arrays of valid pixels (metres)."""
+    pred = pred.astype(np.float64)
+    gt = gt.astype(np.float64)
+    ratio = np.maximum(pred / gt, gt / pred)
+    diff = pred - gt
+    log_diff = np.log(pred) - np.log(gt)
+    return {
+        "abs_rel": float(np.mean(np.abs(diff) / gt)),
+        "sq_rel": float(np.mean(diff**2 / gt)),
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "rmse_log": float(np.sqrt(np.mean(log_diff**2))),
+        "log10": float(np.mean(np.abs(np.log10(pred) - np.log10(gt)))),
+        "silog": float(np.sqrt(max(np.mean(log_diff**2) - np.mean(log_diff) ** 2, 0.0)) * 100),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
+                        ) -> tuple[dict[str, float], dict[str, float] | None, int]:
+    """Per-image metrics (raw and, if asked, aligned) and the number of valid pixels.
+
+    `pred` is what was saved (float16 or float32, already at the ground truth's size).
+    """
+    pred = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
+    valid = (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+    n = int(valid.sum())
+    if n == 0:
+        nan = dict.fromkeys(METRIC_NAMES, float("nan"))
+        return nan, (dict(nan) if options.align != "none" else None), 0
+    raw = depth_metrics(pred[valid], gt[valid])
+    aligned = None
+    if options.align != "none":
+        p = np.clip(align(pred[valid], gt[valid], options.align), options.min_depth, options.max_depth)
+        aligned = depth_metrics(p, gt[valid])
+    return raw, aligned, n
+
+
+def depth_schema(aligned: bool) -> pa.Schema:
+    fields = [
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("depth", pa.binary()),  # float16, row-major, metres, `height` x `width`
+        pa.field("valid_pixels", pa.int64()),
+        pa.field("gt_mean", pa.float32()),
+    ]
+    fields += [pa.field(m, pa.float64()) for m in METRIC_NAMES]
+    if aligned:
+        fields += [pa.field(f"aligned_{m}", pa.float64()) for m in METRIC_NAMES]
+    return pa.schema(fields)
+
+
+def decode_depth(blob: bytes, height: int, width: int) -> np.ndarray:
+    """A saved prediction back as a float16 array."""
+    return np.frombuffer(blob, np.float16).reshape(height, width)
+
+
+# -- adapter --------------------------------------------------------------------------------
+class DepthAdapter:
+    """RGB frame in, metric depth map out (saved as float16), with per-image metrics."""
+
+    def __init__(self, inputs: Sequence[TensorSpec], options: DepthOptions) -> None:
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise SetupError(f"depth model needs one image input [N, 3, H, W] or [N, H, W, 3], got "
+                             f"{[i.describe() for i in inputs]}")
+        spec = inputs[0]
+        self.input_name = spec.name
+        self.nhwc = spec.shape[3] == 3 and spec.shape[1] != 3
+        dims = spec.shape[1:3] if self.nhwc else spec.shape[2:4]
+        self.options = options
+        self.profile = options.resolved_profile()
+        if None in dims and self.profile.size is None:
+            raise SetupError(f"model input '{spec.name}' has dynamic size {spec.describe()}; "
+                             "use a profile with a fixed size")
+        self.size: tuple[int, int] = self.profile.size or (int(dims[0]), int(dims[1]))  # type: ignore[arg-type]
+        self.schema = depth_schema(options.align != "none")
+        self._mean = np.asarray(self.profile.mean, np.float32)
+        self._std = np.asarray(self.profile.std, np.float32)
+
+    def preprocess(self, raw: tuple[np.ndarray, np.ndarray], sample: Sample
+                   ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        rgb, depth = raw
+        image = transform(rgb, self.profile, self.size, nearest=False).astype(np.float32) / 255.0
+        image = (image - self._mean) / self._std
+        x = image[None] if self.nhwc else image.transpose(2, 0, 1)[None]
+        gt = transform(depth, self.profile, self.size, nearest=True)
+        mask = transform(eval_mask(depth.shape, self.options.eigen_crop), self.profile, self.size, nearest=True)
+        return {self.input_name: np.ascontiguousarray(x, np.float32)}, (gt, mask)
+
+    def postprocess(self, outputs: Sequence[np.ndarray], meta: tuple[np.ndarray, np.ndarray],
+                    sample: Sample) -> dict[str, Any]:
+        gt, mask = meta
+        pred = np.squeeze(outputs[0]).astype(np.float32)
+        if pred.ndim != 2:
+            raise ValueError(f"depth output has shape {outputs[0].shape}; expected one HxW map")
+        if pred.shape != gt.shape:
+            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        pred16 = np.clip(pred, self.options.min_depth, self.options.max_depth).astype(np.float16)
+        raw, aligned, n = evaluate_prediction(pred16, gt, mask, self.options)
+        record: dict[str, Any] = {
+            "height": gt.shape[0],
+            "width": gt.shape[1],
+            "depth": pred16.tobytes(),
+            "valid_pixels": n,
+            "gt_mean": float(gt[(gt > self.options.min_depth) & (mask > 0)].mean()) if n else float("nan"),
+            **raw,
+        }
+        if aligned is not None:
+            record.update({f"aligned_{k}": v for k, v in aligned.items()})
+        return record

@@ -148,7 +148,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from jobs.submit import submit_and_follow
 
     cfg = config_from_args(args)
-    return submit_and_follow(cfg, args.dashboard, follow=not args.no_follow)
+    return submit_and_follow(cfg, args.dashboard, follow_logs=not args.no_follow)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -292,13 +292,15 @@ def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
 
 
 class _progress:
-    """tqdm bar over samples, or nothing in quiet mode."""
+    """tqdm bar over samples on a terminal; nothing in quiet mode or in logs."""
 
     def __init__(self, cfg: JobConfig, total: int, initial: int) -> None:
+        import sys
+
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="img", desc=cfg.task, dynamic_ncols=True,
-                        disable=cfg.quiet or not cfg.progress, mininterval=0.5)
+                        disable=cfg.quiet or not cfg.progress or not sys.stderr.isatty(), mininterval=0.5)
 
     def __enter__(self) -> Any:
         return self.bar
