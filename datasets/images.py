@@ -56,10 +56,11 @@ class Letterbox:
     def to_image(self, xyxy: np.ndarray) -> np.ndarray:
         """Map boxes from model input pixels back to the original image, clipped to it."""
         out = np.empty_like(xyxy)
-        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.left) / self.gain_x
-        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.top) / self.gain_y
-        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views: x1, x2 and y1, y2
+        xs[:] = (xyxy[:, 0::2] - self.left) / self.gain_x
+        ys[:] = (xyxy[:, 1::2] - self.top) / self.gain_y
+        np.clip(xs, 0, self.width, out=xs)
+        np.clip(ys, 0, self.height, out=ys)
         return out
 
 

@@ -118,9 +118,14 @@ def connect_ray(cfg: JobConfig) -> bool:
     if in_job:
         ray.init(**kwargs)
         return False
-    path = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    ray.init(include_dashboard=False, runtime_env=local_runtime_env(), **kwargs)
     return True
+
+
+def local_runtime_env() -> dict[str, Any]:
+    """Workers of an embedded Ray import this project first (see datasets/__init__.py)."""
+    path = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return {"env_vars": {"PYTHONPATH": path}}
 
 
 def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:

@@ -85,3 +85,70 @@ def reshape_model(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def heavy_model(model_dir: Path) -> Path:
     return make_onnx(model_dir / "heavy.onnx", "heavy")
+
+
+def make_const_detector(path: Path, size: int, boxes: np.ndarray, nc: int = 3, family: str = "yolov8") -> Path:
+    """A detector whose output ignores the image (but still reads it): `boxes` rows are
+    (cx, cy, w, h, class, score) in model-input pixels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n = max(8, len(boxes))
+    if family == "yolov8":
+        out = np.zeros((1, 4 + nc, n), np.float32)
+        for i, (cx, cy, w, h, c, s) in enumerate(boxes):
+            out[0, :4, i] = (cx, cy, w, h)
+            out[0, 4 + int(c), i] = s
+        oshape = [1, 4 + nc, n]
+    else:
+        raise ValueError(family)
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, oshape)
+    const = helper.make_tensor("const", TensorProto.FLOAT, oshape, out.ravel())
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["const", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(nodes, "const_detector", [x], [y], [const, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def make_const_depth(path: Path, size: int, value: float) -> Path:
+    """A depth model that predicts `value` metres everywhere (reading the image)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 1, size, size])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    val = helper.make_tensor("val", TensorProto.FLOAT, [], [value])
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+        helper.make_node("Add", ["z", "val"], ["depth"]),
+    ]
+    graph = helper.make_graph(nodes, "const_depth", [x], [y], [zero, val])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """An embedded Ray for one test module (torn down after it, so that the cluster
+    tests, which start and stop their own Ray, never meet a leftover one)."""
+    import ray
+
+    from jobs.driver import local_runtime_env
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 runtime_env=local_runtime_env(), namespace="rayinfer-tests")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,99 @@
+"""Configuration: validation, YAML + flags, --help, the submit entrypoint; the datasets name clash."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobs import PROJECT_ROOT
+from jobs.cli import build_parser, config_from_args, main
+from jobs.config import ConfigError, JobConfig
+from jobs.submit import entrypoint
+
+BASE = ["run", "coco", "--data-root", "d", "--model", "m.onnx", "--output", "o"]
+
+
+def parse(argv):
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def test_flags_build_a_typed_config():
+    cfg = parse(BASE + ["--actors", "3", "--conf-thres", "0.25", "--providers", "cuda,cpu", "--no-eigen-crop"])
+    assert cfg.actors == 3 and cfg.detection.conf_thres == 0.25
+    assert cfg.providers == ("cuda", "cpu") and cfg.uses_gpu
+    assert cfg.depth.eigen_crop is False
+    assert JobConfig.from_dict(cfg.to_dict()) == cfg  # run.json round trip
+
+
+def test_yaml_then_flags_win(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("shard_size: 8\nactors: 2\ndetection:\n  iou_thres: 0.6\n  max_det: 100\n")
+    cfg = parse(BASE + ["--config", str(path), "--actors", "4"])
+    assert cfg.shard_size == 8 and cfg.actors == 4
+    assert cfg.detection.iou_thres == 0.6 and cfg.detection.max_det == 100
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("shard_sise: 8\n", "unknown configuration keys: \\['shard_sise'\\]"),
+        ("shard_size: 0\n", "shard_size: must be >= 1"),
+        ("actors: two\n", "actors: expected int, got str 'two'"),
+        ("detection:\n  conf_thres: 2\n", "conf_thres must be in"),
+        ("depth:\n  align: scale\n", "align must be one of"),
+        ("- a list\n", "expected a mapping"),
+    ],
+)
+def test_bad_config_values_give_clear_errors(tmp_path, yaml_text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        parse(BASE + ["--config", str(path)])
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("hint: fastest\n")
+    assert main(BASE + ["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rayinfer: error: hint: must be throughput or latency") and err.count("\n") == 1
+
+
+def test_help_lists_every_option_with_its_default():
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    for flag in ("--actors", "--conf-thres", "--iou-thres", "--max-det", "--profile", "--align", "--resume",
+                 "--shard-size", "--providers", "--config", "--quiet"):
+        assert flag in text
+    assert "(default: 0.7)" in text and "(default: 16)" in text and "(default: cpu)" in text
+
+
+def test_submit_entrypoint_carries_non_default_options():
+    cfg = parse(BASE + ["--actors", "2", "--iou-thres", "0.6", "--resume", "--no-eigen-crop"])
+    cmd = entrypoint(cfg)
+    assert cmd.startswith("python -m jobs run coco --data-root d --model m.onnx --output o")
+    assert "--actors 2" in cmd and "--iou-thres 0.6" in cmd and "--resume" in cmd and "--no-eigen-crop" in cmd
+    assert "--conf-thres" not in cmd
+    reparsed = parse(cmd.split()[3:-1])  # drop "python -m jobs" and the trailing --quiet
+    assert reparsed == cfg
+
+
+def test_datasets_name_clash_is_harmless(tmp_path):
+    """A Hugging Face-like `datasets` earlier on sys.path does not shadow ours once `jobs` is imported."""
+    fake = tmp_path / "site" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("HF = True\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+
+    def python(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              check=False)
+
+    out = python("import jobs, datasets, datasets.coco; print(datasets.IS_RAYINFER)")
+    assert out.stdout.strip() == "True", out.stderr
+    # importing the other package first fails loudly instead of mixing the two
+    out = python("import datasets; import jobs")
+    assert out.returncode != 0 and "not rayinfer's" in out.stderr
+    assert str(PROJECT_ROOT) not in out.stdout

@@ -1,0 +1,126 @@
+"""Depth pieces on synthetic data: reader, profiles, transform, metrics, alignment."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from actors.model import TensorSpec
+from datasets.base import Sample, SampleError, SetupError
+from datasets.depth import (
+    DepthAdapter,
+    DepthOptions,
+    PROFILES,
+    decode_depth,
+    depth_metrics,
+    eval_mask,
+    evaluate_prediction,
+    transform,
+)
+from datasets.nyu import NyuDataset
+from datasets.synthetic import write_nyu
+
+
+def test_metrics_on_known_values():
+    gt = np.array([1.0, 2.0, 4.0])
+    m = depth_metrics(gt, gt)
+    assert m["abs_rel"] == 0 and m["rmse"] == 0 and m["delta1"] == 1 and m["silog"] == 0
+    m = depth_metrics(gt * 2, gt)  # a pure scale error: silog is scale-invariant
+    assert m["abs_rel"] == pytest.approx(1.0)
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean(gt**2)))
+    assert m["rmse_log"] == pytest.approx(np.log(2))
+    assert m["log10"] == pytest.approx(np.log10(2))
+    assert m["silog"] == pytest.approx(0.0, abs=1e-6)
+    assert m["delta1"] == 0 and m["delta2"] == 0 and m["delta3"] == 0  # 2 > 1.25**3
+    m = depth_metrics(gt * 1.5, gt)
+    assert m["delta1"] == 0 and m["delta2"] == 1 and m["delta3"] == 1  # 1.25 < 1.5 < 1.25**2
+
+
+def test_alignment_is_reported_separately():
+    gt = np.full((8, 8), 3.0, np.float32)
+    mask = np.ones((8, 8), np.uint8)
+    raw, aligned, n = evaluate_prediction(np.full((8, 8), 1.5, np.float32), gt, mask, DepthOptions(align="median"))
+    assert n == 64 and raw["abs_rel"] == pytest.approx(0.5) and aligned["abs_rel"] == pytest.approx(0.0)
+    pred = np.linspace(1, 2, 64, dtype=np.float32).reshape(8, 8)
+    _, lsq, _ = evaluate_prediction(pred, 2 * pred + 1, mask, DepthOptions(align="lsq", max_depth=10))
+    assert lsq["rmse"] == pytest.approx(0.0, abs=1e-4)
+    _, none, _ = evaluate_prediction(pred, gt, mask, DepthOptions())
+    assert none is None
+
+
+def test_valid_range_and_empty_mask():
+    gt = np.array([[0.0, 0.5, 5.0, 12.0]], np.float32)
+    raw, _, n = evaluate_prediction(np.ones_like(gt), gt, np.ones_like(gt, np.uint8), DepthOptions())
+    assert n == 2  # 0 (hole) and 12 m (past max_depth) are excluded
+    raw, _, n = evaluate_prediction(np.ones_like(gt), gt, np.zeros_like(gt, np.uint8), DepthOptions())
+    assert n == 0 and np.isnan(raw["rmse"])
+
+
+def test_fastdepth_transform_geometry():
+    depth = np.arange(480 * 640, dtype=np.float32).reshape(480, 640)
+    out = transform(depth, PROFILES["fastdepth"], (224, 224), nearest=True)
+    assert out.shape == (224, 224)
+    assert set(np.unique(out)) <= set(np.unique(depth))  # nearest: no new values
+    mask = transform(eval_mask((480, 640), True), PROFILES["fastdepth"], (224, 224), nearest=True)
+    assert mask.any() and not mask.all()
+    assert eval_mask((240, 320), True).all()  # the Eigen crop is for 480x640 frames only
+    assert not eval_mask((480, 640), True)[:45].any()
+    assert eval_mask((480, 640), False).all()
+
+
+def test_profiles_and_options_validation():
+    with pytest.raises(ValueError, match="profile"):
+        DepthOptions(profile="nope")
+    with pytest.raises(ValueError, match="align"):
+        DepthOptions(align="scale")
+    assert DepthOptions(profile="resize", mean=(0.5, 0.5, 0.5)).resolved_profile().mean == (0.5, 0.5, 0.5)
+    spec_nhwc = TensorSpec("x", (1, 512, 512, 3), np.dtype(np.float32))
+    adapter = DepthAdapter([spec_nhwc], DepthOptions(profile="unet"))
+    rgb = np.zeros((100, 120, 3), np.uint8)
+    feed, (gt, _) = adapter.preprocess((rgb, np.ones((100, 120), np.float32)), Sample("a", "a.h5"))
+    assert feed["x"].shape == (1, 512, 512, 3) and gt.shape == (512, 512)
+    with pytest.raises(SetupError, match="image input"):
+        DepthAdapter([TensorSpec("x", (1, 3), np.dtype(np.float32))], DepthOptions())
+
+
+def test_adapter_saves_float16_and_metrics_match_the_saved_map():
+    spec = TensorSpec("input", (1, 3, 224, 224), np.dtype(np.float32))
+    adapter = DepthAdapter([spec], DepthOptions())
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 8, (480, 640)).astype(np.float32)
+    feed, meta = adapter.preprocess((rgb, depth), Sample("s", "s.h5"))
+    assert feed["input"].shape == (1, 3, 224, 224) and feed["input"].max() <= 1.0
+    pred = rng.uniform(0.5, 8, (1, 1, 112, 112)).astype(np.float32)  # smaller: resized to the gt
+    record = adapter.postprocess([pred], meta, Sample("s", "s.h5"))
+    saved = decode_depth(record["depth"], record["height"], record["width"])
+    assert saved.dtype == np.float16 and saved.shape == (224, 224)
+    again, _, _ = evaluate_prediction(saved, *meta, DepthOptions())
+    assert again["abs_rel"] == record["abs_rel"]
+
+
+def test_nyu_reader_and_bad_files(tmp_path):
+    root = write_nyu(tmp_path / "nyu", n_frames=3, size=(120, 160))
+    ds = NyuDataset(root)
+    samples = ds.samples()
+    assert [s.sample_id for s in samples] == ["00000", "00001", "00002"]
+    rgb, depth = ds.load(samples[0])
+    assert rgb.shape == (120, 160, 3) and depth.shape == (120, 160) and (depth == 0).any()
+    folder = root / "val/official"
+    good = (folder / "00000.h5").read_bytes()
+    (folder / "truncated.h5").write_bytes(good[: len(good) // 3])
+    with h5py.File(folder / "nodepth.h5", "w") as f:
+        f.create_dataset("rgb", data=np.zeros((3, 8, 8), np.uint8))
+    with h5py.File(folder / "badshape.h5", "w") as f:
+        f.create_dataset("rgb", data=np.zeros((3, 8, 8), np.uint8))
+        f.create_dataset("depth", data=np.zeros((4, 4), np.float32))
+    with pytest.raises(SampleError, match="truncated.h5: not a readable HDF5"):
+        ds.load(Sample("truncated", "val/official/truncated.h5"))
+    with pytest.raises(SampleError, match=r"nodepth.h5: no \['depth'\] dataset"):
+        ds.load(Sample("nodepth", "val/official/nodepth.h5"))
+    with pytest.raises(SampleError, match=r"badshape.h5: 'depth' is \[4, 4\]"):
+        ds.load(Sample("badshape", "val/official/badshape.h5"))
+    with pytest.raises(SetupError, match="no .h5 files"):
+        NyuDataset(tmp_path / "empty").samples()
+    assert [s.sample_id for s in NyuDataset(root, sample_ids=["00001"]).samples()] == ["00001"]

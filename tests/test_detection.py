@@ -1,0 +1,190 @@
+"""Detection pieces on synthetic data: image reading, letterbox, NMS, decoding, COCO eval."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from actors.model import TensorSpec
+from datasets.base import Sample, SampleError, SetupError, safe_join
+from datasets.coco import STAT_NAMES, CocoDataset
+from datasets.images import letterbox, read_image
+from datasets.synthetic import write_coco
+from datasets.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
+
+
+def greedy_nms_reference(xyxy, scores, classes, iou):
+    """Textbook class-aware greedy NMS, one box at a time (slow, obviously right)."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        rest = []
+        for j in order:
+            if classes[j] != classes[i]:
+                rest.append(j)
+                continue
+            x1, y1 = max(xyxy[i, 0], xyxy[j, 0]), max(xyxy[i, 1], xyxy[j, 1])
+            x2, y2 = min(xyxy[i, 2], xyxy[j, 2]), min(xyxy[i, 3], xyxy[j, 3])
+            inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+            a = (xyxy[i, 2] - xyxy[i, 0]) * (xyxy[i, 3] - xyxy[i, 1])
+            b = (xyxy[j, 2] - xyxy[j, 0]) * (xyxy[j, 3] - xyxy[j, 1])
+            if inter / (a + b - inter) <= iou:
+                rest.append(j)
+        order = rest
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_nms_matches_greedy_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    xy = rng.uniform(0, 200, (n, 2))
+    wh = rng.uniform(5, 60, (n, 2))
+    xyxy = np.column_stack([xy, xy + wh]).astype(np.float32)
+    scores = rng.uniform(0.01, 1, n).astype(np.float32)
+    classes = rng.integers(0, 4, n)
+    kept = batched_nms(xyxy, scores, classes, 0.5, max_det=1000)
+    assert list(kept) == greedy_nms_reference(xyxy, scores, classes, 0.5)
+    assert len(batched_nms(xyxy, scores, classes, 0.5, max_det=7)) == 7
+
+
+def test_letterbox_centre_pad_and_inverse_mapping():
+    image = np.full((48, 64, 3), 200, np.uint8)
+    out, lb = letterbox(image, (64, 64))
+    assert out.shape == (64, 64, 3)
+    assert (lb.left, lb.top) == (0, 8)
+    assert (out[:8] == 114).all() and (out[-8:] == 114).all() and (out[8:56] == 200).all()
+    model_box = np.array([[10.0, 18.0, 30.0, 28.0]])
+    assert np.allclose(lb.to_image(model_box), [[10, 10, 30, 20]])
+    # downscale, and boxes past the image are clipped to it
+    big, lb2 = letterbox(np.zeros((480, 1280, 3), np.uint8), (320, 320))
+    assert big.shape == (320, 320, 3) and lb2.gain_x == pytest.approx(0.25)
+    assert np.allclose(lb2.to_image(np.array([[-5.0, 0.0, 400.0, 400.0]])), [[0, 0, 1280, 480]])
+    # YOLOX: corner placement
+    _, lb3 = letterbox(image, (64, 64), center=False, exact_ratio=True)
+    assert (lb3.left, lb3.top) == (0, 0)
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    with pytest.raises(SampleError, match="missing.jpg: file not found"):
+        read_image(tmp_path / "missing.jpg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(SampleError, match="empty.jpg: empty file"):
+        read_image(empty)
+    good = tmp_path / "good.jpg"
+    cv2.imwrite(str(good), np.full((32, 32, 3), 90, np.uint8))
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SampleError, match="truncated.jpg: truncated JPEG"):
+        read_image(truncated)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(SampleError, match="corrupt.jpg: not a decodable image"):
+        read_image(corrupt)
+
+
+def test_read_image_converts_gray_and_16bit_to_bgr8(tmp_path):
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), np.full((20, 30), 77, np.uint8))
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), np.full((20, 30, 3), 65535, np.uint16))
+    for path in (gray, deep):
+        image = read_image(path)
+        assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    assert safe_join(tmp_path, "val2017/a.jpg") == (tmp_path / "val2017/a.jpg").resolve()
+    with pytest.raises(SampleError, match="escapes the data root"):
+        safe_join(tmp_path, "../../etc/passwd")
+    with pytest.raises(SampleError, match="escapes the data root"):
+        safe_join(tmp_path, "/etc/passwd")
+
+
+def _spec(shape):
+    return TensorSpec("images", shape, np.dtype(np.float32))
+
+
+def test_family_detection_and_input_checks():
+    assert detect_family([TensorSpec("o", (1, 84, 8400), np.dtype(np.float32))]) == "yolov8"
+    assert detect_family([TensorSpec("o", (1, 3549, 85), np.dtype(np.float32))]) == "yolox"
+    with pytest.raises(SetupError, match="model-family"):
+        detect_family([TensorSpec("o", (1, 10), np.dtype(np.float32))])
+    with pytest.raises(SetupError, match="not an image tensor"):
+        YoloAdapter("yolov8", [_spec((1, 80))], DetectionOptions(), [1])
+    assert class_names({"names": "{0: 'person', 1: 'bicycle'}"}) == {0: "person", 1: "bicycle"}
+    assert class_names({"names": "__import__('os').system('echo hi')"}) == {}
+
+
+def test_yolov8_decoding_multi_label_nms_and_mapping():
+    adapter = YoloAdapter("yolov8", [_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3, 7])
+    pred = np.zeros((4 + 3, 8), np.float32)
+    pred[:4, 0] = (32, 32, 20, 10)  # best box, class 0 (0.9) and class 2 (0.5): multi-label keeps both
+    pred[4, 0], pred[6, 0] = 0.9, 0.5
+    pred[:4, 1] = (33, 32, 20, 10)  # overlaps box 0 in class 0: suppressed
+    pred[4, 1] = 0.8
+    pred[:4, 2] = (10, 10, 4, 4)  # below the threshold
+    pred[5, 2] = 0.0005
+    _, lb = letterbox(np.zeros((48, 64, 3), np.uint8), (64, 64))
+    record = adapter.postprocess([pred[None]], lb, Sample("5", "x.jpg", {"image_id": 5}))
+    assert record["category_id"].tolist() == [1, 7]
+    assert np.allclose(record["score"], [0.9, 0.5])
+    assert np.allclose(record["bbox"][0], [22, 19, 20, 10])  # xywh in the 64x48 image
+    single = YoloAdapter("yolov8", [_spec((1, 3, 64, 64))], DetectionOptions(multi_label=False), [1, 3, 7])
+    assert single.postprocess([pred[None]], lb, Sample("5", "x.jpg", {"image_id": 5}))["category_id"].tolist() == [1]
+
+
+def test_yolox_grid_decode():
+    adapter = YoloAdapter("yolox", [_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3])
+    n = (8 * 8) + (4 * 4) + (2 * 2)
+    pred = np.zeros((n, 5 + 2), np.float32)
+    cell = 2 * 8 + 3  # stride-8 grid: row 2, column 3
+    pred[cell, :4] = (0.5, 0.5, np.log(2.0), np.log(1.0))
+    pred[cell, 4], pred[cell, 6] = 0.8, 0.9
+    xyxy, scores, classes = adapter.decode(pred)
+    assert classes.tolist() == [1]
+    assert scores[0] == pytest.approx(0.72)
+    assert np.allclose(xyxy[0], [28 - 8, 20 - 4, 28 + 8, 20 + 4])
+
+
+def test_coco_reader_and_eval_on_synthetic_set(tmp_path):
+    root = write_coco(tmp_path / "coco", n_images=6, seed=1)
+    ds = CocoDataset(root)
+    samples = ds.samples()
+    assert len(samples) == 6 and samples[0].file.startswith("val2017/")
+    assert ds.load(samples[0]).shape == (240, 320, 3)
+    assert ds.category_ids == [1, 3, 7]
+    gt = json.loads((root / "annotations/instances_val2017.json").read_text())["annotations"]
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt]
+    metrics = ds.evaluate(perfect)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert set(STAT_NAMES) <= metrics.keys() and set(metrics["per_class_AP"]) == {"square", "disc", "triangle"}
+    # an image with no predictions counts as a miss when it is in the evaluated set
+    half = [p for p in perfect if p["image_id"] != samples[0].info["image_id"]]
+    assert ds.evaluate(half, [s.sample_id for s in samples])["AR100"] < 1.0
+    table = pa.Table.from_pylist([], schema=pa.schema([("image_id", pa.int64()), ("bbox", pa.list_(pa.list_(pa.float32(), 4))),
+                                                        ("score", pa.list_(pa.float32())), ("category_id", pa.list_(pa.int32()))]))
+    assert ds.evaluate(table, ["1000"])["AP"] == 0.0
+
+
+def test_coco_setup_errors(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations/instances_val2017.json").write_text("not json{")
+    with pytest.raises(SetupError, match="not a JSON file"):
+        CocoDataset(tmp_path).samples()
+    with pytest.raises(SetupError, match="annotation file not found"):
+        CocoDataset(tmp_path / "nowhere").samples()
+    root = write_coco(tmp_path / "c2", n_images=2)
+    with pytest.raises(SetupError, match="image ids not in"):
+        CocoDataset(root, image_ids=[42]).samples()
+    assert [s.sample_id for s in CocoDataset(root, image_ids=[1001]).samples()] == ["1001"]
+    assert len(CocoDataset(root, limit=1).samples()) == 1

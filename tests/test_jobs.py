@@ -1,0 +1,203 @@
+"""Whole jobs on an embedded Ray: outputs, bad samples, resume, actor counts, reference accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from datasets.base import SetupError
+from datasets.synthetic import write_coco, write_nyu
+from jobs.config import JobConfig
+from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
+from tests.conftest import make_const_depth, make_const_detector, need_shared
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def coco_set(tmp_path_factory):
+    root = write_coco(tmp_path_factory.mktemp("coco"), n_images=20, seed=3)
+    model = make_const_detector(root / "det.onnx", 64, np.array([[32, 32, 20, 10, 0, 0.9], [20, 40, 8, 8, 2, 0.6]]))
+    return root, model
+
+
+def coco_cfg(root: Path, model: Path, out: Path, **kw) -> JobConfig:
+    base = dict(task="coco", data_root=str(root), model=str(model), output=str(out), shard_size=4, progress=False)
+    return JobConfig(**{**base, **kw})
+
+
+def test_coco_job_writes_every_output(ray_session, coco_set, tmp_path):
+    from pycocotools.coco import COCO
+
+    root, model = coco_set
+    outcome = run_job(coco_cfg(root, model, tmp_path / "out"))
+    out = tmp_path / "out"
+    assert outcome.exit_code == EXIT_OK and outcome.samples == 20 and outcome.errors == 0
+    table = pq.read_table(out / "predictions")
+    assert sorted(table.column("sample_id").to_pylist()) == sorted(str(1000 + i) for i in range(20))
+    assert len(list((out / "predictions").glob("shard-*.parquet"))) == 5
+    assert pq.read_table(out / "errors.parquet").num_rows == 0
+    first = table.slice(0, 1).to_pylist()[0]
+    assert first["category_id"] == [1, 7]  # class 0 -> category 1, class 2 -> category 7
+    assert np.allclose(first["bbox"][0], [110, 95, 100, 50], atol=1e-3)  # letterboxed 320x240 -> 64x64
+    gt = COCO(str(root / "annotations/instances_val2017.json"))
+    results = gt.loadRes(str(out / "coco_results.json"))
+    assert len(results.getAnnIds()) == 40
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+            "per_class_AP"} <= metrics.keys()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["task"] == "coco" and run["versions"]["ray"]
+    assert run["counts"]["predictions"] == 20 and run["throughput"]["samples_per_s"] > 0
+    assert sum(a["samples"] for a in run["actors"]) == 20
+    assert all(0 <= a["busy_fraction"] <= 1.0 for a in run["actors"])
+    assert set(run["timings"]["stage_mean_ms"]) == {"load", "preprocess", "queue", "infer", "postprocess"}
+
+
+def test_bad_images_become_error_rows_and_the_job_completes(ray_session, coco_set, tmp_path):
+    src, model = coco_set
+    root = tmp_path / "coco"
+    shutil.copytree(src, root)
+    images = sorted((root / "val2017").glob("*.jpg"))
+    images[0].write_bytes(b"")  # 0 bytes
+    data = images[1].read_bytes()
+    images[1].write_bytes(data[: len(data) // 2])  # truncated
+    images[2].write_bytes(b"\x89PNG not really" * 20)  # corrupt
+    images[3].unlink()  # listed in the annotations, missing on disk
+    outcome = run_job(coco_cfg(root, model, tmp_path / "out"))
+    assert outcome.exit_code == EXIT_PARTIAL and outcome.errors == 4
+    errors = pq.read_table(tmp_path / "out/errors.parquet").to_pylist()
+    by_file = {Path(e["file"]).name: e for e in errors}
+    assert set(by_file) == {p.name for p in images[:4]}
+    assert all(e["stage"] == "load" and e["file"].startswith("val2017/") for e in errors)
+    assert "empty file" in by_file[images[0].name]["message"]
+    assert "truncated JPEG" in by_file[images[1].name]["message"]
+    assert "not a decodable image" in by_file[images[2].name]["message"]
+    assert "file not found" in by_file[images[3].name]["message"]
+    predictions = pq.read_table(tmp_path / "out/predictions")
+    assert predictions.num_rows == 16
+    run = json.loads((tmp_path / "out/run.json").read_text())
+    assert run["counts"]["errors"] == 4 and run["counts"]["predictions"] == 16
+
+
+def test_one_two_and_four_actors_give_identical_predictions(ray_session, coco_set, tmp_path):
+    root, model = coco_set
+    tables = []
+    for n in (1, 2, 4):
+        run_job(coco_cfg(root, model, tmp_path / f"a{n}", actors=n, shard_size=3))
+        t = pq.read_table(tmp_path / f"a{n}/predictions").select(["sample_id", "bbox", "score", "category_id"])
+        tables.append(t.sort_by("sample_id"))
+        run = json.loads((tmp_path / f"a{n}/run.json").read_text())
+        assert len(run["actors"]) == n
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+
+
+def test_resume_skips_committed_shards_and_refuses_a_changed_config(ray_session, coco_set, tmp_path):
+    root, model = coco_set
+    out = tmp_path / "out"
+    cfg = coco_cfg(root, model, out)
+    first = run_job(cfg)
+    shards = sorted((out / "predictions").glob("shard-*.parquet"))
+    for p in shards[2:]:  # as if the driver died after committing two shards
+        p.unlink()
+    (out / "metrics.json").unlink()
+    with pytest.raises(SetupError, match="already holds a run"):
+        run_job(cfg)
+    resumed = run_job(dataclasses.replace(cfg, resume=True))
+    assert resumed.run["counts"]["shards_resumed"] == 2
+    assert resumed.run["counts"]["processed_this_run"] == 12
+    assert resumed.metrics == first.metrics
+    other = make_const_detector(tmp_path / "other.onnx", 64, np.array([[30, 30, 10, 10, 1, 0.5]]))
+    with pytest.raises(SetupError, match="configuration changed .*model"):
+        run_job(dataclasses.replace(cfg, resume=True, model=str(other)))
+    with pytest.raises(SetupError, match="configuration changed .*iou_thres"):
+        run_job(dataclasses.replace(cfg, resume=True, detection=dataclasses.replace(cfg.detection, iou_thres=0.5)))
+    rerun = run_job(dataclasses.replace(cfg, overwrite=True))
+    assert rerun.run["counts"]["shards_resumed"] == 0
+
+
+def test_setup_errors_stop_before_any_work(ray_session, coco_set, tmp_path):
+    root, model = coco_set
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("hello")
+    with pytest.raises(SetupError, match="cannot load model"):
+        run_job(coco_cfg(root, not_onnx, tmp_path / "o1"))
+    from tests.conftest import make_onnx
+
+    scalar_model = make_onnx(tmp_path / "scale.onnx", "scale")
+    with pytest.raises(SetupError, match="not an image tensor|cannot tell the detection family"):
+        run_job(coco_cfg(root, scalar_model, tmp_path / "o2"))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_nyu_job_on_synthetic_frames_with_a_bad_file(ray_session, tmp_path):
+    root = write_nyu(tmp_path / "nyu", n_frames=4, size=(120, 160), seed=2)
+    folder = root / "val/official"
+    (folder / "zz_truncated.h5").write_bytes((folder / "00000.h5").read_bytes()[:1000])
+    model = make_const_depth(tmp_path / "depth.onnx", 32, 2.0)
+    cfg = JobConfig(task="nyu", data_root=str(root), model=str(model), output=str(tmp_path / "out"),
+                    depth=dataclasses.replace(JobConfig(task="nyu", data_root="", model="", output="").depth,
+                                              profile="resize"), progress=False)
+    outcome = run_job(cfg)
+    assert outcome.exit_code == EXIT_PARTIAL and outcome.errors == 1
+    table = pq.read_table(tmp_path / "out/predictions")
+    assert table.num_rows == 4
+    row = table.slice(0, 1).to_pylist()[0]
+    depth = np.frombuffer(row["depth"], np.float16).reshape(row["height"], row["width"])
+    assert depth.shape == (32, 32) and np.all(depth == np.float16(2.0))
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert set(metrics) >= {"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3"}
+    expected = np.mean(table.column("abs_rel").to_numpy())
+    assert metrics["abs_rel"] == pytest.approx(expected)
+    errors = pq.read_table(tmp_path / "out/errors.parquet").to_pylist()
+    assert errors[0]["sample_id"] == "zz_truncated" and "not a readable HDF5" in errors[0]["message"]
+
+
+# -- acceptance on the real models and data ----------------------------------------------
+@pytest.mark.shared
+def test_yolov8n_reference_accuracy_identical_with_1_2_4_actors(ray_session, tmp_path):
+    root = need_shared("data", "coco-val2017-mini")
+    model = need_shared("models", "yolov8n_int8.onnx")
+    results = []
+    for n in (1, 2, 4):
+        outcome = run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / f"y{n}"),
+                                    actors=n, progress=False))
+        results.append(outcome.metrics)
+    m = results[0]
+    assert m["images"] == 79
+    assert abs(m["AP"] - 0.4245) <= 0.005 and abs(m["AP50"] - 0.5743) <= 0.005
+    assert abs(m["AP75"] - 0.4614) <= 0.005 and abs(m["AR100"] - 0.6055) <= 0.005
+    assert results[1] == m and results[2] == m
+
+
+@pytest.mark.shared
+def test_yolox_nano_reference_accuracy(ray_session, tmp_path):
+    root = need_shared("data", "coco-val2017-mini")
+    model = need_shared("models", "yolox_nano.onnx")
+    m = run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / "x"),
+                          progress=False)).metrics
+    assert abs(m["AP"] - 0.314) <= 0.01 and abs(m["AP50"] - 0.496) <= 0.01
+
+
+@pytest.mark.shared
+def test_fastdepth_reference_metrics(ray_session, tmp_path):
+    root = need_shared("data", "nyu-depth-v2-mini")
+    model = need_shared("models", "fastdepth_nyu_224_fp32.onnx")
+    m = run_job(JobConfig(task="nyu", data_root=str(root), model=str(model), output=str(tmp_path / "d"),
+                          progress=False)).metrics
+    reference = {"abs_rel": 0.1285, "sq_rel": 0.1127, "rmse_log": 0.1730, "log10": 0.0589,
+                 "delta1": 0.8163, "delta2": 0.9594, "delta3": 0.9924}
+    for key, value in reference.items():
+        assert abs(m[key] - value) <= 0.005, key
+    assert abs(m["rmse"] - 0.6245) <= 0.02
+    assert abs(m["silog"] - 12.57) <= 0.5  # silog is x100; 0.005 in its natural unit
+    assert m["images"] == 5 and m["evaluated_images"] == 5
+    table = pq.read_table(tmp_path / "d/predictions")
+    assert table.column("height").to_pylist() == [224] * 5
+
