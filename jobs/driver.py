@@ -108,7 +108,9 @@ def connect_ray(cfg: JobConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "namespace": "rayinfer"}
+    # Ray's own start-up chatter stays out of the user's terminal unless -v (debug) is on.
+    ray_level = logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    kwargs: dict[str, Any] = {"logging_level": ray_level, "log_to_driver": False, "namespace": "rayinfer"}
     in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
     if cfg.address:
         excludes = [".git", "runs", "out", "**/__pycache__", "*.egg-info"]
