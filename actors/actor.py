@@ -45,8 +45,16 @@ class ShardResult:
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
+class RequestTimeout(RuntimeError):
+    """A request did not finish in time; the actor's request slots may be stuck."""
+
+
 class _ShardState:
-    """Collects one shard's outcomes; `done` fires when every sample has one."""
+    """Collects one shard's outcomes; `done` fires when every sample has one.
+
+    Each sample gets exactly one outcome: the first of record, error or timeout wins,
+    and nothing is accepted after `abandon()`.
+    """
 
     def __init__(self, shard: int, samples: Sequence[Sample], actor: str) -> None:
         self.shard = shard
@@ -58,26 +66,51 @@ class _ShardState:
         self.remaining = len(samples)
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.submitted: dict[str, tuple[Sample, float]] = {}
+        self.finished: set[str] = set()
+        self.closed = False
         if not samples:
             self.done.set()
 
+    def started(self, sample: Sample) -> None:
+        with self.lock:
+            if sample.sample_id not in self.finished:
+                self.submitted[sample.sample_id] = (sample, time.monotonic())
+
+    def overdue(self, timeout: float) -> list[Sample]:
+        """Samples queued for inference more than `timeout` seconds ago and unfinished."""
+        now = time.monotonic()
+        with self.lock:
+            return [s for s, t in self.submitted.values() if now - t > timeout]
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.closed = True
+
     def add(self, record: dict[str, Any]) -> None:
         with self.lock:
+            if not self._settle(record["sample_id"]):
+                return
             self.records.append(record)
             for stage in STAGES:
                 self.stage_s[stage] += record[f"{stage}_ms"] / 1000.0
-            self._one_done()
 
     def fail(self, sample: Sample, stage: str, message: str) -> None:
         with self.lock:
+            if not self._settle(sample.sample_id):
+                return
             self.errors.append({"sample_id": sample.sample_id, "file": sample.file, "stage": stage,
                                 "message": message, "shard": self.shard, "actor": self.actor})
-            self._one_done()
 
-    def _one_done(self) -> None:
+    def _settle(self, sample_id: str) -> bool:
+        if self.closed or sample_id in self.finished:
+            return False
+        self.finished.add(sample_id)
+        self.submitted.pop(sample_id, None)
         self.remaining -= 1
         if self.remaining == 0:
             self.done.set()
+        return True
 
 
 def build_model(cfg: Any, threads_per_request: int) -> Model:
@@ -108,7 +141,8 @@ class InferenceActor:
         self.model = build_model(cfg, plan.threads_per_request)
         self.adapter = build_adapter(cfg, self.dataset, self.model)
         self.schema = records_schema(self.adapter.schema)
-        self.queue = AsyncInferQueue(self.model, jobs=plan.jobs, hint=cfg.hint, cpus=self.cpus)
+        jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
+        self.queue = AsyncInferQueue(self.model, jobs=jobs, hint=cfg.hint, cpus=self.cpus)
         self.queue.set_callback(self._on_done)
         self.loader_threads = cfg.loader_threads or (plan.jobs + 1)
         self.loader = ThreadPoolExecutor(self.loader_threads, thread_name_prefix=f"{name}-loader")
@@ -136,6 +170,7 @@ class InferenceActor:
         uptime = time.perf_counter() - self.started
         return {
             "name": self.name,
+            "pid": os.getpid(),
             "samples": self.samples_done,
             "shards": self.shards_done,
             "uptime_s": uptime,
@@ -144,13 +179,28 @@ class InferenceActor:
             "callback_errors": self.queue.callback_errors,
         }
 
-    def process(self, shard: int, samples: Sequence[Sample]) -> ShardResult:
-        """Run one shard to completion. Several shards may run at once (threaded actor)."""
+    def process(self, shard: int, samples: Sequence[Sample], final_attempt: bool = False) -> ShardResult:
+        """Run one shard to completion. Several shards may run at once (threaded actor).
+
+        A request still unfinished `request_timeout_s` after it was queued is hung:
+        the shard fails with `RequestTimeout` so the loader retries it elsewhere, unless
+        this is the shard's last attempt, where only the hung samples become errors.
+        """
         t0 = time.perf_counter()
         state = _ShardState(shard, samples, self.name)
         for sample in samples:
             self.loader.submit(self._prepare_and_start, sample, state)
-        state.done.wait()
+        timeout = self.cfg.request_timeout_s
+        while not state.done.wait(min(1.0, timeout)):
+            hung = state.overdue(timeout)
+            if hung and not final_attempt:
+                state.abandon()
+                raise RequestTimeout(
+                    f"{len(hung)} request(s) on {self.name} did not finish within {timeout:g}s "
+                    f"(first: {hung[0].file})"
+                )
+            for sample in hung:
+                state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s")
         records = sorted(state.records, key=lambda r: state.order[r["sample_id"]])
         table = pa.Table.from_pylist(records, schema=self.schema)
         errors = pa.Table.from_pylist(state.errors, schema=ERROR_SCHEMA)
@@ -164,6 +214,8 @@ class InferenceActor:
 
     # -- per sample ------------------------------------------------------------
     def _prepare_and_start(self, sample: Sample, state: _ShardState) -> None:
+        if state.closed:
+            return
         t0 = time.perf_counter()
         try:
             raw = self.dataset.load(sample)
@@ -179,6 +231,7 @@ class InferenceActor:
             return state.fail(sample, stage, f"{sample.file}: {type(exc).__name__}: {exc}")
         t2 = time.perf_counter()
         timing = {"load_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000}
+        state.started(sample)
         try:
             self.queue.start_async(feed, (sample, meta, state, timing, t2))
         except Exception as exc:  # noqa: BLE001 - input mismatch, closed queue

@@ -118,7 +118,9 @@ class AsyncInferQueue:
             jobs = plan.jobs
         elif jobs <= 0:
             threads = getattr(model, "intra_op_threads", 1) or 1
-            if model.device == "cpu":
+            if getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
+                jobs = 1 if Hint(hint) is Hint.LATENCY else int(model.optimal_requests)  # type: ignore[attr-defined]
+            elif model.device == "cpu":
                 jobs = 1 if Hint(hint) is Hint.LATENCY else max(1, cpus // threads)
             else:
                 jobs = optimal_requests(model.device, cpus, hint).jobs

@@ -98,7 +98,8 @@ class CocoDataset:
         return out
 
     def load(self, sample: Sample) -> np.ndarray:
-        return read_image(safe_join(self.root, sample.file))
+        size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
+        return read_image(safe_join(self.root, sample.file), size)
 
     def fingerprint(self) -> dict[str, Any]:
         st = self.annotations.stat() if self.annotations.exists() else None

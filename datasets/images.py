@@ -20,11 +20,14 @@ _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 BGR HxWx3, EXIF orientation applied.
+def read_image(path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to uint8 BGR HxWx3.
 
-    Grayscale, CMYK, palette and 16-bit files are converted to 8-bit BGR. Raises
-    SampleError naming the file for a missing, empty, truncated or corrupt file.
+    EXIF orientation is applied (as Ultralytics does), unless `expected_size` (h, w,
+    from the annotations) matches the stored pixels and not the rotated ones: boxes
+    must be in the frame the annotations were made in. Grayscale, CMYK, palette and
+    16-bit files are converted to 8-bit BGR. Raises SampleError naming the file for a
+    missing, empty, truncated or corrupt file, or a size that contradicts the annotations.
     """
     try:
         data = path.read_bytes()
@@ -36,9 +39,17 @@ def read_image(path: Path) -> np.ndarray:
         raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
     if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-1024:]:
         raise SampleError(f"{path}: truncated JPEG (no end-of-image marker)", stage="load")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    buffer = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise SampleError(f"{path}: not a decodable image ({len(data)} bytes)", stage="load")
+    if expected_size is not None and image.shape[:2] != tuple(expected_size):
+        if image.shape[:2] == tuple(expected_size)[::-1]:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image.shape[:2] != tuple(expected_size):
+            h, w = image.shape[:2]
+            raise SampleError(f"{path}: image is {w}x{h} but the annotations say "
+                              f"{expected_size[1]}x{expected_size[0]}", stage="load")
     return image
 
 

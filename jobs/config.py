@@ -50,7 +50,10 @@ class JobConfig:
     resume: bool = False
     overwrite: bool = False
     max_shard_attempts: int = 3
+    max_actor_restarts: int = 3
     request_timeout_s: float = 120.0
+    # a custom Ray resource, one unit per actor (e.g. "sim_device"; NPUs registered as resources)
+    resource: str | None = None
     # task options
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     depth: DepthOptions = field(default_factory=DepthOptions)

@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,13 @@ def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     if not nodes:
         raise SetupError("the Ray cluster has no alive node with CPUs")
+    if cfg.resource:
+        units = sum(n["Resources"].get(cfg.resource, 0) for n in nodes)
+        if units < 1:
+            raise SetupError(f"the Ray cluster has no {cfg.resource!r} resource")
+        actors = cfg.actors or int(units)
+        per_node = -(-actors // len(nodes))
+        return actors, cfg.cpus_per_actor or min(n["Resources"]["CPU"] for n in nodes) / per_node, 0.0
     if cfg.uses_gpu:
         gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
         if gpus < cfg.gpus_per_actor or gpus == 0:
@@ -158,8 +166,10 @@ def start_actors(cfg: JobConfig) -> tuple[list[Any], list[str], list[dict[str, A
     n, cpus, gpus = plan_actors(cfg)
     remote = ray.remote(InferenceActor)
     names = [f"actor-{i}" for i in range(n)]
+    run_tag = uuid.uuid4().hex[:8]
     actors = [
-        remote.options(num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=0,
+        remote.options(name=f"rayinfer-{run_tag}-{name}", num_cpus=cpus, num_gpus=gpus, resources={cfg.resource: 1} if cfg.resource else None,
+                       max_restarts=cfg.max_actor_restarts, max_task_retries=0,
                        max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name)
         for name in names
     ]
@@ -215,7 +225,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         stage_totals: dict[str, float] = {}
         processed = 0
         stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
-                            shard_timeout_s=cfg.request_timeout_s * cfg.shard_size) if todo else None
+                            shard_timeout_s=cfg.request_timeout_s * (cfg.shard_size + 2)) if todo else None
         with _progress(cfg, len(samples), done_before) as bar:
             for result in stage.run(todo) if stage else []:
                 if isinstance(result, FailedShard):

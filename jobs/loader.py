@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from actors.actor import ShardResult
+from actors.actor import RequestTimeout, ShardResult
 from datasets.base import Sample
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class LoaderStage:
 
     def __init__(self, actors: Sequence[Any], names: Sequence[str], in_flight: int = 2,
                  max_attempts: int = 3, shard_timeout_s: float | None = None,
-                 max_consecutive_failures: int = 3) -> None:
+                 max_consecutive_failures: int = 3, restart_wait_s: float = 60.0) -> None:
         if not actors:
             raise ValueError("no actors to run on")
         self.actors = list(actors)
@@ -64,103 +64,136 @@ class LoaderStage:
         self.max_attempts = max_attempts
         self.shard_timeout_s = shard_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
+        self.restart_wait_s = restart_wait_s
         self.shards_per_actor = dict.fromkeys(self.names, 0)
         self.requeued = 0
         self.retired: list[str] = []
+        # run state
+        self._queue: deque[Shard] = deque()
+        self._attempts: dict[int, int] = {}
+        self._running: dict[Any, tuple[int, Shard, float]] = {}
+        self._load = [0] * len(self.actors)
+        self._failures = [0] * len(self.actors)
+        self._alive = set(range(len(self.actors)))
+        self._collateral: set[Any] = set()
 
     def run(self, shards: Iterable[Shard]) -> Iterator[ShardResult | FailedShard]:
-        queue: deque[Shard] = deque(shards)
-        attempts: dict[int, int] = {}
-        failures = [0] * len(self.actors)
-        alive = set(range(len(self.actors)))
-        running: dict[Any, tuple[int, Shard, float]] = {}
-        load = [0] * len(self.actors)
-
-        def submit(a: int) -> None:
-            while queue and load[a] < self.in_flight and a in alive:
-                shard = queue.popleft()
-                attempts[shard.index] = attempts.get(shard.index, 0) + 1
-                ref = self.actors[a].process.remote(shard.index, shard.samples)
-                running[ref] = (a, shard, time.monotonic())
-                load[a] += 1
-
-        for a in range(len(self.actors)):
-            submit(a)
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=self._wait_timeout(running))
-            if not ready:
-                yield from self._expire(running, load, queue, attempts, alive, failures, submit)
-                continue
-            ref = ready[0]
-            a, shard, _ = running.pop(ref)
-            load[a] -= 1
-            try:
-                result: ShardResult = ray.get(ref)
-            except (RayActorError, RayTaskError, GetTimeoutError) as exc:
-                failures[a] += 1
-                reason = f"actor {self.names[a]} failed on shard {shard.index}: {type(exc).__name__}: {_first_line(exc)}"
-                log.warning("%s; re-queueing the shard", reason)
-                if failures[a] >= self.max_consecutive_failures or not self._responds(a):
-                    self._retire(a, alive)
-                yield from self._retry(shard, reason, queue, attempts)
+        self._queue.extend(shards)
+        self._fill()
+        while self._running:
+            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=self._wait_timeout())
+            if ready:
+                yield from self._finish(ready[0])
             else:
-                failures[a] = 0
-                self.shards_per_actor[self.names[a]] += 1
-                yield result
-            if not alive and (queue or running):
-                if not running:
-                    for shard in queue:
-                        yield FailedShard(shard, "no inference actor is left alive", attempts.get(shard.index, 0))
-                    queue.clear()
-                continue
-            for b in sorted(alive, key=lambda i: load[i]):
-                submit(b)
+                yield from self._expire()
+            if not self._alive and not self._running:
+                for shard in self._queue:
+                    yield FailedShard(shard, "no inference actor is left alive", self._attempts.get(shard.index, 0))
+                self._queue.clear()
+            self._fill()
 
-    # -- helpers -----------------------------------------------------------------
-    def _retry(self, shard: Shard, reason: str, queue: deque[Shard], attempts: dict[int, int]
-               ) -> Iterator[FailedShard]:
-        if attempts.get(shard.index, 0) >= self.max_attempts:
-            yield FailedShard(shard, reason, attempts[shard.index])
+    # -- steps -------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """Give queued shards to the least loaded live actors, up to `in_flight` each."""
+        for a in sorted(self._alive, key=lambda i: self._load[i]):
+            while self._queue and self._load[a] < self.in_flight:
+                shard = self._queue.popleft()
+                attempt = self._attempts[shard.index] = self._attempts.get(shard.index, 0) + 1
+                ref = self.actors[a].process.remote(shard.index, shard.samples, attempt >= self.max_attempts)
+                self._running[ref] = (a, shard, time.monotonic())
+                self._load[a] += 1
+
+    def _finish(self, ref: Any) -> Iterator[ShardResult | FailedShard]:
+        a, shard, _ = self._running.pop(ref)
+        self._load[a] -= 1
+        try:
+            result: ShardResult = ray.get(ref)
+        except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+            if ref in self._collateral or isinstance(exc, ActorUnavailableError):
+                # its actor was restarting (by us, or by Ray): not this shard's fault
+                self._collateral.discard(ref)
+                self._attempts[shard.index] -= 1
+                self._queue.appendleft(shard)
+                self.requeued += 1
+                if a not in self._collateral_actors() and not self._responds(a):
+                    self._retire(a)
+                return
+            reason = f"actor {self.names[a]} failed on shard {shard.index}: {type(exc).__name__}: {_first_line(exc)}"
+            log.warning("%s; re-queueing the shard", reason)
+            self._failures[a] += 1
+            # A hung request leaves the actor's request slots stuck: restart it fresh.
+            healthy = self._restart(a) if isinstance(exc, RequestTimeout) else self._responds(a)
+            if self._failures[a] >= self.max_consecutive_failures or not healthy:
+                self._retire(a)
+            yield from self._retry(shard, reason)
+        else:
+            self._failures[a] = 0
+            self.shards_per_actor[self.names[a]] += 1
+            yield result
+
+    def _expire(self) -> Iterator[FailedShard]:
+        """Shards past the whole-shard deadline (a backstop for per-request timeouts)."""
+        if self.shard_timeout_s is None:
+            return
+        now = time.monotonic()
+        for ref, (a, shard, started) in list(self._running.items()):
+            if now - started <= self.shard_timeout_s or ref in self._collateral:
+                continue
+            self._running.pop(ref)
+            self._load[a] -= 1
+            reason = f"shard {shard.index} on actor {self.names[a]} timed out after {self.shard_timeout_s:.0f}s"
+            log.warning("%s; restarting the actor and re-queueing the shard", reason)
+            self._failures[a] += 1
+            if not self._restart(a) or self._failures[a] >= self.max_consecutive_failures:
+                self._retire(a)
+            yield from self._retry(shard, reason)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _retry(self, shard: Shard, reason: str) -> Iterator[FailedShard]:
+        if self._attempts.get(shard.index, 0) >= self.max_attempts:
+            yield FailedShard(shard, reason, self._attempts[shard.index])
         else:
             self.requeued += 1
-            queue.appendleft(shard)
+            self._queue.appendleft(shard)
 
-    def _responds(self, a: int, timeout: float = 60.0) -> bool:
+    def _restart(self, a: int) -> bool:
+        """Kill actor `a` so Ray restarts it fresh (its other shards fail as collateral);
+        True once a new process answers."""
+        old_pid = self._pid(a, timeout=5.0)
+        self._collateral.update(ref for ref, (b, _, _) in self._running.items() if b == a)
+        ray.kill(self.actors[a], no_restart=False)
+        deadline = time.monotonic() + self.restart_wait_s
+        while time.monotonic() < deadline:
+            pid = self._pid(a, timeout=5.0)
+            if pid is not None and pid != old_pid:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _collateral_actors(self) -> set[int]:
+        return {self._running[r][0] for r in self._collateral if r in self._running}
+
+    def _responds(self, a: int) -> bool:
         """Whether actor `a` answers (a restarted actor does once its model is loaded)."""
+        return self._pid(a, timeout=self.restart_wait_s) is not None
+
+    def _pid(self, a: int, timeout: float) -> int | None:
         try:
-            ray.get(self.actors[a].stats.remote(), timeout=timeout)
-            return True
+            return ray.get(self.actors[a].stats.remote(), timeout=timeout)["pid"]
         except Exception:  # noqa: BLE001 - dead, unreachable or still down
-            return False
+            return None
 
-    def _retire(self, a: int, alive: set[int]) -> None:
-        if a in alive:
-            alive.discard(a)
+    def _retire(self, a: int) -> None:
+        if a in self._alive:
+            self._alive.discard(a)
             self.retired.append(self.names[a])
-            log.warning("actor %s retired; %d actors left", self.names[a], len(alive))
+            log.warning("actor %s retired; %d actors left", self.names[a], len(self._alive))
 
-    def _wait_timeout(self, running: dict[Any, tuple[int, Shard, float]]) -> float | None:
+    def _wait_timeout(self) -> float | None:
         if self.shard_timeout_s is None:
             return None
-        oldest = min(t for _, _, t in running.values())
+        oldest = min(t for _, _, t in self._running.values())
         return max(0.1, oldest + self.shard_timeout_s - time.monotonic())
-
-    def _expire(self, running, load, queue, attempts, alive, failures, submit) -> Iterator[FailedShard]:
-        """Shards past their deadline: cancel, count against the actor, retry elsewhere."""
-        now = time.monotonic()
-        for ref, (a, shard, started) in list(running.items()):
-            if self.shard_timeout_s is not None and now - started > self.shard_timeout_s:
-                running.pop(ref)
-                load[a] -= 1
-                ray.cancel(ref, force=False)
-                failures[a] += 1
-                reason = f"shard {shard.index} on actor {self.names[a]} timed out after {self.shard_timeout_s:.0f}s"
-                log.warning("%s; re-queueing it", reason)
-                if failures[a] >= self.max_consecutive_failures:
-                    self._retire(a, alive)
-                yield from self._retry(shard, reason, queue, attempts)
-        for b in sorted(alive, key=lambda i: load[i]):
-            submit(b)
 
 
 def _first_line(exc: BaseException) -> str:

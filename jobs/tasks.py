@@ -34,8 +34,9 @@ def build_dataset(cfg: JobConfig) -> Dataset:
 def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
     """The model-family adapter for this dataset, checked against the model's signature."""
     if cfg.task == "coco":
-        from datasets.yolo import FAMILIES, YoloAdapter, detect_family
+        from datasets.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
 
+        image_input_size(model.inputs)  # a model that does not take an image fails here, saying so
         family = detect_family(model.outputs) if cfg.model_family == "auto" else cfg.model_family
         if family not in FAMILIES:
             raise SetupError(f"--model-family {family!r} is not a detection family: {FAMILIES}")

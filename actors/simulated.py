@@ -1,0 +1,107 @@
+"""A simulated accelerator behind the same small interface as `OnnxModel`.
+
+Each request takes a fixed latency during which it holds neither the GIL nor a core
+(it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
+NPU). It reports `optimal_requests = capacity`, as a device would. Used by the
+benchmarks (where the async queue matters) and by the fault tests (`hang`).
+
+URI form, usable as `--model`:
+    sim://?latency_ms=20&capacity=4&input=1x3x640x640&output=1x84x8400&hang=0
+`hang=1` makes every request block forever; `hang_file=PATH` makes the one request
+that claims (deletes) that file block forever.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from actors.model import TensorSpec, check_inputs
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.lower().split("x"))
+
+
+class SimulatedModel:
+    """Fixed-latency, capacity-limited device; outputs a constant tensor."""
+
+    device = "sim"
+    intra_op_threads = 1
+    providers = ("SimulatedDevice",)
+
+    def __init__(self, latency_ms: float = 20.0, capacity: int = 4,
+                 input_shape: tuple[int, ...] = (1, 3, 640, 640), output_shape: tuple[int, ...] = (1, 84, 8400),
+                 input_name: str = "images", output_name: str = "output0", hang: bool = False,
+                 hang_file: str | None = None) -> None:
+        if capacity < 1 or latency_ms < 0:
+            raise ValueError("capacity must be >= 1 and latency_ms >= 0")
+        self.latency_s = latency_ms / 1000.0
+        self.capacity = capacity
+        self.optimal_requests = capacity
+        self.inputs = (TensorSpec(input_name, tuple(input_shape), np.dtype(np.float32)),)
+        self.outputs = (TensorSpec(output_name, tuple(output_shape), np.dtype(np.float32)),)
+        self.metadata: dict[str, str] = {}
+        self._output = np.zeros(output_shape, np.float32)
+        self._output.setflags(write=False)
+        self._slots = threading.BoundedSemaphore(capacity)
+        self._hang = hang
+        self._hang_file = hang_file
+        self._never = threading.Event()
+        self.in_flight_peak = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SimulatedModel:
+        q = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
+        kwargs: dict[str, Any] = {}
+        if "latency_ms" in q:
+            kwargs["latency_ms"] = float(q["latency_ms"])
+        if "capacity" in q:
+            kwargs["capacity"] = int(q["capacity"])
+        if "input" in q:
+            kwargs["input_shape"] = _shape(q["input"])
+        if "output" in q:
+            kwargs["output_shape"] = _shape(q["output"])
+        if "input_name" in q:
+            kwargs["input_name"] = q["input_name"]
+        if "output_name" in q:
+            kwargs["output_name"] = q["output_name"]
+        kwargs["hang"] = q.get("hang", "0") in ("1", "true")
+        kwargs["hang_file"] = q.get("hang_file")
+        return cls(**kwargs)
+
+    def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
+        return check_inputs(self.inputs, inputs)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._slots:
+            with self._lock:
+                self._in_flight += 1
+                self.in_flight_peak = max(self.in_flight_peak, self._in_flight)
+            try:
+                if self._hang or self._claim_hang():
+                    self._never.wait()
+                time.sleep(self.latency_s)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+        return [self._output]
+
+    def _claim_hang(self) -> bool:
+        if not self._hang_file:
+            return False
+        try:
+            os.unlink(self._hang_file)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"SimulatedModel(latency={self.latency_s * 1000:.0f}ms, capacity={self.capacity})"
