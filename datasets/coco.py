@@ -142,46 +142,73 @@ class CocoDataset:
         """Extra JSON files for the output directory: the standard `coco_results.json`."""
         return {"coco_results.json": self.results_json(predictions)}
 
-    def evaluate(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
-                 image_ids: Sequence[int | str] | None = None) -> dict[str, Any]:
-        """COCOeval bbox metrics over `image_ids` (default: the images in `predictions`).
-
-        Images that were evaluated but have no detections count as misses.
-        """
+    def cocoeval(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
+                 image_ids: Sequence[int | str] | None = None) -> tuple[Any, list[int], int]:
+        """Run COCOeval; returns (evaluator or None when there is nothing to score,
+        the evaluated image ids, the number of detections)."""
         from pycocotools.cocoeval import COCOeval
 
         if isinstance(predictions, pa.Table):
             if image_ids is None:
                 image_ids = predictions.column("image_id").to_pylist()
             results: Any = self.results_array(predictions)
-            has_results = len(results) > 0
         else:
             results = predictions
             if image_ids is None:
                 image_ids = sorted({int(r["image_id"] if isinstance(r, dict) else r[0]) for r in results})
-            has_results = len(results) > 0
-        image_ids = sorted(set(int(i) for i in image_ids))
-        metrics: dict[str, Any] = {"images": len(image_ids), "detections": int(len(results))}
-        if not has_results or not image_ids:
-            metrics.update({k: 0.0 for k in STAT_NAMES})
-            metrics["per_class_AP"] = {}
-            return metrics
+        ids = sorted({int(i) for i in image_ids})
+        if len(results) == 0 or not ids:
+            return None, ids, 0
         with _quiet():
             dt = self.coco.loadRes(results)
             ev = COCOeval(self.coco, dt, "bbox")
-            ev.params.imgIds = image_ids
+            ev.params.imgIds = ids
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
+        return ev, ids, int(len(results))
+
+    def evaluate(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
+                 image_ids: Sequence[int | str] | None = None) -> dict[str, Any]:
+        """COCOeval bbox metrics over `image_ids` (default: the images in `predictions`).
+
+        Images that were evaluated but have no detections count as misses.
+        """
+        ev, ids, n = self.cocoeval(predictions, image_ids)
+        metrics: dict[str, Any] = {"images": len(ids), "detections": n}
+        if ev is None:
+            metrics.update({k: 0.0 for k in STAT_NAMES})
+            metrics["per_class_AP"] = {}
+            metrics["per_class_AP50"] = {}
+            return metrics
         metrics.update({k: float(v) for k, v in zip(STAT_NAMES, ev.stats)})
-        precision = ev.eval["precision"]  # [T, R, K, A, M]
-        per_class, per_class50 = {}, {}
-        for k, cat in enumerate(ev.params.catIds):
-            p = precision[:, :, k, 0, -1]
-            p50 = precision[0, :, k, 0, -1]
-            name = self.category_names.get(cat, str(cat))
-            per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
-            per_class50[name] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
-        metrics["per_class_AP"] = per_class
-        metrics["per_class_AP50"] = per_class50
+        table = per_class_table(ev, self.category_names)
+        metrics["per_class_AP"] = {row["class"]: row["AP"] for row in table}
+        metrics["per_class_AP50"] = {row["class"]: row["AP50"] for row in table}
         return metrics
+
+
+def _mean_valid(p: np.ndarray) -> float | None:
+    return float(p[p > -1].mean()) if (p > -1).any() else None
+
+
+def per_class_table(ev: Any, names: dict[int, str]) -> list[dict[str, Any]]:
+    """One row per category: AP, AP50 and AP by object area (COCO's small/medium/large),
+    and the number of ground-truth objects in the evaluated images."""
+    precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M max dets]
+    gt_counts: dict[int, int] = {}
+    for (_image_id, cat), gts in ev._gts.items():
+        gt_counts[cat] = gt_counts.get(cat, 0) + sum(1 for g in gts if not g.get("iscrowd", 0))
+    rows = []
+    for k, cat in enumerate(ev.params.catIds):
+        rows.append({
+            "class": names.get(cat, str(cat)),
+            "category_id": int(cat),
+            "AP": _mean_valid(precision[:, :, k, 0, -1]),
+            "AP50": _mean_valid(precision[0, :, k, 0, -1]),
+            "APs": _mean_valid(precision[:, :, k, 1, -1]),
+            "APm": _mean_valid(precision[:, :, k, 2, -1]),
+            "APl": _mean_valid(precision[:, :, k, 3, -1]),
+            "objects": gt_counts.get(cat, 0),
+        })
+    return rows

@@ -104,3 +104,48 @@ class NyuDataset:
         metrics["images"] = len(sample_ids) if sample_ids is not None else n_rows
         metrics["evaluated_images"] = len(valid)
         return metrics
+
+
+#: Depth-range bins (metres) for the sliced metrics.
+DEPTH_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
+
+
+def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
+              bins: Sequence[float] = DEPTH_BINS) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Recompute every per-image metric from the saved float16 maps and the ground truth.
+
+    Returns the predictions table with freshly computed metric columns, and metrics by
+    depth-range bin (pixels whose ground truth falls in [lo, hi), averaged per image,
+    then over the images that have such pixels).
+    """
+    from datasets.depth import decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform
+
+    profile = options.resolved_profile()
+    rows = predictions.to_pylist()
+    per_bin: list[list[dict[str, float]]] = [[] for _ in range(len(bins) - 1)]
+    pixels = [0] * (len(bins) - 1)
+    for row in rows:
+        _, depth = dataset.load(Sample(row["sample_id"], row["file"]))
+        size = (row["height"], row["width"])
+        gt = transform(depth, profile, size, nearest=True)
+        mask = transform(eval_mask(depth.shape, options.eigen_crop), profile, size, nearest=True)
+        pred = decode_depth(row["depth"], *size)
+        raw, aligned, n = evaluate_prediction(pred, gt, mask, options)
+        row.update(raw, valid_pixels=n)
+        if aligned is not None:
+            row.update({f"aligned_{k}": v for k, v in aligned.items()})
+        clipped = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
+        valid = (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+        for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+            sel = valid & (gt >= lo) & (gt < hi)
+            if sel.any():
+                per_bin[b].append(depth_metrics(clipped[sel], gt[sel]))
+                pixels[b] += int(sel.sum())
+    table = pa.Table.from_pylist(rows, schema=predictions.schema)
+    sliced = []
+    for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+        entry: dict[str, Any] = {"range_m": [lo, hi], "images": len(per_bin[b]), "pixels": pixels[b]}
+        for m in METRIC_NAMES:
+            entry[m] = float(np.mean([x[m] for x in per_bin[b]])) if per_bin[b] else math.nan
+        sliced.append(entry)
+    return table, sliced

@@ -71,7 +71,11 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--min-depth", "depth.min_depth", float, "smallest valid ground-truth depth (m)"),
     ("--max-depth", "depth.max_depth", float, "largest valid ground-truth depth (m)"),
     ("--quiet", "quiet", None, "no progress bar; only warnings and the summary"),
+    ("--no-report", "report", None, "skip OUTPUT/report.html"),
 ]
+
+#: Switches that turn a default-on option off.
+NEGATIVE_SWITCHES = {"depth.eigen_crop", "report"}
 
 
 def _defaults() -> dict[str, Any]:
@@ -109,8 +113,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             raise ConfigError(f"{args.config}: expected a mapping of options")
         data.update(loaded)
     flags = {k: v for k, v in vars(args).items() if k in {key for _, key, _, _ in OPTIONS}}
-    if flags.pop("depth.eigen_crop", None):
-        flags["depth.eigen_crop"] = False
+    for key in NEGATIVE_SWITCHES:
+        if flags.pop(key, None):
+            flags[key] = False
     for key, value in flags.items():
         if "." in key:
             section, sub = key.split(".", 1)
@@ -151,6 +156,53 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit_and_follow(cfg, args.dashboard, follow_logs=not args.no_follow)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jobs.evaluate import evaluate_saved, load_run_config
+
+    depth = None
+    if args.task == "nyu":
+        cfg = load_run_config(Path(args.predictions))
+        base = cfg.depth if cfg else DepthOptions()
+        changes = {k: v for k, v in (("eigen_crop", False if args.no_eigen_crop else None),
+                                      ("min_depth", args.min_depth), ("max_depth", args.max_depth)) if v is not None}
+        depth = dataclasses.replace(base, **changes)
+    ev = evaluate_saved(args.task, args.predictions, args.data_root, sample_ids=args.image_ids, limit=args.limit,
+                        depth_options=depth)
+    sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
+    if ev.per_class:
+        from jobs.bench import format_table
+
+        rows = [[r["class"], _f(r["AP"]), _f(r["AP50"]), _f(r["APs"]), _f(r["APm"]), _f(r["APl"]), r["objects"]]
+                for r in ev.per_class]
+        sys.stdout.write(format_table(["class", "AP", "AP50", "APs", "APm", "APl", "objects"], rows) + "\n")
+    if ev.depth_bins:
+        from jobs.bench import format_table
+
+        rows = [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g} m", b["images"], b["pixels"], _f(b["abs_rel"]),
+                 _f(b["rmse"]), _f(b["delta1"])] for b in ev.depth_bins]
+        sys.stdout.write(format_table(["depth", "images", "pixels", "abs_rel", "rmse", "delta1"], rows) + "\n")
+    out = Path(args.predictions)
+    if args.report and out.is_dir():
+        from jobs.report import write_report
+
+        run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
+        sys.stdout.write(f"report: {write_report(out, ev, Path(args.data_root), run, depth)}\n")
+    return 0
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from jobs.bench import format_table
+    from jobs.evaluate import compare
+
+    rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+.4f}"] for k, a, b, d in compare(args.a, args.b)]
+    sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayinfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dashboard", default="http://127.0.0.1:8265", help="Ray Jobs address (default: %(default)s)")
     submit.add_argument("--no-follow", action="store_true", help="print the job id and return")
     submit.set_defaults(func=cmd_submit)
+
+    ev = sub.add_parser("eval", help="dataset metrics from saved predictions, without Ray or the model")
+    ev.add_argument("task", choices=TASKS)
+    ev.add_argument("--predictions", required=True, type=Path,
+                    help="a rayinfer output folder, or (COCO) a results JSON from any tool")
+    ev.add_argument("--data-root", required=True, type=Path, help="the dataset folder with the ground truth")
+    ev.add_argument("--image-ids", type=_csv, help="comma-separated sample ids to evaluate")
+    ev.add_argument("--limit", type=int, help="only the first N samples")
+    ev.add_argument("--report", action="store_true", help="(re)write PREDICTIONS/report.html")
+    ev.add_argument("--no-eigen-crop", action="store_true", help="(nyu) evaluate every pixel")
+    ev.add_argument("--min-depth", type=float, help="(nyu) smallest valid ground-truth depth")
+    ev.add_argument("--max-depth", type=float, help="(nyu) largest valid ground-truth depth")
+    ev.set_defaults(func=cmd_eval)
+
+    cmp = sub.add_parser("compare", help="metric deltas between two runs")
+    cmp.add_argument("a", type=Path)
+    cmp.add_argument("b", type=Path)
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

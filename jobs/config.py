@@ -60,6 +60,7 @@ class JobConfig:
     # presentation
     quiet: bool = False
     progress: bool = True
+    report: bool = True  # OUTPUT/report.html at the end
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -27,6 +27,7 @@ from actors.actor import InferenceActor, ShardResult, build_model
 from datasets.base import ERROR_SCHEMA, Dataset, SetupError, records_schema
 from jobs import PROJECT_ROOT
 from jobs.config import JobConfig
+from jobs.evaluate import evaluate_saved
 from jobs.loader import FailedShard, LoaderStage, make_shards
 from jobs.output import RunOutput, atomic_write_json
 from jobs.tasks import build_adapter, build_dataset
@@ -252,11 +253,11 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         if started_ray:
             ray.shutdown()
 
-    predictions = output.read_predictions()
     errors = output.gather_errors()
-    if predictions.num_columns == 0:
-        predictions = schema.empty_table()
-    metrics = dataset.evaluate(predictions, [s.sample_id for s in samples])
+    # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
+    evaluation = evaluate_saved(cfg.task, output.root, cfg.data_root, depth_options=cfg.depth)
+    metrics = evaluation.metrics
+    predictions = evaluation.predictions if evaluation.predictions is not None else schema.empty_table()
     for name, obj in dataset.exports(predictions).items():
         atomic_write_json(output.root / name, obj)
     atomic_write_json(output.root / "metrics.json", metrics)
@@ -293,6 +294,10 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         "actors": per_actor,
     }
     atomic_write_json(output.root / "run.json", run)
+    if cfg.report:
+        from jobs.report import write_report
+
+        write_report(output.root, evaluation, Path(cfg.data_root), run, cfg.depth)
     return JobOutcome(metrics, run, len(samples), errors.num_rows)
 
 

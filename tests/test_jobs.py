@@ -28,7 +28,8 @@ def coco_set(tmp_path_factory):
 
 
 def coco_cfg(root: Path, model: Path, out: Path, **kw) -> JobConfig:
-    base = dict(task="coco", data_root=str(root), model=str(model), output=str(out), shard_size=4, progress=False)
+    base = dict(task="coco", data_root=str(root), model=str(model), output=str(out), shard_size=4, progress=False,
+                report=False)
     return JobConfig(**{**base, **kw})
 
 

@@ -39,7 +39,7 @@ def test_removing_a_worker_node_mid_job_keeps_outputs_exactly_once(cluster, tmp_
     c, workers = cluster
     root = write_coco(tmp_path / "coco", n_images=36, seed=11)
     base = JobConfig(task="coco", data_root=str(root), model=SIM, output=str(tmp_path / "calm"), actors=2,
-                     shard_size=3, progress=False)
+                     shard_size=3, progress=False, report=False)
     calm = run_job(base)
     assert calm.exit_code == EXIT_OK
 

@@ -35,7 +35,8 @@ def coco_set(tmp_path_factory):
 
 
 def cfg_for(root: Path, out: Path, model: str, **kw) -> JobConfig:
-    base = dict(task="coco", data_root=str(root), model=model, output=str(out), shard_size=4, progress=False)
+    base = dict(task="coco", data_root=str(root), model=model, output=str(out), shard_size=4, progress=False,
+                report=False)
     return JobConfig(**{**base, **kw})
 
 
@@ -143,7 +144,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
 
 def test_driver_killed_mid_run_resumes_to_the_same_metrics(coco_set, tmp_path):
     model = SIM.format(ms=150)
-    args = ["run", "coco", "--data-root", str(coco_set), "--model", model, "--shard-size", "2", "--quiet"]
+    args = ["run", "coco", "--data-root", str(coco_set), "--model", model, "--shard-size", "2", "--no-report", "--quiet"]
     crashed = tmp_path / "crashed"
     driver = _cli(args + ["--output", str(crashed)], start_new_session=True)
     try:

@@ -1,0 +1,123 @@
+"""Offline evaluation, slices, compare, and the HTML report (opened in headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.synthetic import write_coco, write_nyu
+from jobs.cli import main
+from jobs.config import JobConfig
+from jobs.driver import run_job
+from jobs.evaluate import evaluate_saved
+from tests.conftest import make_const_depth, make_const_detector
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def coco_run(ray_session, tmp_path_factory):
+    root = write_coco(tmp_path_factory.mktemp("coco"), n_images=12, seed=4)
+    ann = json.loads((root / "annotations/instances_val2017.json").read_text())
+    first = ann["images"][0]
+    # boxes where the first image's objects are, in model pixels (320x240 -> 64x64: gain 0.2, 8 px pad)
+    boxes = []
+    for a in (a for a in ann["annotations"] if a["image_id"] == first["id"]):
+        x, y, w, h = a["bbox"]
+        cls = [1, 3, 7].index(a["category_id"])
+        boxes.append([(x + w / 2) * 0.2, (y + h / 2) * 0.2 + 8, w * 0.2, h * 0.2, cls, 0.8])
+    model = make_const_detector(root / "det.onnx", 64, np.array(boxes))
+    out = tmp_path_factory.mktemp("out") / "run"
+    run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(out), shard_size=5,
+                      progress=False))
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def nyu_run(ray_session, tmp_path_factory):
+    root = write_nyu(tmp_path_factory.mktemp("nyu"), n_frames=3, size=(480, 640), seed=6)
+    model = make_const_depth(root / "depth.onnx", 224, 3.0)
+    out = tmp_path_factory.mktemp("out") / "nyu"
+    run_job(JobConfig(task="nyu", data_root=str(root), model=str(model), output=str(out), progress=False))
+    return root, out
+
+
+def test_offline_coco_eval_is_the_job_to_the_last_digit(coco_run, capsys):
+    root, out = coco_run
+    job = json.loads((out / "metrics.json").read_text())
+    assert 0 < job["AP"] < 1  # one image is predicted right, the others are not
+    assert main(["eval", "coco", "--predictions", str(out), "--data-root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    offline = json.loads(printed[: printed.index("\n}\n") + 2])
+    assert offline == job
+    assert re.search(r"^square\s+\d\.\d{4}", printed, re.M)  # the per-class table
+
+
+def test_results_json_from_another_tool_and_subsets(coco_run):
+    root, out = coco_run
+    job = json.loads((out / "metrics.json").read_text())
+    other = evaluate_saved("coco", out / "coco_results.json", root)  # the standard results format
+    assert other.metrics["AP"] == pytest.approx(job["AP"], abs=1e-3)
+    first = sorted(other.sample_ids)[0]
+    only = evaluate_saved("coco", out, root, sample_ids=[first])
+    assert only.metrics["images"] == 1 and only.metrics["AP"] > job["AP"]
+    assert evaluate_saved("coco", out, root, limit=4).metrics["images"] == 4
+    table = {r["class"]: r for r in only.per_class}
+    assert set(table) == {"square", "disc", "triangle"}
+    assert all({"AP", "AP50", "APs", "APm", "APl", "objects"} <= set(r) for r in only.per_class)
+
+
+def test_offline_nyu_eval_recomputes_from_the_saved_maps(nyu_run):
+    root, out = nyu_run
+    job = json.loads((out / "metrics.json").read_text())
+    ev = evaluate_saved("nyu", out, root)
+    assert ev.metrics == job
+    assert ev.metrics["abs_rel"] > 0
+    bins = {tuple(b["range_m"]): b for b in ev.depth_bins}
+    assert sum(b["pixels"] for b in bins.values()) > 0
+    assert all(np.isnan(b["abs_rel"]) == (b["images"] == 0) for b in bins.values())
+    # a box at 1-2 m is predicted at 3 m: its bin has the large relative error
+    assert bins[(1.0, 2.0)]["abs_rel"] > bins[(2.0, 3.0)]["abs_rel"]
+
+
+def test_compare_prints_deltas(coco_run, tmp_path, capsys):
+    root, out = coco_run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["AP"] += 0.0125
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["compare", str(out), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^AP\s+\S+\s+\S+\s+\+0\.0125$", text, re.M)
+    assert re.search(r"^AP50\s+\S+\s+\S+\s+\+0\.0000$", text, re.M)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.parametrize("which", ["coco", "nyu"])
+def test_report_opens_in_headless_chromium_with_its_figures(coco_run, nyu_run, tmp_path, which):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on PATH (.ci/run installs Debian's chromium)")
+    _, out = coco_run if which == "coco" else nyu_run
+    report = out / "report.html"
+    expected = {"coco": {"pr_curves", "per_class_ap", "detections"}, "nyu": {"depth_samples", "error_vs_depth"}}[which]
+    assert {p.stem for p in (out / "report").glob("*.png")} == expected
+    profile = tmp_path / "profile"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", report.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert f'data-figures-shown="{len(expected)}"' in dom, dom[-2000:]
+    for name in expected:
+        assert f'id="fig-{name}"' in dom
+    assert "Throughput and utilisation" in dom and "busy fraction" in dom
