@@ -144,7 +144,8 @@ class InferenceActor:
         jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
         self.queue = AsyncInferQueue(self.model, jobs=jobs, hint=cfg.hint, cpus=self.cpus)
         self.queue.set_callback(self._on_done)
-        self.loader_threads = cfg.loader_threads or (plan.jobs + 1)
+        # enough readers that every request has its next input ready, and every CPU works
+        self.loader_threads = cfg.loader_threads or (max(jobs, self.cpus) + 1)
         self.loader = ThreadPoolExecutor(self.loader_threads, thread_name_prefix=f"{name}-loader")
         self.started = time.perf_counter()
         self.samples_done = 0
@@ -175,6 +176,7 @@ class InferenceActor:
             "shards": self.shards_done,
             "uptime_s": uptime,
             "busy_s": self.queue.busy_seconds,
+            "peak_rss_mb": peak_rss_mb(),
             "failed_requests": self.queue.failed,
             "callback_errors": self.queue.callback_errors,
         }
@@ -257,6 +259,13 @@ class InferenceActor:
             **timing,
         )
         state.add(record)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 def _node_id() -> str | None:

@@ -12,6 +12,7 @@ class here, never a copy of the job.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,9 +43,11 @@ class Sample:
 
 
 def safe_join(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing paths that escape the root (from annotation files)."""
-    root = root.resolve()
-    path = (root / relative).resolve()
+    """`root / relative`, refusing names that climb out of the root (`..`, absolute
+    paths) as annotation files might hold. Checked on the names, not after following
+    symbolic links: a data folder of links to files elsewhere is the owner's choice."""
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(root / relative))
     if path != root and root not in path.parents:
         raise SampleError(f"path {relative!r} escapes the data root {root}", stage="load")
     return path

@@ -162,12 +162,18 @@ class YoloAdapter:
         """Raw output for one image -> (xyxy in model pixels, scores, class indices)."""
         o = self.options
         if self.family == "yolov8":
-            boxes, cls_scores = pred[:4].T, pred[4:].T  # [N, 4], [N, nc]
+            # Anchors whose best class clears the threshold first (Ultralytics' `xc`): the
+            # full [N, nc] score matrix is never built for the rest.
+            keep = np.flatnonzero(pred[4:].max(axis=0) > o.conf_thres)
+            boxes, cls_scores = pred[:4, keep].T, pred[4:, keep].T  # [n, 4], [n, nc]
         else:
             boxes = np.empty((pred.shape[0], 4), np.float32)
             boxes[:, :2] = (pred[:, :2] + self._grid) * self._strides
             boxes[:, 2:] = np.exp(pred[:, 2:4]) * self._strides
             cls_scores = pred[:, 5:] * pred[:, 4:5]
+        if self.family == "yolox":
+            keep = np.flatnonzero(cls_scores.max(axis=1) > o.conf_thres)
+            boxes, cls_scores = boxes[keep], cls_scores[keep]
         if self.multi_label:
             rows, cols = np.nonzero(cls_scores > o.conf_thres)
             scores = cls_scores[rows, cols]

@@ -1,8 +1,23 @@
-"""Benchmarks that print figures (never timed asserts).
+"""Benchmarks that print figures (never timed asserts). Each prints a table and, as
+its last line, one JSON object.
 
 `python -m jobs.bench runtime --model M [--seconds S]`
-    One model, no Ray: one-at-a-time against the request queue with 1, 2, 4 and
-    the automatic number of requests. Last line: a JSON object of img/s.
+    One model, no Ray: one request at a time vs the request queue with 1, 2, 4 and the
+    automatic number of requests; `limit` = cores x single-thread rate. Keys: sync,
+    jobs1, jobs2, jobs4, auto, limit (img/s).
+`python -m jobs.bench pipeline --data-root D --model M --images N`
+    The whole COCO job vs a naive loop and Ray Data on the same N images (the set
+    repeated). Keys: sync, raydata_default, raydata_best, rayinfer, limit (img/s).
+`python -m jobs.bench accel --data-root D`
+    Real JPEG decode + letterbox feeding simulated devices (Ray custom resource
+    `sim_device`): Ray Data map_batches (best batch size) vs rayinfer, and the bound
+    min(devices x C / latency, CPU preprocessing limit). Keys: raydata, rayinfer, bound.
+`python -m jobs.bench scale`
+    1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
+    samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
+
+Throughput of a Ray mode counts from the start of its actors to its last result;
+rayinfer's metrics evaluation after inference is not counted.
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.model import OnnxModel, RuntimeOptions, available_cpus
+from actors.model import OnnxModel, RuntimeOptions, TensorSpec, available_cpus
 from actors.queue import AsyncInferQueue
 
 log = logging.getLogger("jobs.bench")
@@ -122,6 +137,326 @@ def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> 
     return {k: round(v, 2) for k, v in results.items()}
 
 
+# -- shared helpers --------------------------------------------------------------------------
+def start_ray(cpus: int, resources: dict[str, float] | None = None) -> None:
+    import ray
+
+    from jobs.driver import local_runtime_env
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, runtime_env=local_runtime_env())
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    except Exception:  # noqa: BLE001 - Ray Data not installed: its modes are skipped
+        pass
+
+
+def repeat_coco(src: Path, n: int, dest: Path) -> Path:
+    """A COCO-layout folder of `n` images: the source images repeated (links) under new ids."""
+    ann = json.loads((src / "annotations" / "instances_val2017.json").read_text())
+    images = sorted(ann["images"], key=lambda im: im["id"])
+    by_image: dict[int, list[dict]] = {}
+    for a in ann["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    (dest / "val2017").mkdir(parents=True, exist_ok=True)
+    (dest / "annotations").mkdir(exist_ok=True)
+    out_images, out_anns = [], []
+    for i in range(n):
+        im = images[i % len(images)]
+        new = dict(im, id=i + 1, file_name=f"{i + 1:012d}.jpg")
+        link = dest / "val2017" / new["file_name"]
+        if not link.exists():
+            link.symlink_to((src / "val2017" / im["file_name"]).resolve())
+        out_images.append(new)
+        out_anns += [dict(a, id=len(out_anns) + k + 1, image_id=i + 1) for k, a in enumerate(by_image.get(im["id"], []))]
+    data = dict(ann, images=out_images, annotations=out_anns)
+    (dest / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    return dest
+
+
+def _rayinfer(cfg_kwargs: dict) -> tuple[float, dict]:
+    """Run the full job; (samples/s from actor start to last result, run.json)."""
+    from jobs.config import JobConfig
+    from jobs.driver import run_job
+
+    outcome = run_job(JobConfig(progress=False, report=False, overwrite=True, **cfg_kwargs))
+    t = outcome.run["timings"]
+    return outcome.run["counts"]["processed_this_run"] / (t["setup_s"] + t["inference_s"]), outcome.run
+
+
+class DetectorUDF:
+    """Ray Data callable class as its docs suggest: owns one ORT session, runs a batch of
+    image paths one by one (the model takes batch 1) with rayinfer's own decode."""
+
+    def __init__(self, model: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        from actors.model import _spec
+        from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+        outputs = [_spec(o) for o in self.session.get_outputs()]
+        self.adapter = YoloAdapter(detect_family(outputs), [_spec(i) for i in self.session.get_inputs()],
+                                   DetectionOptions(), list(range(outputs[0].shape[1] - 4)))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from datasets.base import Sample
+        from datasets.images import read_image
+
+        found = []
+        for path in batch["path"]:
+            sample = Sample(str(path), str(path), {"image_id": 0})
+            feed, lb = self.adapter.preprocess(read_image(Path(path)), sample)
+            record = self.adapter.postprocess(self.session.run(None, feed), lb, sample)
+            found.append(len(record["score"]))
+        return {"detections": np.asarray(found)}
+
+
+def _raydata_detect(paths: list[str], model: str, actors: int, batch_size: int | None, threads: int) -> float:
+    import ray.data
+
+    t0 = time.perf_counter()
+    ds = ray.data.from_items([{"path": p} for p in paths]).map_batches(
+        DetectorUDF, fn_constructor_args=(model, threads), batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=max(1, threads))
+    n = sum(len(b["detections"]) for b in ds.iter_batches(batch_size=None))
+    return n / (time.perf_counter() - t0)
+
+
+def _per_image_costs(root: Path, model: Path, n: int = 24) -> dict[str, float]:
+    """Single-thread seconds per image for decode+letterbox, inference and decode+NMS."""
+    from datasets.coco import CocoDataset
+    from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+
+    ds = CocoDataset(root)
+    m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    adapter = YoloAdapter(detect_family(m.outputs), m.inputs, DetectionOptions(), ds.category_ids)
+    samples = ds.samples()[:n]
+    pre = inf = post = 0.0
+    m.run(adapter.preprocess(ds.load(samples[0]), samples[0])[0])
+    for s in samples:
+        t0 = time.perf_counter()
+        feed, lb = adapter.preprocess(ds.load(s), s)
+        t1 = time.perf_counter()
+        out = m.run(feed)
+        t2 = time.perf_counter()
+        adapter.postprocess(out, lb, s)
+        t3 = time.perf_counter()
+        pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + t3 - t2
+    return {"preprocess": pre / n, "inference": inf / n, "postprocess": post / n}
+
+
+# -- pipeline ---------------------------------------------------------------------------------
+def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) -> dict[str, float]:
+    import tempfile
+
+    from datasets.coco import CocoDataset
+    from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+
+    cpus = available_cpus()
+    work = Path(tempfile.mkdtemp(prefix="rayinfer-bench-"))
+    root = repeat_coco(data_root, images, work / "coco")
+    ds = CocoDataset(root)
+    samples = ds.samples()
+    paths = [str(root / s.file) for s in samples]
+    results: dict[str, float] = {}
+    rows: list[list[object]] = []
+
+    # sync: decode, letterbox, run, NMS, one image at a time, default session
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    adapter = YoloAdapter(detect_family(m.outputs), m.inputs, DetectionOptions(), ds.category_ids)
+    t0 = time.perf_counter()
+    for s in samples:
+        feed, lb = adapter.preprocess(ds.load(s), s)
+        adapter.postprocess(sess.run(None, feed), lb, s)
+    results["sync"] = len(samples) / (time.perf_counter() - t0)
+    rows.append(["sync", "1 loop, default session", results["sync"]])
+
+    start_ray(cpus)
+    results["raydata_default"] = _raydata_detect(paths, str(model), cpus, None, 0)
+    rows.append(["raydata_default", f"{cpus} actors, default batch and session", results["raydata_default"]])
+    best, best_desc = 0.0, ""
+    combos = [(a, b, t) for a in (1, 2, 3, 4) for b in (1, 4, 16) for t in sorted({1, max(1, cpus // a)})]
+    if not grid:
+        combos = [(a, b, t) for a, b, t in combos if b == 4]
+    for a, b, t in combos:
+        rate = _raydata_detect(paths, str(model), a, b, t)
+        log.info("raydata actors=%d batch=%d threads=%d: %.1f img/s", a, b, t, rate)
+        if rate > best:
+            best, best_desc = rate, f"{a} actors x {t} threads, batch {b}"
+    results["raydata_best"] = best
+    rows.append(["raydata_best", best_desc + f" (best of {len(combos)})", best])
+
+    rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=str(model), output=str(work / "out")))
+    results["rayinfer"] = rate
+    a = run["actors"][0]
+    rows.append(["rayinfer", f"{len(run['actors'])} actor(s) x {a['requests']} requests, automatic", rate])
+    results["rayinfer_steady"] = run["throughput"]["samples_per_s"]
+    rows.append(["rayinfer_steady", f"the same run without actor start-up (busy {a['busy_fraction']:.2f})",
+                 results["rayinfer_steady"]])
+
+    costs = _per_image_costs(data_root, model)
+    per_image = sum(costs.values())
+    results["limit"] = cpus / per_image
+    rows.append(["limit", f"{cpus} cores / ({costs['preprocess'] * 1e3:.1f} + {costs['inference'] * 1e3:.1f} + "
+                          f"{costs['postprocess'] * 1e3:.1f} ms)", results["limit"]])
+    print(f"pipeline: {model.name}, {images} images ({data_root.name} repeated), {cpus} CPUs")
+    print(format_table(["mode", "setting", "img/s"], rows))
+    r = results
+    print(f"rayinfer / limit = {r['rayinfer'] / r['limit']:.2f}; / sync = {r['rayinfer'] / r['sync']:.2f}; "
+          f"/ raydata_best = {r['rayinfer'] / r['raydata_best']:.2f}; / raydata_default = {r['rayinfer'] / r['raydata_default']:.2f}")
+    return {k: round(v, 2) for k, v in results.items()}
+
+
+# -- simulated accelerator ------------------------------------------------------------------
+class SimDeviceUDF:
+    """Ray Data stage owning one simulated device: batch-1 requests, one after another."""
+
+    def __init__(self, latency_ms: float, capacity: int) -> None:
+        from actors.simulated import SimulatedModel
+
+        self.device = SimulatedModel(latency_ms, capacity)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for image in batch["image"]:
+            self.device.run({"images": image[None]})
+        return {"done": np.ones(len(batch["image"]), np.int8)}
+
+
+def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import cv2
+
+    from datasets.images import letterbox, read_image
+
+    out = []
+    for path in batch["path"]:
+        image, _ = letterbox(read_image(Path(path)), (640, 640))
+        out.append(cv2.dnn.blobFromImage(image, 1.0 / 255.0, swapRB=True)[0])
+    return {"image": np.stack(out)}
+
+
+def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: int, batch: int) -> float:
+    import ray.data
+
+    t0 = time.perf_counter()
+    ds = (ray.data.from_items([{"path": p} for p in paths])
+          .map_batches(_decode_batch, batch_size=batch)
+          .map_batches(SimDeviceUDF, fn_constructor_args=(latency_ms, capacity), batch_size=batch,
+                       compute=ray.data.ActorPoolStrategy(size=devices), num_cpus=0, resources={"sim_device": 1}))
+    n = sum(len(b["done"]) for b in ds.iter_batches(batch_size=None))
+    return n / (time.perf_counter() - t0)
+
+
+def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: float, capacity: int) -> dict[str, float]:
+    import tempfile
+
+    from datasets.coco import CocoDataset
+    from datasets.yolo import DetectionOptions, YoloAdapter
+
+    cpus = available_cpus()
+    work = Path(tempfile.mkdtemp(prefix="rayinfer-accel-"))
+    root = repeat_coco(data_root, images, work / "coco")
+    ds = CocoDataset(root)
+    samples = ds.samples()
+    paths = [str(root / s.file) for s in samples]
+    spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
+    adapter = YoloAdapter("yolov8", spec, DetectionOptions(), ds.category_ids)
+    t0 = time.perf_counter()
+    for s in samples[:40]:
+        adapter.preprocess(ds.load(s), s)
+    pre = (time.perf_counter() - t0) / 40
+    device_bound = devices * capacity / (latency_ms / 1000)
+    cpu_bound = cpus / pre
+    bound = min(device_bound, cpu_bound)
+
+    start_ray(cpus, {"sim_device": devices})
+    rows: list[list[object]] = []
+    best, best_b = 0.0, 0
+    for b in (1, 4, 16, 64):
+        rate = _raydata_accel(paths, devices, latency_ms, capacity, b)
+        rows.append([f"raydata batch {b}", rate])
+        if rate > best:
+            best, best_b = rate, b
+    uri = f"sim://?latency_ms={latency_ms}&capacity={capacity}&input=1x3x640x640&output=1x84x8400"
+    rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=uri, output=str(work / "out"),
+                               resource="sim_device"))
+    busy = [a["busy_fraction"] for a in run["actors"]]
+    rows.append(["rayinfer", rate])
+    rows.append(["rayinfer without actor start-up", run["throughput"]["samples_per_s"]])
+    rows.append([f"bound = min({devices} x {capacity} / {latency_ms:g} ms = {device_bound:.0f}, "
+                 f"{cpus} cores / {pre * 1e3:.1f} ms = {cpu_bound:.0f})", bound])
+    print(f"accel: {images} images, {devices} simulated devices (C={capacity}, {latency_ms:g} ms), {cpus} CPUs")
+    print(format_table(["mode", "img/s"], rows))
+    print(f"rayinfer / bound = {rate / bound:.2f}; rayinfer / raydata (batch {best_b}) = {rate / best:.2f}; "
+          f"device busy fraction {', '.join(f'{b:.2f}' for b in busy)}")
+    return {"raydata": round(best, 2), "rayinfer": round(rate, 2), "bound": round(bound, 2),
+            "rayinfer_steady": run["throughput"]["samples_per_s"], "busy_min": min(busy)}
+
+
+# -- scale ------------------------------------------------------------------------------------
+def _null_run(devices: int, samples: int, latency_ms: float, capacity: int, out: Path) -> dict:
+    uri = f"sim://?latency_ms={latency_ms}&capacity={capacity}&input=1x1&output=1x1"
+    _, run = _rayinfer(dict(task="null", data_root=".", model=uri, output=str(out), limit=samples,
+                            resource="sim_device", actors=devices, shard_size=32))
+    return run
+
+
+def run_scale_bench(max_devices: int, latency_ms: float, capacity: int, seconds: float,
+                    memory_sizes: tuple[int, int]) -> dict[str, float]:
+    import subprocess
+    import sys
+    import tempfile
+
+    cpus = available_cpus()
+    work = Path(tempfile.mkdtemp(prefix="rayinfer-scale-"))
+    start_ray(cpus, {"sim_device": max_devices})
+    results: dict[str, float] = {}
+    rows: list[list[object]] = []
+    d = 1
+    while d <= max_devices:
+        ideal = d * capacity / (latency_ms / 1000)
+        n = int(min(20000, max(200, ideal * seconds)))
+        run = _null_run(d, n, latency_ms, capacity, work / f"d{d}")
+        achieved = n / run["timings"]["inference_s"]
+        busy = [a["busy_fraction"] for a in run["actors"] if a.get("busy_fraction") is not None]
+        results[f"efficiency_{d}"] = achieved / ideal
+        rows.append([d, n, ideal, achieved, f"{achieved / ideal:.1%}", f"{min(busy):.2f}" if busy else "-"])
+        d *= 2
+    import ray
+
+    ray.shutdown()
+    # memory: the same job at two sizes, each in a fresh process so peaks are its own
+    mem = {}
+    for n in memory_sizes:
+        out = work / f"mem{n}"
+        cmd = [sys.executable, "-m", "jobs", "run", "null", "--data-root", ".", "--limit", str(n), "--quiet",
+               "--no-report", "--model", f"sim://?latency_ms=1&capacity={capacity}&input=1x1&output=1x1",
+               "--output", str(out), "--shard-size", "32"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        mem[n] = json.loads((out / "run.json").read_text())["memory"]
+    small, large = memory_sizes
+    print(f"scale: simulated devices (C={capacity}, {latency_ms:g} ms), one actor each, {cpus} CPUs")
+    print(format_table(["devices", "samples", "ideal/s", "achieved/s", "efficiency", "min busy"], rows))
+    print(format_table(["samples", "driver peak RSS MB", "actor peak RSS MB"],
+                       [[n, mem[n]["driver_peak_rss_mb"], mem[n]["actor_peak_rss_mb"]] for n in memory_sizes]))
+    results["driver_rss_growth"] = mem[large]["driver_peak_rss_mb"] / mem[small]["driver_peak_rss_mb"] - 1
+    results["actor_rss_growth"] = mem[large]["actor_peak_rss_mb"] / mem[small]["actor_peak_rss_mb"] - 1
+    return {k: round(v, 4) for k, v in results.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,11 +465,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt.add_argument("--model", type=Path, required=True)
     rt.add_argument("--seconds", type=float, default=5.0)
     rt.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
+    pl = sub.add_parser("pipeline", help="the whole job vs a naive loop and Ray Data")
+    pl.add_argument("--data-root", type=Path, required=True)
+    pl.add_argument("--model", type=Path, required=True)
+    pl.add_argument("--images", type=int, default=240)
+    pl.add_argument("--quick", action="store_true", help="Ray Data grid at batch 4 only")
+    ac = sub.add_parser("accel", help="simulated devices: Ray Data vs rayinfer")
+    ac.add_argument("--data-root", type=Path, required=True)
+    ac.add_argument("--images", type=int, default=1000)
+    ac.add_argument("--devices", type=int, default=2)
+    ac.add_argument("--latency-ms", type=float, default=20.0)
+    ac.add_argument("--capacity", type=int, default=4)
+    sc = sub.add_parser("scale", help="1..N simulated devices, trivial host work")
+    sc.add_argument("--max-devices", type=int, default=64)
+    sc.add_argument("--latency-ms", type=float, default=200.0)
+    sc.add_argument("--capacity", type=int, default=4)
+    sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
+    sc.add_argument("--memory-sizes", default="1000,20000")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("ray", "jobs.driver", "jobs.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.bench == "runtime":
         result = run_runtime_bench(args.model, args.seconds, args.providers.split(","))
+    elif args.bench == "pipeline":
+        result = run_pipeline_bench(args.data_root, args.model, args.images, grid=not args.quick)
+    elif args.bench == "accel":
+        result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+    else:
+        a, b = (int(v) for v in args.memory_sizes.split(","))
+        result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b))
     print(json.dumps(result))
     sys.stdout.flush()
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from datasets.depth import DepthOptions
 from datasets.yolo import DetectionOptions
 
-TASKS = ("coco", "nyu")
+TASKS = ("coco", "nyu", "null")  # null: N empty samples, for benchmarks
 
 
 class ConfigError(ValueError):

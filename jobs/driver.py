@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.actor import InferenceActor, ShardResult, build_model
+from actors.actor import InferenceActor, ShardResult, build_model, peak_rss_mb
 from datasets.base import ERROR_SCHEMA, Dataset, SetupError, records_schema
 from jobs import PROJECT_ROOT
 from jobs.config import JobConfig
@@ -279,6 +279,8 @@ def run_job(cfg: JobConfig) -> JobOutcome:
             "inference_s": round(work_s, 3),
             "stage_mean_ms": {k: round(v * 1000 / max(1, processed), 3) for k, v in stage_totals.items()},
         },
+        "memory": {"driver_peak_rss_mb": peak_rss_mb(),
+                   "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in actor_stats), default=None)},
         "throughput": {"samples_per_s": round(processed / work_s, 3) if work_s > 0 else None},
         "counts": {
             "samples": len(samples),

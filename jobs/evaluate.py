@@ -89,6 +89,11 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         fresh, bins = recompute(dataset, table, options)
         metrics = dataset.evaluate(fresh, ids)
         return Evaluation("nyu", metrics, depth_bins=bins, predictions=fresh, sample_ids=ids)
+    if task == "null":
+        from datasets.null import NullDataset
+
+        table, ids = _saved_table(path, sample_ids, limit)
+        return Evaluation("null", NullDataset(data_root, len(ids)).evaluate(table, ids), predictions=table, sample_ids=ids)
     raise SetupError(f"unknown task {task!r}")
 
 

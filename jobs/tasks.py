@@ -28,6 +28,10 @@ def build_dataset(cfg: JobConfig) -> Dataset:
         from datasets.nyu import NyuDataset
 
         return NyuDataset(root, sample_ids=cfg.sample_ids, limit=cfg.limit)
+    if cfg.task == "null":
+        from datasets.null import NullDataset
+
+        return NullDataset(root, cfg.limit or 1000)
     raise SetupError(f"unknown task {cfg.task!r}")
 
 
@@ -47,6 +51,10 @@ def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
         from datasets.depth import DepthAdapter
 
         return DepthAdapter(model.inputs, cfg.depth)
+    if cfg.task == "null":
+        from datasets.null import NullAdapter
+
+        return NullAdapter(model.inputs)
     raise SetupError(f"unknown task {cfg.task!r}")
 
 

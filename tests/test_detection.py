@@ -102,7 +102,11 @@ def test_read_image_converts_gray_and_16bit_to_bgr8(tmp_path):
 
 
 def test_safe_join_refuses_escapes(tmp_path):
-    assert safe_join(tmp_path, "val2017/a.jpg") == (tmp_path / "val2017/a.jpg").resolve()
+    assert safe_join(tmp_path, "val2017/a.jpg") == tmp_path / "val2017/a.jpg"
+    (tmp_path / "link.jpg").symlink_to("/elsewhere/a.jpg")  # a link inside the root is the owner's choice
+    assert safe_join(tmp_path, "link.jpg") == tmp_path / "link.jpg"
+    with pytest.raises(SampleError, match="escapes the data root"):
+        safe_join(tmp_path, "val2017/../../x.jpg")
     with pytest.raises(SampleError, match="escapes the data root"):
         safe_join(tmp_path, "../../etc/passwd")
     with pytest.raises(SampleError, match="escapes the data root"):
