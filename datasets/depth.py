@@ -59,7 +59,7 @@ PROFILES = {
 class DepthOptions:
     """Depth job options: a named profile plus overrides, alignment and the valid range."""
 
-    profile: str = "fastdepth"
+    profile: str = "auto"  # auto: the model's declared profile (ONNX metadata), else fastdepth
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     align: str = "none"
@@ -68,8 +68,8 @@ class DepthOptions:
     max_depth: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        if self.profile not in PROFILES and self.profile != "auto":
+            raise ValueError(f"profile must be auto or one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.align not in ALIGNMENTS:
             raise ValueError(f"align must be one of {ALIGNMENTS}, got {self.align!r}")
         if not 0 <= self.min_depth < self.max_depth:
@@ -81,8 +81,11 @@ class DepthOptions:
                     raise ValueError(f"{name} needs 3 values (R, G, B), got {value}")
                 object.__setattr__(self, name, tuple(float(v) for v in value))
 
-    def resolved_profile(self) -> Profile:
-        p = PROFILES[self.profile]
+    def resolved_profile(self, declared: str | None = None) -> Profile:
+        """The profile to use: the named one, or for `auto` the one the model declares
+        (`rayinfer.depth_profile` in its ONNX metadata), else fastdepth."""
+        name = self.profile if self.profile != "auto" else (declared if declared in PROFILES else "fastdepth")
+        p = PROFILES[name]
         if self.mean is not None:
             p = replace(p, mean=self.mean)
         if self.std is not None:
@@ -196,7 +199,8 @@ def decode_depth(blob: bytes, height: int, width: int) -> np.ndarray:
 class DepthAdapter:
     """RGB frame in, metric depth map out (saved as float16), with per-image metrics."""
 
-    def __init__(self, inputs: Sequence[TensorSpec], options: DepthOptions) -> None:
+    def __init__(self, inputs: Sequence[TensorSpec], options: DepthOptions,
+                 metadata: dict[str, str] | None = None) -> None:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise SetupError(f"depth model needs one image input [N, 3, H, W] or [N, H, W, 3], got "
                              f"{[i.describe() for i in inputs]}")
@@ -204,8 +208,8 @@ class DepthAdapter:
         self.input_name = spec.name
         self.nhwc = spec.shape[3] == 3 and spec.shape[1] != 3
         dims = spec.shape[1:3] if self.nhwc else spec.shape[2:4]
-        self.options = options
-        self.profile = options.resolved_profile()
+        self.profile = options.resolved_profile((metadata or {}).get("rayinfer.depth_profile"))
+        self.options = replace(options, profile=self.profile.name)
         if None in dims and self.profile.size is None:
             raise SetupError(f"model input '{spec.name}' has dynamic size {spec.describe()}; "
                              "use a profile with a fixed size")

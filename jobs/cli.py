@@ -41,9 +41,10 @@ def _csv(text: str) -> tuple[str, ...]:
 
 #: (flag, config key, type, help). Nested keys use "section.key".
 OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
-    ("--data-root", "data_root", str, "dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5)"),
-    ("--model", "model", str, "ONNX model file"),
-    ("--output", "output", str, "output folder"),
+    ("--data-root", "data_root", str, "dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5); "
+                                      "leave out with --model for the built-in demo"),
+    ("--model", "model", str, "ONNX model file (or sim://... for a simulated device)"),
+    ("--output", "output", str, "output folder (default: runs/TASK, numbered if taken)"),
     ("--model-family", "model_family", str, "auto | yolov8 | yolox (detection); auto reads the output signature"),
     ("--address", "address", str, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here"),
     ("--actors", "actors", int, "inference actors; 0 = one per GPU, or one per node's CPUs"),
@@ -65,7 +66,7 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--iou-thres", "detection.iou_thres", float, "class-aware NMS IoU threshold"),
     ("--max-det", "detection.max_det", int, "detections kept per image"),
     ("--multi-label", "detection.multi_label", _bool, "every class above the threshold is a candidate (default: by family)"),
-    ("--profile", "depth.profile", str, "depth preprocessing profile: fastdepth | resize | unet"),
+    ("--profile", "depth.profile", str, "depth preprocessing: auto (the model's declared profile) | fastdepth | resize | unet"),
     ("--align", "depth.align", str, "depth alignment for relative models: none | median | lsq"),
     ("--no-eigen-crop", "depth.eigen_crop", None, "evaluate every pixel, not the Eigen crop"),
     ("--min-depth", "depth.min_depth", float, "smallest valid ground-truth depth (m)"),
@@ -123,7 +124,24 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         else:
             data[key] = value
     data["task"] = args.task
+    _defaults_for_demo(data)
     return JobConfig.from_dict(data)
+
+
+def _defaults_for_demo(data: dict[str, Any]) -> None:
+    """No data and no model: the built-in demo. No output: runs/TASK (numbered)."""
+    from jobs.demo import DEMO_MODELS, demo_data, next_output
+
+    task = data["task"]
+    has_data, has_model = bool(data.get("data_root")), bool(data.get("model"))
+    if task in DEMO_MODELS and not has_data and not has_model:
+        log.info("no --data-root/--model: running the built-in %s demo (synthetic data, demo model)", task)
+        data["data_root"] = str(demo_data(task))
+        data["model"] = str(DEMO_MODELS[task])
+    elif has_data != has_model and task in DEMO_MODELS:
+        raise ConfigError("--data-root and --model go together; leave both out to run the built-in demo")
+    if not data.get("output"):
+        data["output"] = str(next_output(task))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -203,6 +221,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from jobs.download import DownloadError, main_download
+
+    try:
+        main_download(args.dataset, args.dest, args.mirror, args.manifest, args.keep_archives, args.quiet)
+    except DownloadError as exc:
+        sys.stderr.write(f"rayinfer: download failed: {exc}\n")
+        return 1
+    sys.stdout.write(f"{args.dataset} ready in {args.dest}\n")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jobs.doctor import format_report, report
+
+    info = report([Path(p) for p in args.data_root])
+    sys.stdout.write((json.dumps(info, indent=2) if args.json else format_report(info)) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayinfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("a", type=Path)
     cmp.add_argument("b", type=Path)
     cmp.set_defaults(func=cmd_compare)
+
+    from jobs.download import SPECS
+
+    dl = sub.add_parser("download", help="fetch, verify and extract an official dataset")
+    dl.add_argument("dataset", choices=sorted(SPECS))
+    dl.add_argument("--dest", required=True, type=Path, help="folder to extract into (the job's --data-root)")
+    dl.add_argument("--mirror", help="base URL serving the same file names")
+    dl.add_argument("--manifest", type=Path, help="JSON list of archives replacing the built-in one")
+    dl.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
+    dl.add_argument("--quiet", action="store_true", help="no progress bars")
+    dl.set_defaults(func=cmd_download)
+
+    doc = sub.add_parser("doctor", help="versions, providers, cores, GPUs and the datasets found")
+    doc.add_argument("--data-root", action="append", default=[], help="also look for a dataset here")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
     return parser
 
 

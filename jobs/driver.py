@@ -185,8 +185,9 @@ def start_actors(cfg: JobConfig) -> tuple[list[Any], list[str], list[dict[str, A
     return actors, names, infos
 
 
-def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[list[Any], pa.Schema]:
-    """Everything that can fail before work starts: samples, model, adapter."""
+def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[JobConfig, list[Any], pa.Schema]:
+    """Everything that can fail before work starts: samples, model, adapter. Returns the
+    config with what the model declares filled in (the depth profile for `auto`)."""
     samples = dataset.samples()
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
@@ -199,7 +200,9 @@ def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[list[Any], pa.Schema]
     except Exception as exc:
         raise SetupError(str(exc)) from None
     adapter = build_adapter(cfg, dataset, model)
-    return samples, records_schema(adapter.schema)
+    if cfg.task == "nyu":
+        cfg = dataclasses.replace(cfg, depth=adapter.options)  # type: ignore[attr-defined]
+    return cfg, samples, records_schema(adapter.schema)
 
 
 def run_job(cfg: JobConfig) -> JobOutcome:
@@ -209,7 +212,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     t_start = time.time()
     cfg = resolve_paths(cfg)
     dataset = build_dataset(cfg)
-    samples, schema = check_setup(cfg, dataset)
+    cfg, samples, schema = check_setup(cfg, dataset)
     output = RunOutput(cfg.output)
     committed = output.open(fingerprint(cfg, dataset), resume=cfg.resume, overwrite=cfg.overwrite)
     shards = make_shards(samples, cfg.shard_size)

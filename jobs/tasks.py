@@ -50,7 +50,7 @@ def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
     if cfg.task == "nyu":
         from datasets.depth import DepthAdapter
 
-        return DepthAdapter(model.inputs, cfg.depth)
+        return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
     if cfg.task == "null":
         from datasets.null import NullAdapter
 

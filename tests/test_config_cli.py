@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,32 @@ def test_datasets_name_clash_is_harmless(tmp_path):
     out = python("import datasets; import jobs")
     assert out.returncode != 0 and "not rayinfer's" in out.stderr
     assert str(PROJECT_ROOT) not in out.stdout
+
+
+def test_data_root_and_model_go_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="go together"):
+        parse(["run", "coco", "--data-root", "d"])
+    with pytest.raises(ConfigError, match="go together"):
+        parse(["run", "nyu", "--model", "m.onnx"])
+
+
+def test_default_output_is_numbered_like_ultralytics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse(["run", "coco", "--data-root", "d", "--model", "m.onnx"]).output == "runs/coco"
+    (tmp_path / "runs/coco").mkdir(parents=True)
+    (tmp_path / "runs/coco2").mkdir()
+    assert parse(["run", "coco", "--data-root", "d", "--model", "m.onnx"]).output == "runs/coco3"
+
+
+def test_doctor_reports_versions_providers_and_datasets(tmp_path, capsys):
+    assert main(["doctor", "--json", "--data-root", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "CPUExecutionProvider" in info["providers"] and info["cpus_usable"] >= 1
+    assert info["ray"] and info["onnxruntime"]
+    names = {d["name"]: d["found"] for d in info["datasets"]}
+    assert names[f"coco at {tmp_path}"] is False
+    assert "built-in coco model" in names
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "providers    CPU yes" in text and "datasets and models:" in text

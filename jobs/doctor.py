@@ -1,0 +1,84 @@
+"""`rayinfer doctor`: what this machine offers rayinfer, and which datasets it can find."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from actors.model import available_cpus
+from jobs import PROJECT_ROOT
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("RAYINFER_SHARED", PROJECT_ROOT.parent / "shared"))
+
+
+def gpus() -> list[str]:
+    """GPU names from nvidia-smi, if there is one."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def datasets_found(extra: list[Path]) -> list[tuple[str, Path, bool]]:
+    shared = shared_dir()
+    candidates = [
+        ("coco (shared mini)", shared / "data/coco-val2017-mini/annotations/instances_val2017.json"),
+        ("nyu (shared mini)", shared / "data/nyu-depth-v2-mini/val/official"),
+        ("yolov8n_int8 (shared)", shared / "models/yolov8n_int8.onnx"),
+        ("fastdepth (shared)", shared / "models/fastdepth_nyu_224_fp32.onnx"),
+    ]
+    for root in extra:
+        candidates.append((f"coco at {root}", root / "annotations/instances_val2017.json"))
+        candidates.append((f"nyu at {root}", root / "val/official"))
+    from jobs.demo import DEMO_MODELS
+
+    candidates += [(f"built-in {task} model", path) for task, path in DEMO_MODELS.items()]
+    return [(name, path, path.exists()) for name, path in candidates]
+
+
+def report(extra: list[Path]) -> dict[str, Any]:
+    import numpy
+    import onnxruntime as ort
+    import ray
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "ray": ray.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": numpy.__version__,
+        "providers": ort.get_available_providers(),
+        "cpus_usable": available_cpus(),
+        "cpus_total": os.cpu_count(),
+        "gpus": gpus(),
+        "datasets": [{"name": n, "path": str(p), "found": ok} for n, p, ok in datasets_found(extra)],
+    }
+
+
+def format_report(info: dict[str, Any]) -> str:
+    providers = info["providers"]
+    lines = [
+        f"python       {info['python']} ({info['platform']})",
+        f"ray          {info['ray']}",
+        f"onnxruntime  {info['onnxruntime']}",
+        f"providers    CPU {'yes' if 'CPUExecutionProvider' in providers else 'NO'}, "
+        f"CUDA {'yes' if 'CUDAExecutionProvider' in providers else 'no'}, "
+        f"TensorRT {'yes' if 'TensorrtExecutionProvider' in providers else 'no'}",
+        f"cpus         {info['cpus_usable']} usable of {info['cpus_total']}",
+        f"gpus         {', '.join(info['gpus']) or 'none found (nvidia-smi)'}",
+        "datasets and models:",
+    ]
+    lines += [f"  {'found  ' if d['found'] else 'missing'}  {d['name']}: {d['path']}" for d in info["datasets"]]
+    if info["gpus"] and "CUDAExecutionProvider" not in providers:
+        lines.append("hint: a GPU is present but this onnxruntime has no CUDA provider: pip install -e '.[gpu]'")
+    return "\n".join(lines)
