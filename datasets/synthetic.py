@@ -91,7 +91,9 @@ def nyu_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.
         y, x = int(rng.integers(0, h - bh)), int(rng.integers(0, w - bw))
         d = float(rng.uniform(1.0, 4.0))
         depth[y : y + bh, x : x + bw] = d
-        rgb[y : y + bh, x : x + bw] = rng.integers(60, 255, 3) * (1.2 - d / 5.0)
+        tint = rng.uniform(0.6, 1.0, 3)
+        # lit like the floor: the brightest channel says how far the box is, the tint varies
+        rgb[y : y + bh, x : x + bw] = (255 - d * 22) * tint / tint.max()
     rgb = np.clip(rgb + rng.normal(0, 6, rgb.shape), 0, 255).astype(np.uint8)
     holes = rng.random((h, w)) < 0.02
     depth[holes] = 0.0

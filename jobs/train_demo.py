@@ -195,7 +195,7 @@ def train_detector(seconds: float, seed: int = 1):  # noqa: ANN201
         opt.step()
         step += 1
         if step % 100 == 0:
-            log.info("detector step %d loss %.3f (%.0fs)", step, float(loss), time.monotonic() - t0)
+            log.info("detector step %d loss %.3f (%.0fs)", step, float(loss.detach()), time.monotonic() - t0)
         if step == 600:
             for group in opt.param_groups:
                 group["lr"] = 1e-3
@@ -209,7 +209,7 @@ def train_depth(seconds: float, seed: int = 2):  # noqa: ANN201
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_depth()
-    rgb, depth = depth_batch(rng, 800)
+    rgb, depth = depth_batch(rng, 2000)
     x_all = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
     y_all = torch.from_numpy(depth)[:, None]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -226,7 +226,7 @@ def train_depth(seconds: float, seed: int = 2):  # noqa: ANN201
         opt.step()
         step += 1
         if step % 100 == 0:
-            log.info("depth step %d loss %.3f (%.0fs)", step, float(loss), time.monotonic() - t0)
+            log.info("depth step %d loss %.3f (%.0fs)", step, float(loss.detach()), time.monotonic() - t0)
     model.eval()
     return model
 
@@ -250,6 +250,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "demo_models")
     parser.add_argument("--seconds", type=float, default=150.0, help="training time per model")
+    parser.add_argument("--models", default="detector,depth", help="which to train (comma-separated)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import torch
@@ -257,10 +258,14 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
     names = {i: n for i, (_, n) in enumerate(SHAPES)}
-    det = train_detector(args.seconds)
-    export(det, args.out / "detector.onnx", (1, 3, DET_SIZE, DET_SIZE), "images", "output0",
-           {"names": repr(names), "imgsz": repr([DET_SIZE, DET_SIZE]), "stride": str(DET_STRIDE),
-            "description": "rayinfer demo detector (synthetic shapes), trained by jobs/train_demo.py"})
+    which = set(args.models.split(","))
+    if "detector" in which:
+        det = train_detector(args.seconds)
+        export(det, args.out / "detector.onnx", (1, 3, DET_SIZE, DET_SIZE), "images", "output0",
+               {"names": repr(names), "imgsz": repr([DET_SIZE, DET_SIZE]), "stride": str(DET_STRIDE),
+                "description": "rayinfer demo detector (synthetic shapes), trained by jobs/train_demo.py"})
+    if "depth" not in which:
+        return 0
     depth = train_depth(args.seconds)
     export(depth, args.out / "depth.onnx", (1, 3, DEPTH_SIZE, DEPTH_SIZE), "input", "depth",
            {"rayinfer.depth_profile": "resize",
