@@ -37,6 +37,26 @@ def _draw(image: np.ndarray, kind: str, x: int, y: int, s: int, color: tuple[int
         cv2.fillPoly(image, [pts], color)
 
 
+def shapes_scene(rng: np.random.Generator, h: int, w: int, max_objects: int = 4
+                 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """One BGR image of non-overlapping shapes on a textured background, and its objects
+    as (x, y, side, index into SHAPES)."""
+    image = _background(rng, h, w)
+    objects: list[tuple[int, int, int, int]] = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        s = int(rng.integers(min(h, w) // 8, min(h, w) // 3))
+        for _attempt in range(20):
+            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+            if all(x + s <= bx or bx + bs <= x or y + s <= by or by + bs <= y for bx, by, bs, _ in objects):
+                break
+        else:
+            continue
+        shape = int(rng.integers(len(SHAPES)))
+        _draw(image, SHAPES[shape][1], x, y, s, tuple(int(c) for c in rng.integers(0, 256, 3)))
+        objects.append((x, y, s, shape))
+    return image, objects
+
+
 def write_coco(root: str | Path, n_images: int = 24, size: tuple[int, int] = (240, 320), seed: int = 0,
                max_objects: int = 4) -> Path:
     """A COCO-format detection set; returns `root`."""
@@ -48,20 +68,9 @@ def write_coco(root: str | Path, n_images: int = 24, size: tuple[int, int] = (24
     h, w = size
     for i in range(n_images):
         image_id = 1000 + i
-        image = _background(rng, h, w)
-        boxes: list[tuple[int, int, int]] = []
-        for _ in range(int(rng.integers(1, max_objects + 1))):
-            s = int(rng.integers(min(h, w) // 8, min(h, w) // 3))
-            for _attempt in range(20):
-                x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
-                if all(x + s <= bx or bx + bs <= x or y + s <= by or by + bs <= y for bx, by, bs in boxes):
-                    break
-            else:
-                continue
-            boxes.append((x, y, s))
-            cat, kind = SHAPES[int(rng.integers(len(SHAPES)))]
-            color = tuple(int(c) for c in rng.integers(0, 256, 3))
-            _draw(image, kind, x, y, s, color)
+        image, objects = shapes_scene(rng, h, w, max_objects)
+        for x, y, s, shape in objects:
+            cat, kind = SHAPES[shape]
             area = {"square": s * s, "disc": np.pi * s * s / 4, "triangle": s * s / 2}[kind]
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
                                 "bbox": [x, y, s, s], "area": float(area), "iscrowd": 0})

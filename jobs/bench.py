@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -181,6 +182,19 @@ def repeat_coco(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
+def _bench_set(data_root: Path, images: int, prefix: str) -> tuple[Path, Path, Any, list, list[str]]:
+    """(work folder, repeated COCO root, its dataset, samples, image paths)."""
+    import tempfile
+
+    from datasets.coco import CocoDataset
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    root = repeat_coco(data_root, images, work / "coco")
+    ds = CocoDataset(root)
+    samples = ds.samples()
+    return work, root, ds, samples, [str(root / s.file) for s in samples]
+
+
 def _rayinfer(cfg_kwargs: dict) -> tuple[float, dict]:
     """Run the full job; (samples/s from actor start to last result, run.json)."""
     from jobs.config import JobConfig
@@ -258,17 +272,10 @@ def _per_image_costs(root: Path, model: Path, n: int = 24) -> dict[str, float]:
 
 # -- pipeline ---------------------------------------------------------------------------------
 def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) -> dict[str, float]:
-    import tempfile
-
-    from datasets.coco import CocoDataset
     from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
 
     cpus = available_cpus()
-    work = Path(tempfile.mkdtemp(prefix="rayinfer-bench-"))
-    root = repeat_coco(data_root, images, work / "coco")
-    ds = CocoDataset(root)
-    samples = ds.samples()
-    paths = [str(root / s.file) for s in samples]
+    work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-bench-")
     results: dict[str, float] = {}
     rows: list[list[object]] = []
 
@@ -361,17 +368,10 @@ def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: 
 
 
 def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: float, capacity: int) -> dict[str, float]:
-    import tempfile
-
-    from datasets.coco import CocoDataset
     from datasets.yolo import DetectionOptions, YoloAdapter
 
     cpus = available_cpus()
-    work = Path(tempfile.mkdtemp(prefix="rayinfer-accel-"))
-    root = repeat_coco(data_root, images, work / "coco")
-    ds = CocoDataset(root)
-    samples = ds.samples()
-    paths = [str(root / s.file) for s in samples]
+    work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-accel-")
     spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
     adapter = YoloAdapter("yolov8", spec, DetectionOptions(), ds.category_ids)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from datasets.images import letterbox
-from datasets.synthetic import SHAPES, _background, _draw, nyu_scene
+from datasets.synthetic import SHAPES, nyu_scene, shapes_scene
 
 log = logging.getLogger("jobs.train_demo")
 
@@ -37,24 +37,9 @@ def detection_batch(rng: np.random.Generator, n: int, size: tuple[int, int] = (2
                     ) -> tuple[np.ndarray, list[np.ndarray]]:
     """n letterboxed RGB images (uint8, DET_SIZE square) and their boxes (cx, cy, w, h, class)
     in input pixels, drawn like `datasets.synthetic.write_coco` draws them."""
-    h, w = size
     images, targets = [], []
     for _ in range(n):
-        image = _background(rng, h, w)
-        boxes: list[tuple[int, int, int]] = []
-        rows = []
-        for _ in range(int(rng.integers(1, 5))):
-            s = int(rng.integers(min(h, w) // 8, min(h, w) // 3))
-            for _attempt in range(20):
-                x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
-                if all(x + s <= bx or bx + bs <= x or y + s <= by or by + bs <= y for bx, by, bs in boxes):
-                    break
-            else:
-                continue
-            boxes.append((x, y, s))
-            cls = int(rng.integers(len(SHAPES)))
-            _draw(image, SHAPES[cls][1], x, y, s, tuple(int(c) for c in rng.integers(0, 256, 3)))
-            rows.append((x, y, s, cls))
+        image, rows = shapes_scene(rng, *size)
         if rng.random() < 0.3:  # a little blur and JPEG-like noise
             image = cv2.GaussianBlur(image, (3, 3), 0)
         boxed, lb = letterbox(image, (DET_SIZE, DET_SIZE))
