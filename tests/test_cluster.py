@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -38,7 +39,8 @@ def head():
         if s.connect_ex(("127.0.0.1", 8265)) == 0:
             pytest.skip("port 8265 is taken: another Ray dashboard is running here")
     temp = tempfile.mkdtemp(prefix="rayinfer-head-", dir="/tmp")
-    cmd = ["ray", "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
+    port = _free_port()
+    cmd = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2", f"--temp-dir={temp}",
            "--disable-usage-stats"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
@@ -52,13 +54,14 @@ def head():
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        yield DASHBOARD
+        yield DASHBOARD, port
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_dashboard_listens_on_loopback_only(head):
+    head, _ = head
     try:
         with urllib.request.urlopen(f"{head}/api/version", timeout=10) as r:
             assert r.status == 200
@@ -73,6 +76,7 @@ def test_dashboard_listens_on_loopback_only(head):
 
 @pytest.mark.shared
 def test_job_submitted_through_ray_jobs_reports_metrics(head, tmp_path):
+    head, _ = head
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolov8n_int8.onnx")
     out = tmp_path / "out"
@@ -88,6 +92,7 @@ def test_job_submitted_through_ray_jobs_reports_metrics(head, tmp_path):
 
 
 def test_submitted_job_with_bad_setup_fails_with_its_message(head, tmp_path):
+    head, _ = head
     cfg = JobConfig(task="coco", data_root=str(tmp_path / "nowhere"), model=str(tmp_path / "m.onnx"),
                     output=str(tmp_path / "out"))
     job_id = submit(cfg, head)
@@ -95,3 +100,20 @@ def test_submitted_job_with_bad_setup_fails_with_its_message(head, tmp_path):
     logs = client(head).get_job_logs(job_id)
     assert "rayinfer: error: data root not found" in logs
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.shared
+def test_run_with_address_joins_the_cluster(head, tmp_path):
+    """`rayinfer run --address` from outside the cluster: the project travels as working_dir."""
+    _, port = head
+    root = need_shared("data", "coco-val2017-mini")
+    model = need_shared("models", "yolov8n_int8.onnx")
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # this head was started with Ray's default token
+    cmd = [sys.executable, "-m", "jobs", "run", "coco", "--address", f"127.0.0.1:{port}", "--data-root", str(root),
+           "--model", str(model), "--output", str(out), "--limit", "16", "--quiet", "--no-report"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["counts"]["predictions"] == 16
+    assert run["config"]["address"] == f"127.0.0.1:{port}"
