@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,17 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+def save_graph(graph: Any, path: Path, opset: int) -> Path:
+    """Save an onnx.helper graph as a model ONNX Runtime 1.17+ loads (IR version 8)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def make_onnx(path: Path, kind: str = "scale") -> Path:
     """Tiny models for runtime tests.
 
@@ -32,7 +44,6 @@ def make_onnx(path: Path, kind: str = "scale") -> Path:
     - reshape: y = reshape(x, [2, 3]) with x float32 [N]: fails at run time unless N == 6;
     - heavy: a stack of 512x512 matmuls, so requests take a few milliseconds.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     if kind == "scale":
@@ -61,10 +72,7 @@ def make_onnx(path: Path, kind: str = "scale") -> Path:
         graph = helper.make_graph(nodes, "heavy", [x], [y], inits)
     else:
         raise ValueError(kind)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path, opset=17)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +98,6 @@ def heavy_model(model_dir: Path) -> Path:
 def make_const_detector(path: Path, size: int, boxes: np.ndarray, nc: int = 3, family: str = "yolov8") -> Path:
     """A detector whose output ignores the image (but still reads it): `boxes` rows are
     (cx, cy, w, h, class, score) in model-input pixels."""
-    import onnx
     from onnx import TensorProto, helper
 
     n = max(8, len(boxes))
@@ -112,15 +119,11 @@ def make_const_detector(path: Path, size: int, boxes: np.ndarray, nc: int = 3, f
         helper.make_node("Add", ["const", "nothing"], ["output0"]),
     ]
     graph = helper.make_graph(nodes, "const_detector", [x], [y], [const, zero])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path, opset=13)
 
 
 def make_const_depth(path: Path, size: int, value: float) -> Path:
     """A depth model that predicts `value` metres everywhere (reading the image)."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
@@ -133,10 +136,7 @@ def make_const_depth(path: Path, size: int, value: float) -> Path:
         helper.make_node("Add", ["z", "val"], ["depth"]),
     ]
     graph = helper.make_graph(nodes, "const_depth", [x], [y], [zero, val])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path, opset=13)
 
 
 @pytest.fixture(scope="module")
