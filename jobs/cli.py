@@ -39,6 +39,23 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def _floats3(text: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in _csv(text))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 #: (flag, config key, type, help). Nested keys use "section.key".
 OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--data-root", "data_root", str, "dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5); "
@@ -51,6 +68,9 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--cpus-per-actor", "cpus_per_actor", float, "CPUs reserved per actor; 0 = automatic"),
     ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor when a GPU provider is chosen"),
     ("--providers", "providers", _csv, "execution providers in order: cpu, cuda, tensorrt"),
+    ("--provider-options", "provider_options", _json_object,
+     'per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\''),
+    ("--resource", "resource", str, "a custom Ray resource per actor (an NPU, sim_device)"),
     ("--jobs", "jobs", int, "requests in flight per actor; 0 = optimal for the device"),
     ("--hint", "hint", str, "throughput | latency"),
     ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = requests + 1"),
@@ -61,22 +81,28 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--resume", "resume", None, "continue a crashed run in --output, skipping committed shards"),
     ("--overwrite", "overwrite", None, "replace a previous run in --output"),
     ("--max-shard-attempts", "max_shard_attempts", int, "tries per shard before its samples become errors"),
+    ("--max-actor-restarts", "max_actor_restarts", int, "restarts Ray may give each actor"),
     ("--request-timeout", "request_timeout_s", float, "seconds per sample before its shard is retried elsewhere"),
     ("--conf-thres", "detection.conf_thres", float, "detection confidence threshold"),
     ("--iou-thres", "detection.iou_thres", float, "class-aware NMS IoU threshold"),
     ("--max-det", "detection.max_det", int, "detections kept per image"),
     ("--multi-label", "detection.multi_label", _bool, "every class above the threshold is a candidate (default: by family)"),
+    ("--max-nms", "detection.max_nms", int, "candidates kept (best scores) before NMS"),
+    ("--max-wh", "detection.max_wh", float, "class offset for class-aware NMS (pixels)"),
     ("--profile", "depth.profile", str, "depth preprocessing: auto (the model's declared profile) | fastdepth | resize | unet"),
+    ("--mean", "depth.mean", _floats3, "depth input mean R,G,B after /255 (overrides the profile)"),
+    ("--std", "depth.std", _floats3, "depth input std R,G,B after /255 (overrides the profile)"),
     ("--align", "depth.align", str, "depth alignment for relative models: none | median | lsq"),
     ("--no-eigen-crop", "depth.eigen_crop", None, "evaluate every pixel, not the Eigen crop"),
     ("--min-depth", "depth.min_depth", float, "smallest valid ground-truth depth (m)"),
     ("--max-depth", "depth.max_depth", float, "largest valid ground-truth depth (m)"),
     ("--quiet", "quiet", None, "no progress bar; only warnings and the summary"),
     ("--no-report", "report", None, "skip OUTPUT/report.html"),
+    ("--no-progress", "progress", None, "no progress bar (it only shows on a terminal anyway)"),
 ]
 
 #: Switches that turn a default-on option off.
-NEGATIVE_SWITCHES = {"depth.eigen_crop", "report"}
+NEGATIVE_SWITCHES = {"depth.eigen_crop", "report", "progress"}
 
 
 def _defaults() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -39,7 +40,12 @@ def entrypoint(cfg: JobConfig) -> str:
         if kind is None:  # a switch: present when the value differs from the default
             words.append(flag)
             continue
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        if isinstance(value, dict):
+            text = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, tuple):
+            text = ",".join(map(str, value))
+        else:
+            text = str(value)
         words += [flag, text]
     words.append("--quiet")
     return " ".join(shlex.quote(w) for w in words)

@@ -71,6 +71,33 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 0.7)" in text and "(default: 16)" in text and "(default: cpu)" in text
 
 
+def test_every_config_field_has_a_flag():
+    """So --help lists everything, and `submit` can rebuild any configuration as flags."""
+    import dataclasses
+
+    from jobs.cli import OPTIONS
+    from jobs.config import JobConfig
+
+    keys = {key for _, key, _, _ in OPTIONS}
+    expected = set()
+    for f in dataclasses.fields(JobConfig):
+        if f.name in ("detection", "depth"):
+            default = f.default_factory()  # type: ignore[misc]
+            expected |= {f"{f.name}.{g.name}" for g in dataclasses.fields(default)}
+        elif f.name != "task":
+            expected.add(f.name)
+    assert expected == keys
+
+
+def test_submit_entrypoint_round_trips_options_without_a_simple_form():
+    cfg = parse(BASE + ["--provider-options", '{"cuda": {"device_id": "1"}}', "--mean", "0.5,0.4,0.3",
+                        "--resource", "sim_device", "--no-progress"])
+    import shlex
+
+    words = shlex.split(entrypoint(cfg))
+    assert parse(words[3:-1]) == cfg
+
+
 def test_submit_entrypoint_carries_non_default_options():
     cfg = parse(BASE + ["--actors", "2", "--iou-thres", "0.6", "--resume", "--no-eigen-crop"])
     cmd = entrypoint(cfg)
