@@ -123,7 +123,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         if kind is None:
             parser.add_argument(flag, dest=key, action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text,
+                                metavar=flag.lstrip("-").upper().replace("-", "_"))
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
