@@ -16,8 +16,9 @@ its last line, one JSON object.
     1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
     samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
 
-Throughput of a Ray mode counts from the start of its actors to its last result;
-rayinfer's metrics evaluation after inference is not counted.
+Each mode (and each Ray Data grid point) gets a freshly started Ray, so nothing one
+leaves behind slows the next. Throughput of a Ray mode counts from the start of its
+actors to its last result; rayinfer's metrics evaluation after inference is not counted.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ class DetectorUDF:
 def _raydata_detect(paths: list[str], model: str, actors: int, batch_size: int | None, threads: int) -> float:
     import ray.data
 
+    start_ray(available_cpus())
     t0 = time.perf_counter()
     ds = ray.data.from_items([{"path": p} for p in paths]).map_batches(
         DetectorUDF, fn_constructor_args=(model, threads), batch_size=batch_size,
@@ -292,7 +294,6 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) ->
     results["sync"] = len(samples) / (time.perf_counter() - t0)
     rows.append(["sync", "1 loop, default session", results["sync"]])
 
-    start_ray(cpus)
     results["raydata_default"] = _raydata_detect(paths, str(model), cpus, None, 0)
     rows.append(["raydata_default", f"{cpus} actors, default batch and session", results["raydata_default"]])
     best, best_desc = 0.0, ""
@@ -307,6 +308,7 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) ->
     results["raydata_best"] = best
     rows.append(["raydata_best", best_desc + f" (best of {len(combos)})", best])
 
+    start_ray(cpus)
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=str(model), output=str(work / "out")))
     results["rayinfer"] = rate
     a = run["actors"][0]
@@ -358,6 +360,7 @@ def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: int, batch: int) -> float:
     import ray.data
 
+    start_ray(available_cpus(), {"sim_device": devices})
     t0 = time.perf_counter()
     ds = (ray.data.from_items([{"path": p} for p in paths])
           .map_batches(_decode_batch, batch_size=batch)
@@ -382,7 +385,6 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
     cpu_bound = cpus / pre
     bound = min(device_bound, cpu_bound)
 
-    start_ray(cpus, {"sim_device": devices})
     rows: list[list[object]] = []
     best, best_b = 0.0, 0
     for b in (1, 4, 16, 64):
@@ -391,6 +393,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
         if rate > best:
             best, best_b = rate, b
     uri = f"sim://?latency_ms={latency_ms}&capacity={capacity}&input=1x3x640x640&output=1x84x8400"
+    start_ray(cpus, {"sim_device": devices})
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=uri, output=str(work / "out"),
                                resource="sim_device"))
     busy = [a["busy_fraction"] for a in run["actors"]]

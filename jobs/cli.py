@@ -73,7 +73,7 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--resource", "resource", str, "a custom Ray resource per actor (an NPU, sim_device)"),
     ("--jobs", "jobs", int, "requests in flight per actor; 0 = optimal for the device"),
     ("--hint", "hint", str, "throughput | latency"),
-    ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = requests + 1"),
+    ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = its CPUs + 1"),
     ("--shard-size", "shard_size", int, "samples per work unit (committed together)"),
     ("--shards-in-flight", "shards_in_flight", int, "outstanding shards per actor"),
     ("--limit", "limit", int, "only the first N samples"),

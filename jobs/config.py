@@ -33,14 +33,14 @@ class JobConfig:
     # Ray and placement
     address: str | None = None
     actors: int = 0  # 0: one per GPU, else one per node's CPUs (cpus_per_actor)
-    cpus_per_actor: float = 0.0  # 0: all CPUs of a node (CPU) or 1 (GPU)
+    cpus_per_actor: float = 0.0  # 0: all CPUs of a node (CPU), or its CPUs per GPU (GPU)
     gpus_per_actor: float = 1.0  # used when the providers include a GPU one
     # runtime
     providers: tuple[str, ...] = ("cpu",)
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 0  # requests in flight per actor; 0: optimal_requests()
     hint: str = "throughput"
-    loader_threads: int = 0  # per actor; 0: requests + 1
+    loader_threads: int = 0  # per actor; 0: CPUs + 1
     # work units
     shard_size: int = 16
     shards_in_flight: int = 2  # per actor

@@ -151,7 +151,9 @@ def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
         if gpus < cfg.gpus_per_actor or gpus == 0:
             raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")
         actors = cfg.actors or int(gpus // cfg.gpus_per_actor)
-        return actors, cfg.cpus_per_actor or 1.0, cfg.gpus_per_actor
+        # each GPU actor gets its share of its node's CPUs for decoding
+        per_gpu = min(n["Resources"]["CPU"] / n["Resources"]["GPU"] for n in nodes if n["Resources"].get("GPU"))
+        return actors, cfg.cpus_per_actor or max(1.0, float(int(per_gpu * cfg.gpus_per_actor))), cfg.gpus_per_actor
     node_cpus = min(n["Resources"]["CPU"] for n in nodes)
     if cfg.actors:
         per_node = -(-cfg.actors // len(nodes))
