@@ -17,7 +17,7 @@ import os
 import platform
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +209,6 @@ def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[JobConfig, list[Any],
 
 def run_job(cfg: JobConfig) -> JobOutcome:
     """Run a whole job; see the module docstring."""
-    import ray
-
     t_start = time.time()
     cfg = resolve_paths(cfg)
     dataset = build_dataset(cfg)
@@ -223,18 +221,58 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     if committed:
         log.info("resuming: %d of %d shards already committed", len(shards) - len(todo), len(shards))
 
+    work = dispatch(cfg, todo, output, schema, len(samples), done_before)
+
+    errors = output.gather_errors()
+    # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
+    evaluation = evaluate_saved(cfg.task, output.root, cfg.data_root, depth_options=cfg.depth)
+    predictions = evaluation.predictions if evaluation.predictions is not None else schema.empty_table()
+    for name, obj in dataset.exports(predictions).items():
+        atomic_write_json(output.root / name, obj)
+    atomic_write_json(output.root / "metrics.json", evaluation.metrics)
+
+    run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), predictions.num_rows, errors.num_rows)
+    atomic_write_json(output.root / "run.json", run)
+    if cfg.report:
+        from jobs.report import write_report
+
+        write_report(output.root, evaluation, Path(cfg.data_root), run, cfg.depth)
+    return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows)
+
+
+@dataclass
+class Work:
+    """What the dispatch measured."""
+
+    setup_s: float = 0.0
+    work_s: float = 0.0
+    processed: int = 0
+    shards_todo: int = 0
+    stage_totals: dict[str, float] = field(default_factory=dict)
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    actor_stats: list[dict[str, Any]] = field(default_factory=list)
+    stage: LoaderStage | None = None
+
+
+def dispatch(cfg: JobConfig, todo: list[Any], output: RunOutput, schema: pa.Schema, total: int,
+             done_before: int) -> Work:
+    """Start the actors, run every shard through the loader stage, commit each result."""
+    import ray
+
+    work = Work(shards_todo=len(todo))
+    if not todo:
+        return work
     started_ray = connect_ray(cfg)
     try:
         t_setup = time.time()
-        actors, names, infos = start_actors(cfg) if todo else ([], [], [])
+        actors, names, work.infos = start_actors(cfg)
         t_work = time.time()
-        stage_totals: dict[str, float] = {}
-        processed = 0
+        work.setup_s = t_work - t_setup
+        work.stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
+                                 shard_timeout_s=cfg.request_timeout_s * (cfg.shard_size + 2))
         running = _RunningMetric()
-        stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
-                            shard_timeout_s=cfg.request_timeout_s * (cfg.shard_size + 2)) if todo else None
-        with _progress(cfg, len(samples), done_before) as bar:
-            for result in stage.run(todo) if stage else []:
+        with _progress(cfg, total, done_before) as bar:
+            for result in work.stage.run(todo):
                 if isinstance(result, FailedShard):
                     errors = pa.Table.from_pylist(
                         [{"sample_id": s.sample_id, "file": s.file, "stage": "actor", "message": result.reason,
@@ -245,69 +283,57 @@ def run_job(cfg: JobConfig) -> JobOutcome:
                 else:
                     output.commit(result.shard, result.records, result.errors)
                     for k, v in result.stage_s.items():
-                        stage_totals[k] = stage_totals.get(k, 0.0) + v
-                    n = result.records.num_rows + result.errors.num_rows
-                processed += n
-                bar.update(n)
-                if not isinstance(result, FailedShard):
+                        work.stage_totals[k] = work.stage_totals.get(k, 0.0) + v
                     running.add(result.records)
+                    n = result.records.num_rows + result.errors.num_rows
+                work.processed += n
+                bar.update(n)
                 bar.set_postfix_str(running.text())  # tqdm itself shows img/s and the ETA
-        t_done = time.time()
-        actor_stats = _collect_stats(actors)
+        work.work_s = time.time() - t_work
+        work.actor_stats = _collect_stats(actors)
         for a in actors:
             ray.kill(a)
     finally:
         if started_ray:
             ray.shutdown()
+    return work
 
-    errors = output.gather_errors()
-    # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
-    evaluation = evaluate_saved(cfg.task, output.root, cfg.data_root, depth_options=cfg.depth)
-    metrics = evaluation.metrics
-    predictions = evaluation.predictions if evaluation.predictions is not None else schema.empty_table()
-    for name, obj in dataset.exports(predictions).items():
-        atomic_write_json(output.root / name, obj)
-    atomic_write_json(output.root / "metrics.json", metrics)
 
-    work_s = t_done - t_work
+def run_record(cfg: JobConfig, work: Work, t_start: float, samples: int, done_before: int, shards: int,
+               predictions: int, errors: int) -> dict[str, Any]:
+    """run.json: config, versions, timings, memory, throughput, counts, and per actor."""
     per_actor = []
-    for info, st in zip(infos, actor_stats):
+    for info, st in zip(work.infos, work.actor_stats):
         entry = {**info, **st}
-        entry["shards"] = stage.shards_per_actor.get(info["name"], 0) if stage else 0
-        entry["busy_fraction"] = round(st["busy_s"] / work_s, 4) if work_s > 0 and "busy_s" in st else None
+        entry["shards"] = work.stage.shards_per_actor.get(info["name"], 0) if work.stage else 0
+        entry["busy_fraction"] = round(st["busy_s"] / work.work_s, 4) if work.work_s > 0 and "busy_s" in st else None
         per_actor.append(entry)
-    run = {
+    return {
         "config": cfg.to_dict(),
         "versions": versions(),
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
             "total_s": round(time.time() - t_start, 3),
-            "setup_s": round(t_work - t_setup, 3),
-            "inference_s": round(work_s, 3),
-            "stage_mean_ms": {k: round(v * 1000 / max(1, processed), 3) for k, v in stage_totals.items()},
+            "setup_s": round(work.setup_s, 3),
+            "inference_s": round(work.work_s, 3),
+            "stage_mean_ms": {k: round(v * 1000 / max(1, work.processed), 3) for k, v in work.stage_totals.items()},
         },
         "memory": {"driver_peak_rss_mb": peak_rss_mb(),
-                   "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in actor_stats), default=None)},
-        "throughput": {"samples_per_s": round(processed / work_s, 3) if work_s > 0 else None},
+                   "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in work.actor_stats), default=None)},
+        "throughput": {"samples_per_s": round(work.processed / work.work_s, 3) if work.work_s > 0 else None},
         "counts": {
-            "samples": len(samples),
-            "processed_this_run": processed,
+            "samples": samples,
+            "processed_this_run": work.processed,
             "resumed_samples": done_before,
-            "predictions": predictions.num_rows,
-            "errors": errors.num_rows,
-            "shards": len(shards),
-            "shards_resumed": len(shards) - len(todo),
-            "shards_requeued": stage.requeued if stage else 0,
-            "actors_retired": stage.retired if stage else [],
+            "predictions": predictions,
+            "errors": errors,
+            "shards": shards,
+            "shards_resumed": shards - work.shards_todo,
+            "shards_requeued": work.stage.requeued if work.stage else 0,
+            "actors_retired": work.stage.retired if work.stage else [],
         },
         "actors": per_actor,
     }
-    atomic_write_json(output.root / "run.json", run)
-    if cfg.report:
-        from jobs.report import write_report
-
-        write_report(output.root, evaluation, Path(cfg.data_root), run, cfg.depth)
-    return JobOutcome(metrics, run, len(samples), errors.num_rows)
 
 
 def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
