@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,7 +225,3 @@ def main_download(name: str, dest: Path, mirror: str | None, manifest: Path | No
         raise DownloadError(f"unknown dataset {name!r}; choose from {sorted(SPECS)}")
     download(spec, dest, mirror, keep_archives=keep, progress=not quiet)
     return 0
-
-
-def names() -> Sequence[str]:
-    return sorted(SPECS)

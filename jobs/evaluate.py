@@ -8,7 +8,6 @@ from another tool (e.g. Ultralytics `save_json`), to compare models on one evalu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,8 +131,3 @@ def compare(a: Path, b: Path) -> list[tuple[str, float | None, float | None, flo
         delta = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
         rows.append((key, va, vb, delta))
     return rows
-
-
-def with_overrides(options: Any, **changes: Any) -> Any:
-    changes = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(options, **changes) if changes else options
