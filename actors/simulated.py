@@ -53,9 +53,6 @@ class SimulatedModel:
         self._hang = hang
         self._hang_file = hang_file
         self._never = threading.Event()
-        self.in_flight_peak = 0
-        self._in_flight = 0
-        self._lock = threading.Lock()
 
     @classmethod
     def from_uri(cls, uri: str) -> SimulatedModel:
@@ -82,16 +79,9 @@ class SimulatedModel:
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._slots:
-            with self._lock:
-                self._in_flight += 1
-                self.in_flight_peak = max(self.in_flight_peak, self._in_flight)
-            try:
-                if self._hang or self._claim_hang():
-                    self._never.wait()
-                time.sleep(self.latency_s)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
+            if self._hang or self._claim_hang():
+                self._never.wait()
+            time.sleep(self.latency_s)
         return [self._output]
 
     def _claim_hang(self) -> bool:

@@ -175,17 +175,22 @@ class CocoDataset:
         Images that were evaluated but have no detections count as misses.
         """
         ev, ids, n = self.cocoeval(predictions, image_ids)
-        metrics: dict[str, Any] = {"images": len(ids), "detections": n}
-        if ev is None:
-            metrics.update({k: 0.0 for k in STAT_NAMES})
-            metrics["per_class_AP"] = {}
-            metrics["per_class_AP50"] = {}
-            return metrics
-        metrics.update({k: float(v) for k, v in zip(STAT_NAMES, ev.stats)})
-        table = per_class_table(ev, self.category_names)
-        metrics["per_class_AP"] = {row["class"]: row["AP"] for row in table}
-        metrics["per_class_AP50"] = {row["class"]: row["AP50"] for row in table}
+        table = per_class_table(ev, self.category_names) if ev is not None else []
+        return coco_metrics(ev, ids, n, table)
+
+
+def coco_metrics(ev: Any, ids: Sequence[int], detections: int, per_class: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json for COCO from a finished COCOeval (None: nothing to score) and its per-class table."""
+    metrics: dict[str, Any] = {"images": len(ids), "detections": detections}
+    if ev is None:
+        metrics.update({k: 0.0 for k in STAT_NAMES})
+        metrics["per_class_AP"] = {}
+        metrics["per_class_AP50"] = {}
         return metrics
+    metrics.update({k: float(v) for k, v in zip(STAT_NAMES, ev.stats)})
+    metrics["per_class_AP"] = {row["class"]: row["AP"] for row in per_class}
+    metrics["per_class_AP50"] = {row["class"]: row["AP50"] for row in per_class}
+    return metrics
 
 
 def _mean_valid(p: np.ndarray) -> float | None:

@@ -156,6 +156,11 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     }
 
 
+def valid_pixels(gt: np.ndarray, mask: np.ndarray, options: DepthOptions) -> np.ndarray:
+    """Pixels that count: ground truth in (min_depth, max_depth] inside the evaluation mask."""
+    return (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+
+
 def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
                         ) -> tuple[dict[str, float], dict[str, float] | None, int]:
     """Per-image metrics (raw and, if asked, aligned) and the number of valid pixels.
@@ -163,7 +168,7 @@ def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, opti
     `pred` is what was saved (float16 or float32, already at the ground truth's size).
     """
     pred = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
-    valid = (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+    valid = valid_pixels(gt, mask, options)
     n = int(valid.sum())
     if n == 0:
         nan = dict.fromkeys(METRIC_NAMES, float("nan"))

@@ -118,7 +118,8 @@ def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
     depth-range bin (pixels whose ground truth falls in [lo, hi), averaged per image,
     then over the images that have such pixels).
     """
-    from datasets.depth import decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform
+    from datasets.depth import (decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform,
+                                valid_pixels)
 
     profile = options.resolved_profile()
     rows = predictions.to_pylist()
@@ -135,7 +136,7 @@ def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
         if aligned is not None:
             row.update({f"aligned_{k}": v for k, v in aligned.items()})
         clipped = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
-        valid = (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+        valid = valid_pixels(gt, mask, options)
         for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
             sel = valid & (gt >= lo) & (gt < hi)
             if sel.any():

@@ -58,7 +58,7 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
     """Recompute the metrics of a saved run (a folder) or of a COCO results JSON."""
     path = Path(predictions)
     if task == "coco":
-        from datasets.coco import CocoDataset, per_class_table
+        from datasets.coco import CocoDataset, coco_metrics, per_class_table
 
         dataset = CocoDataset(data_root)
         if path.is_file() and path.suffix == ".json":
@@ -72,9 +72,9 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         else:
             table, ids = _saved_table(path, sample_ids, limit)
             source = table
-        ev, _, _ = dataset.cocoeval(source, ids)
-        metrics = dataset.evaluate(source, ids)
+        ev, evaluated, n = dataset.cocoeval(source, ids)  # once: the metrics and the report share it
         per_class = per_class_table(ev, dataset.category_names) if ev is not None else []
+        metrics = coco_metrics(ev, evaluated, n, per_class)
         return Evaluation("coco", metrics, per_class=per_class, predictions=table, cocoeval=ev, sample_ids=ids)
     if task == "nyu":
         from datasets.nyu import NyuDataset, recompute
