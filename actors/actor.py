@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
 from actors.queue import AsyncInferQueue, InferRequest, optimal_requests
-from datasets.base import ERROR_SCHEMA, Sample, SampleError, records_schema
+from datasets.base import ERROR_SCHEMA, Adapter, Sample, SampleError, records_schema
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def build_model(cfg: Any, threads_per_request: int) -> Model:
 class InferenceActor:
     """One runtime, fed by loader threads, returning one table per shard."""
 
-    def __init__(self, cfg: Any, name: str) -> None:
+    def __init__(self, cfg: Any, name: str, adapter: Adapter | None = None) -> None:
+        """`adapter`: the one the driver built and checked; built here from `cfg` if None."""
         from jobs.tasks import build_adapter, build_dataset
 
         self.cfg = cfg
@@ -139,8 +140,11 @@ class InferenceActor:
             plan = plan._replace(jobs=cfg.jobs, threads_per_request=max(1, self.cpus // cfg.jobs) if device == "cpu" else 1)
         self.dataset = build_dataset(cfg)
         self.model = build_model(cfg, plan.threads_per_request)
-        self.adapter = build_adapter(cfg, self.dataset, self.model)
+        self.adapter = adapter if adapter is not None else build_adapter(cfg, self.dataset, self.model)
         self.schema = records_schema(self.adapter.schema)
+        # pyarrow imports pandas on its first conversion (about 0.4 s of CPU holding the
+        # GIL): pay it here, not in the middle of the first shard with its requests running.
+        pa.Table.from_pylist([], schema=self.schema)
         jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
         self.queue = AsyncInferQueue(self.model, jobs=jobs, hint=cfg.hint, cpus=self.cpus)
         self.queue.set_callback(self._on_done)

@@ -143,12 +143,12 @@ def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> 
 def start_ray(cpus: int, resources: dict[str, float] | None = None) -> None:
     import ray
 
-    from jobs.driver import local_runtime_env
+    from jobs.driver import init_local_ray
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, runtime_env=local_runtime_env())
+    init_local_ray(num_cpus=cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
+                   logging_level=logging.ERROR)
     try:
         import ray.data
 
@@ -413,7 +413,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
 def _null_run(devices: int, samples: int, latency_ms: float, capacity: int, out: Path) -> dict:
     uri = f"sim://?latency_ms={latency_ms}&capacity={capacity}&input=1x1&output=1x1"
     _, run = _rayinfer(dict(task="null", data_root=".", model=uri, output=str(out), limit=samples,
-                            resource="sim_device", actors=devices, shard_size=32))
+                            resource="sim_device", actors=devices))
     return run
 
 
@@ -447,7 +447,7 @@ def run_scale_bench(max_devices: int, latency_ms: float, capacity: int, seconds:
         out = work / f"mem{n}"
         cmd = [sys.executable, "-m", "jobs", "run", "null", "--data-root", ".", "--limit", str(n), "--quiet",
                "--no-report", "--model", f"sim://?latency_ms=1&capacity={capacity}&input=1x1&output=1x1",
-               "--output", str(out), "--shard-size", "32"]
+               "--output", str(out)]
         subprocess.run(cmd, check=True, capture_output=True)
         mem[n] = json.loads((out / "run.json").read_text())["memory"]
     small, large = memory_sizes
@@ -475,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pl.add_argument("--quick", action="store_true", help="Ray Data grid at batch 4 only")
     ac = sub.add_parser("accel", help="simulated devices: Ray Data vs rayinfer")
     ac.add_argument("--data-root", type=Path, required=True)
-    ac.add_argument("--images", type=int, default=1000)
+    ac.add_argument("--images", type=int, default=5000,
+                    help="default: the size of COCO val2017, so actor start-up is amortised as in a real job")
     ac.add_argument("--devices", type=int, default=2)
     ac.add_argument("--latency-ms", type=float, default=20.0)
     ac.add_argument("--capacity", type=int, default=4)

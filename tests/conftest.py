@@ -145,10 +145,10 @@ def ray_session():
     tests, which start and stop their own Ray, never meet a leftover one)."""
     import ray
 
-    from jobs.driver import local_runtime_env
+    from jobs.driver import init_local_ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                 runtime_env=local_runtime_env(), namespace="rayinfer-tests")
+        init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                       namespace="rayinfer-tests")
     yield ray
     ray.shutdown()
