@@ -133,6 +133,7 @@ class AsyncInferQueue:
         self._cond = threading.Condition()
         self._closed = False
         self._inbox: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(jobs)]
+        self._waiting: deque[_Waiting] = deque()  # inputs whose start_async waits for a request
         self.callback_errors = 0
         self.failed = 0
         self.completed = 0
@@ -158,10 +159,19 @@ class AsyncInferQueue:
         """
         feed = inputs if self._prepare is not None else self.model.prepare(inputs)
         with self._cond:
-            while not self._idle and not self._closed:
-                self._cond.wait()
             if self._closed:
                 raise QueueClosedError("AsyncInferQueue is closed")
+            if not self._idle:
+                # Every request is busy: wait until one takes this input. The request that
+                # finishes first takes it directly, so it never sits idle waiting for us.
+                waiting = _Waiting(feed, userdata)
+                self._waiting.append(waiting)
+                while waiting.request_id is None and not self._closed:
+                    self._cond.wait()
+                if waiting.request_id is None:
+                    self._waiting.remove(waiting)
+                    raise QueueClosedError("AsyncInferQueue is closed")
+                return waiting.request_id
             rid = self._idle.popleft()
             if self._busy_since is None:
                 self._busy_since = time.perf_counter()
@@ -246,10 +256,8 @@ class AsyncInferQueue:
     def _work(self, rid: int) -> None:
         request = self._requests[rid]
         box = self._inbox[rid]
-        while True:
-            item = box.get()
-            if item is _STOP:
-                return
+        item = box.get()
+        while item is not _STOP:
             feed, userdata = item
             t0 = time.perf_counter()
             try:
@@ -270,12 +278,32 @@ class AsyncInferQueue:
                     log.exception("callback for request %d raised; the queue goes on", rid)
             elif request.error is not None:
                 log.error("request %d failed and no callback is set: %s", rid, request.error)
+            item = None
             with self._cond:
                 self.completed += 1
                 self.failed += request.error is not None
                 self.callback_errors += callback_failed
-                self._idle.append(rid)
-                if len(self._idle) == len(self._requests) and self._busy_since is not None:
-                    self._busy_seconds += time.perf_counter() - self._busy_since
-                    self._busy_since = None
+                if self._waiting and not self._closed:
+                    # hand-off: take the next waiting input ourselves, staying busy
+                    waiting = self._waiting.popleft()
+                    waiting.request_id = rid
+                    item = (waiting.feed, waiting.userdata)
+                else:
+                    self._idle.append(rid)
+                    if len(self._idle) == len(self._requests) and self._busy_since is not None:
+                        self._busy_seconds += time.perf_counter() - self._busy_since
+                        self._busy_since = None
                 self._cond.notify_all()
+            if item is None:
+                item = box.get()
+
+
+class _Waiting:
+    """An input whose `start_async` waits for a busy request to take it."""
+
+    __slots__ = ("feed", "userdata", "request_id")
+
+    def __init__(self, feed: Any, userdata: Any) -> None:
+        self.feed = feed
+        self.userdata = userdata
+        self.request_id: int | None = None

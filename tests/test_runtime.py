@@ -134,6 +134,55 @@ def test_start_async_blocks_only_when_all_requests_are_busy():
     q.close()
 
 
+def test_inputs_waiting_for_a_busy_queue_start_in_arrival_order():
+    """A finishing request takes the oldest waiting input itself (it does not go idle
+    and wait for a producer to wake up), so waiting inputs start in arrival order."""
+    gate = threading.Event()
+    q = AsyncInferQueue(SleepModel(0.0, hang=gate), jobs=1)
+    started: list[int] = []
+    q.set_callback(lambda request, userdata: started.append(userdata))
+    q.start_async(np.ones(1, np.float32), 0)
+    producers = []
+    for i in range(1, 6):
+        t = threading.Thread(target=q.start_async, args=(np.ones(1, np.float32), i), daemon=True)
+        t.start()
+        producers.append(t)
+        while len(q._waiting) < i:  # each one waits before the next arrives
+            time.sleep(0.001)
+    gate.set()
+    for t in producers:
+        t.join(5)
+    assert q.wait_all(5)
+    assert started == [0, 1, 2, 3, 4, 5]
+    assert q.completed == 6 and not q._waiting
+    q.close()
+
+
+def test_close_releases_producers_waiting_for_a_request():
+    gate = threading.Event()
+    q = AsyncInferQueue(SleepModel(0.0, hang=gate), jobs=1)
+    q.start_async(np.ones(1, np.float32))
+    errors: list[BaseException] = []
+
+    def waiting():
+        try:
+            q.start_async(np.ones(1, np.float32))
+        except QueueClosedError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=waiting, daemon=True)
+    t.start()
+    while not q._waiting:
+        time.sleep(0.001)
+    closer = threading.Thread(target=q.close, daemon=True)
+    closer.start()
+    t.join(5)
+    assert len(errors) == 1 and not q._waiting
+    gate.set()
+    closer.join(5)
+    assert not closer.is_alive()
+
+
 def test_input_checks_name_the_input_and_shapes(scale_model):
     with AsyncInferQueue(scale_model, jobs=1) as q:
         with pytest.raises(InputError, match=r"input 'x': expected \[1, 4\] float32, got \[1, 3\] float32"):
