@@ -138,7 +138,7 @@ def init_local_ray(**kwargs: Any) -> None:
     import ray
 
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = local_runtime_env()["env_vars"]["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = worker_pythonpath()
     try:
         ray.init(**kwargs)
     finally:
@@ -148,11 +148,15 @@ def init_local_ray(**kwargs: Any) -> None:
             os.environ["PYTHONPATH"] = before
 
 
+def worker_pythonpath() -> str:
+    """PYTHONPATH for Ray workers: the project root first, then this process's own entries."""
+    return os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
 def local_runtime_env() -> dict[str, Any]:
     """The runtime_env for joining a running local cluster whose workers may not have the
     project root on their path (see datasets/__init__.py)."""
-    path = os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return {"env_vars": {"PYTHONPATH": path}}
+    return {"env_vars": {"PYTHONPATH": worker_pythonpath()}}
 
 
 def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
