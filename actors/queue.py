@@ -67,7 +67,8 @@ def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT)
 
 
 class InferRequest:
-    """One request slot. After completion: `outputs` or `error`, and `latency` in ms."""
+    """One request slot. After completion: `outputs` or `error`, and `latency`: the
+    milliseconds spent in the model (input preparation in the request excluded)."""
 
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
@@ -137,6 +138,8 @@ class AsyncInferQueue:
         self.callback_errors = 0
         self.failed = 0
         self.completed = 0
+        self._busy_lock = threading.Lock()
+        self._in_model = 0
         self._busy_since: float | None = None
         self._busy_seconds = 0.0
         self._workers = [
@@ -173,8 +176,6 @@ class AsyncInferQueue:
                     raise QueueClosedError("AsyncInferQueue is closed")
                 return waiting.request_id
             rid = self._idle.popleft()
-            if self._busy_since is None:
-                self._busy_since = time.perf_counter()
         self._inbox[rid].put((feed, userdata))
         return rid
 
@@ -220,10 +221,23 @@ class AsyncInferQueue:
 
     @property
     def busy_seconds(self) -> float:
-        """Wall time with at least one request in flight (for the busy fraction)."""
-        with self._cond:
+        """Wall time with at least one request inside the model (for the busy fraction).
+
+        Only inference counts: input preparation in the request's thread and the
+        callback do not, so the fraction is the device's, whatever runs around it.
+        """
+        with self._busy_lock:
             extra = 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since
             return self._busy_seconds + extra
+
+    def _running(self, delta: int) -> None:
+        with self._busy_lock:
+            self._in_model += delta
+            if delta > 0 and self._in_model == 1:
+                self._busy_since = time.perf_counter()
+            elif self._in_model == 0 and self._busy_since is not None:
+                self._busy_seconds += time.perf_counter() - self._busy_since
+                self._busy_since = None
 
     # -- shutdown ------------------------------------------------------------
     def close(self, timeout: float | None = 30.0) -> None:
@@ -263,7 +277,12 @@ class AsyncInferQueue:
             try:
                 if self._prepare is not None:
                     feed = self.model.prepare(self._prepare(feed))
-                request.outputs, request.error = self.model.run(feed), None
+                    t0 = time.perf_counter()
+                self._running(+1)
+                try:
+                    request.outputs, request.error = self.model.run(feed), None
+                finally:
+                    self._running(-1)
             except BaseException as exc:  # noqa: BLE001 - surfaced through the callback
                 request.outputs, request.error = None, exc
             request.latency = (time.perf_counter() - t0) * 1000.0
@@ -290,9 +309,6 @@ class AsyncInferQueue:
                     item = (waiting.feed, waiting.userdata)
                 else:
                     self._idle.append(rid)
-                    if len(self._idle) == len(self._requests) and self._busy_since is not None:
-                        self._busy_seconds += time.perf_counter() - self._busy_since
-                        self._busy_since = None
                 self._cond.notify_all()
             if item is None:
                 item = box.get()

@@ -2,8 +2,12 @@
 
 Each request takes a fixed latency during which it holds neither the GIL nor a core
 (it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
-NPU). It reports `optimal_requests = capacity`, as a device would. Used by the
-benchmarks (where the async queue matters) and by the fault tests (`hang`).
+NPU). Requests beyond that wait in the device's own queue and start the moment a
+stream frees, without the host's help, as a GPU's queued kernels or an NPU's command
+queue do. The device reports `optimal_requests = 2 x capacity`: one request computing
+per stream and one queued behind it, so a stream never idles while the host notices a
+completion and runs its callback. Used by the benchmarks (where the async queue
+matters) and by the fault tests (`hang`).
 
 URI form, usable as `--model`:
     sim://?latency_ms=20&capacity=4&input=1x3x640x640&output=1x84x8400&hang=0
@@ -13,6 +17,8 @@ that claims (deletes) that file block forever.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import threading
 import time
@@ -43,13 +49,14 @@ class SimulatedModel:
             raise ValueError("capacity must be >= 1 and latency_ms >= 0")
         self.latency_s = latency_ms / 1000.0
         self.capacity = capacity
-        self.optimal_requests = capacity
+        self.optimal_requests = 2 * capacity
         self.inputs = (TensorSpec(input_name, tuple(input_shape), np.dtype(np.float32)),)
         self.outputs = (TensorSpec(output_name, tuple(output_shape), np.dtype(np.float32)),)
         self.metadata: dict[str, str] = {}
         self._output = np.zeros(output_shape, np.float32)
         self._output.setflags(write=False)
-        self._slots = threading.BoundedSemaphore(capacity)
+        self._lock = threading.Lock()
+        self._free_at = [0.0] * capacity  # per stream: when it finishes its queued work (a heap)
         self._hang = hang
         self._hang_file = hang_file
         self._never = threading.Event()
@@ -78,10 +85,15 @@ class SimulatedModel:
         return check_inputs(self.inputs, inputs)
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with self._slots:
-            if self._hang or self._claim_hang():
-                self._never.wait()
-            time.sleep(self.latency_s)
+        """Queue on the stream that frees first; return when the request has run on it."""
+        with self._lock:
+            free_at = heapq.heappop(self._free_at)
+            hang = self._hang or self._claim_hang()
+            done_at = math.inf if hang else max(time.monotonic(), free_at) + self.latency_s
+            heapq.heappush(self._free_at, done_at)  # a hung request holds its stream for good
+        if math.isinf(done_at):  # hung, or queued behind a hung request
+            self._never.wait()
+        time.sleep(max(0.0, done_at - time.monotonic()))
         return [self._output]
 
     def _claim_hang(self) -> bool:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from actors.model import TensorSpec
 from datasets.base import Sample, SetupError
-from datasets.images import Letterbox, letterbox
+from datasets.images import Letterbox, letterbox, to_blob
 
 FAMILIES = ("yolov8", "yolox")
 
@@ -136,10 +136,10 @@ class YoloAdapter:
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
         if self.family == "yolov8":
             image, lb = letterbox(raw, self.size, center=True)
-            blob = cv2.dnn.blobFromImage(image, 1.0 / 255.0, swapRB=True)
+            blob = to_blob(image, 1.0 / 255.0, swap_rb=True)
         else:
             image, lb = letterbox(raw, self.size, center=False, exact_ratio=True)
-            blob = cv2.dnn.blobFromImage(image, 1.0, swapRB=False)
+            blob = to_blob(image)
         return {self.input_name: blob}, lb
 
     def postprocess(self, outputs: Sequence[np.ndarray], lb: Letterbox, sample: Sample) -> dict[str, Any]:

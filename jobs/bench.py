@@ -312,7 +312,8 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) ->
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=str(model), output=str(work / "out")))
     results["rayinfer"] = rate
     a = run["actors"][0]
-    rows.append(["rayinfer", f"{len(run['actors'])} actor(s) x {a['requests']} requests, automatic", rate])
+    rows.append(["rayinfer", f"{len(run['actors'])} actor(s) x {a['requests']} requests, preprocess in "
+                             f"{a.get('preprocess_in')}, automatic", rate])
     results["rayinfer_steady"] = run["throughput"]["samples_per_s"]
     rows.append(["rayinfer_steady", f"the same run without actor start-up (busy {a['busy_fraction']:.2f})",
                  results["rayinfer_steady"]])
@@ -346,14 +347,12 @@ class SimDeviceUDF:
 
 
 def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import cv2
-
-    from datasets.images import letterbox, read_image
+    from datasets.images import letterbox, read_image, to_blob
 
     out = []
     for path in batch["path"]:
         image, _ = letterbox(read_image(Path(path)), (640, 640))
-        out.append(cv2.dnn.blobFromImage(image, 1.0 / 255.0, swapRB=True)[0])
+        out.append(to_blob(image, 1.0 / 255.0, swap_rb=True)[0])
     return {"image": np.stack(out)}
 
 

@@ -15,6 +15,7 @@ from datasets.depth import DepthOptions
 from datasets.yolo import DetectionOptions
 
 TASKS = ("coco", "nyu", "null")  # null: N empty samples, for benchmarks
+PREPROCESS_IN = ("auto", "request", "loader")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,10 @@ class JobConfig:
     jobs: int = 0  # requests in flight per actor; 0: optimal_requests()
     hint: str = "throughput"
     loader_threads: int = 0  # per actor; 0: CPUs + 1
+    # where a sample is read and preprocessed: "request" (in the request's own thread, RBLN
+    # parallel=1), "loader" (loader threads prepare the next inputs while the device computes,
+    # parallel=2) or "auto" (request when the model runs on the CPU, loader otherwise)
+    preprocess_in: str = "auto"
     # work units
     shard_size: int = 16
     shards_in_flight: int = 2  # per actor
@@ -73,6 +78,8 @@ class JobConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ConfigError("cpus_per_actor / gpus_per_actor: must be >= 0")
+        if self.preprocess_in not in PREPROCESS_IN:
+            raise ConfigError(f"preprocess_in: must be one of {PREPROCESS_IN}, got {self.preprocess_in!r}")
         if self.hint not in ("throughput", "latency"):
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:

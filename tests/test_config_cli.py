@@ -45,6 +45,7 @@ def test_yaml_then_flags_win(tmp_path):
         ("actors: two\n", "actors: expected int, got str 'two'"),
         ("detection:\n  conf_thres: 2\n", "conf_thres must be in"),
         ("depth:\n  align: scale\n", "align must be one of"),
+        ("preprocess_in: gpu\n", "preprocess_in: must be one of \\('auto', 'request', 'loader'\\)"),
         ("- a list\n", "expected a mapping"),
     ],
 )

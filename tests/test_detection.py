@@ -12,7 +12,7 @@ import pytest
 from actors.model import TensorSpec
 from datasets.base import Sample, SampleError, SetupError, safe_join
 from datasets.coco import STAT_NAMES, CocoDataset
-from datasets.images import letterbox, read_image
+from datasets.images import letterbox, read_image, to_blob
 from datasets.synthetic import write_coco
 from datasets.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
 
@@ -69,6 +69,17 @@ def test_letterbox_centre_pad_and_inverse_mapping():
     # YOLOX: corner placement
     _, lb3 = letterbox(image, (64, 64), center=False, exact_ratio=True)
     assert (lb3.left, lb3.top) == (0, 0)
+
+
+@pytest.mark.parametrize("shape", [(640, 640, 3), (37, 53, 3), (21, 18)])
+def test_to_blob_matches_opencv_blob_bit_for_bit(shape):
+    image = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    for scale, swap in [(1.0 / 255.0, True), (1.0, False), (0.5, True)]:
+        ours = to_blob(image, scale, swap_rb=swap)
+        theirs = cv2.dnn.blobFromImage(image, scale, swapRB=swap)
+        assert ours.dtype == np.float32 and ours.flags.c_contiguous
+        assert ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs)
 
 
 def test_read_image_errors_name_the_file(tmp_path):

@@ -61,7 +61,8 @@ def test_coco_job_writes_every_output(ray_session, coco_set, tmp_path):
     assert set(run["timings"]["stage_mean_ms"]) == {"load", "preprocess", "queue", "infer", "postprocess"}
 
 
-def test_bad_images_become_error_rows_and_the_job_completes(ray_session, coco_set, tmp_path):
+@pytest.mark.parametrize("preprocess_in", ["request", "loader"])
+def test_bad_images_become_error_rows_and_the_job_completes(ray_session, coco_set, tmp_path, preprocess_in):
     src, model = coco_set
     root = tmp_path / "coco"
     shutil.copytree(src, root)
@@ -71,7 +72,7 @@ def test_bad_images_become_error_rows_and_the_job_completes(ray_session, coco_se
     images[1].write_bytes(data[: len(data) // 2])  # truncated
     images[2].write_bytes(b"\x89PNG not really" * 20)  # corrupt
     images[3].unlink()  # listed in the annotations, missing on disk
-    outcome = run_job(coco_cfg(root, model, tmp_path / "out"))
+    outcome = run_job(coco_cfg(root, model, tmp_path / "out", preprocess_in=preprocess_in))
     assert outcome.exit_code == EXIT_PARTIAL and outcome.errors == 4
     errors = pq.read_table(tmp_path / "out/errors.parquet").to_pylist()
     by_file = {Path(e["file"]).name: e for e in errors}
@@ -85,6 +86,38 @@ def test_bad_images_become_error_rows_and_the_job_completes(ray_session, coco_se
     assert predictions.num_rows == 16
     run = json.loads((tmp_path / "out/run.json").read_text())
     assert run["counts"]["errors"] == 4 and run["counts"]["predictions"] == 16
+
+
+def test_samples_are_prepared_in_the_request_on_cpu_and_ahead_of_it_for_a_device(coco_set, tmp_path):
+    """On the CPU the request's own thread reads and preprocesses (the cores are the
+    device: overlap would only preempt inference); on a device, loader threads do, so
+    the next input is ready when a request finishes."""
+    import threading
+
+    from actors.actor import InferenceActor
+
+    root, model = coco_set
+    sim = "sim://?latency_ms=1&capacity=2&input=1x3x64x64&output=1x7x8"
+    for model_uri, expected, thread_prefix in [(str(model), "request", "infer-request-"),
+                                               (sim, "loader", "actor-loader")]:
+        actor = InferenceActor(coco_cfg(root, Path(model_uri) if "://" not in model_uri else model_uri,
+                                        tmp_path / "out"), "actor")
+        readers: set[str] = set()
+        load = actor.dataset.load
+
+        def spy(sample, load=load, readers=readers):
+            readers.add(threading.current_thread().name)
+            return load(sample)
+
+        actor.dataset.load = spy
+        try:
+            result = actor.process(0, actor.dataset.samples()[:6])
+        finally:
+            actor.close()
+        assert actor.info()["preprocess_in"] == expected
+        assert result.records.num_rows == 6 and result.errors.num_rows == 0
+        assert readers and all(name.startswith(thread_prefix) for name in readers), readers
+        assert all(result.records.column(f"{stage}_ms").to_pylist() for stage in ("load", "preprocess", "infer"))
 
 
 def test_one_two_and_four_actors_give_identical_predictions(ray_session, coco_set, tmp_path):

@@ -111,6 +111,18 @@ def test_request_slots_latency_and_idle_ids(scale_model):
         assert np.array_equal(done[0].results[0], np.zeros((1, 4), np.float32))
 
 
+def test_busy_time_and_latency_count_only_the_model():
+    """Preparation in the request and the callback are host work, not device time."""
+    q = AsyncInferQueue(SleepModel(delay=0.05), jobs=1, prepare=lambda x: (time.sleep(0.1), x)[1])
+    q.set_callback(lambda request, _: time.sleep(0.1))
+    with q:
+        q.start_async({"x": np.ones(1, np.float32)})
+        q.wait_all()
+        busy, latency = q.busy_seconds, q[0].latency
+    assert 0.045 <= busy < 0.1, busy
+    assert 45 <= latency < 100, latency
+
+
 def test_start_async_blocks_only_when_all_requests_are_busy():
     gate = threading.Event()
     q = AsyncInferQueue(SleepModel(0.0, hang=gate), jobs=2)
@@ -325,6 +337,34 @@ def test_parallel_2_prepares_in_a_separate_thread():
 
     with pytest.raises(ValueError):
         AsyncRuntime(model1, parallel=3)
+
+
+def test_simulated_device_runs_capacity_at_once_and_queues_the_rest():
+    """Two streams, six requests at once: waves end at 1, 2 and 3 latencies (a device
+    queue, not host threads, starts each queued request)."""
+    from actors.simulated import SimulatedModel
+
+    device = SimulatedModel(latency_ms=60, capacity=2, input_shape=(1, 1), output_shape=(1, 1))
+    assert device.optimal_requests == 4
+    barrier = threading.Barrier(6)
+    t0 = time.monotonic()
+    ends: list[float] = []
+
+    def one():
+        barrier.wait()
+        device.run({"images": np.zeros((1, 1), np.float32)})
+        ends.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    ends.sort()
+    assert len(ends) == 6
+    assert ends[1] < 0.115, ends  # the first two ran side by side
+    assert ends[2] >= 0.12 and ends[4] >= 0.18, ends  # the rest waited for a free stream
+    assert ends[5] < 0.6, ends
 
 
 def test_optimal_requests_rule():
