@@ -68,7 +68,7 @@ class _SampleFailed(Exception):
 class _Job:
     """One sample on its way through the actor: the queue's userdata."""
 
-    __slots__ = ("sample", "state", "meta", "timing", "ready")
+    __slots__ = ("meta", "ready", "sample", "state", "timing")
 
     def __init__(self, sample: Sample, state: _ShardState) -> None:
         self.sample = sample
@@ -154,7 +154,8 @@ def build_model(cfg: Any, threads_per_request: int) -> Model:
 
 
 class InferenceActor:
-    """One runtime, fed by loader threads, returning one table per shard."""
+    """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
+    returning one table per shard."""
 
     def __init__(self, cfg: Any, name: str, adapter: Adapter | None = None) -> None:
         """`adapter`: the one the driver built and checked; built here from `cfg` if None."""

@@ -312,8 +312,8 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool) ->
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=str(model), output=str(work / "out")))
     results["rayinfer"] = rate
     a = run["actors"][0]
-    rows.append(["rayinfer", f"{len(run['actors'])} actor(s) x {a['requests']} requests, preprocess in "
-                             f"{a.get('preprocess_in')}, automatic", rate])
+    setting = f"{len(run['actors'])} actor(s) x {a['requests']} requests, preprocess in {a.get('preprocess_in')}, automatic"
+    rows.append(["rayinfer", setting, rate])
     results["rayinfer_steady"] = run["throughput"]["samples_per_s"]
     rows.append(["rayinfer_steady", f"the same run without actor start-up (busy {a['busy_fraction']:.2f})",
                  results["rayinfer_steady"]])

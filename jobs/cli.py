@@ -74,8 +74,8 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--jobs", "jobs", int, "requests in flight per actor; 0 = optimal for the device"),
     ("--hint", "hint", str, "throughput | latency"),
     ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = its CPUs + 1"),
-    ("--preprocess-in", "preprocess_in", str, "auto | request | loader: read+preprocess in the request's thread "
-                                              "(auto on CPU) or in loader threads ahead of the device (auto otherwise)"),
+    ("--preprocess-in", "preprocess_in", str, ("auto | request | loader: read+preprocess in the request's thread "
+                                               "(auto on CPU) or in loader threads ahead of the device (auto otherwise)")),
     ("--shard-size", "shard_size", int, "samples per work unit (committed together)"),
     ("--shards-in-flight", "shards_in_flight", int, "outstanding shards per actor"),
     ("--limit", "limit", int, "only the first N samples"),
