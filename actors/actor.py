@@ -163,9 +163,9 @@ class InferenceActor:
 
         # pyarrow imports pandas on its first conversion (0.2-0.4 s of CPU holding the GIL):
         # pay it beside loading the model, not in the first shard.
-        self._warm_up = threading.Thread(target=pa.Table.from_pylist, args=([{"warm": 1}],),
-                                         name=f"{name}-warm-up", daemon=True)
-        self._warm_up.start()
+        warm_up = threading.Thread(target=pa.Table.from_pylist, args=([{"warm": 1}],), name=f"{name}-warm-up",
+                                   daemon=True)
+        warm_up.start()
         self.cfg = cfg
         self.name = name
         self.cpus = available_cpus()
@@ -181,7 +181,7 @@ class InferenceActor:
         # the middle of one, it would hold the GIL while every request waits; and while other
         # actors on the node already work, it takes their CPU (64 actors on 2 cores: 95% of
         # ideal throughput with this wait, 65-73% without).
-        self._warm_up.join()
+        warm_up.join()
         jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
