@@ -346,13 +346,24 @@ class SimDeviceUDF:
         return {"done": np.ones(len(batch["image"]), np.int8)}
 
 
-def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from datasets.images import letterbox, read_image, to_blob
+def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
+    """The YOLOv8 adapter (640x640 input) whose preprocessing every accel mode runs."""
+    from datasets.yolo import DetectionOptions, YoloAdapter
 
+    spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
+    return YoloAdapter("yolov8", spec, DetectionOptions(), category_ids)
+
+
+def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data's decode stage: the same read + preprocessing as rayinfer's adapter."""
+    from datasets.base import Sample
+    from datasets.images import read_image
+
+    adapter = _accel_adapter()
     out = []
     for path in batch["path"]:
-        image, _ = letterbox(read_image(Path(path)), (640, 640))
-        out.append(to_blob(image, 1.0 / 255.0, swap_rb=True)[0])
+        feed, _ = adapter.preprocess(read_image(Path(path)), Sample(str(path), str(path), {}))
+        out.append(feed[adapter.input_name][0])
     return {"image": np.stack(out)}
 
 
@@ -370,12 +381,9 @@ def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: 
 
 
 def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: float, capacity: int) -> dict[str, float]:
-    from datasets.yolo import DetectionOptions, YoloAdapter
-
     cpus = available_cpus()
     work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-accel-")
-    spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
-    adapter = YoloAdapter("yolov8", spec, DetectionOptions(), ds.category_ids)
+    adapter = _accel_adapter(ds.category_ids)
     t0 = time.perf_counter()
     for s in samples[:40]:
         adapter.preprocess(ds.load(s), s)
