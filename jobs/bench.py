@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import threading
 import time
@@ -312,29 +313,28 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool, re
 
     # rayinfer and the limit, `repeat` times in turn: this machine's speed drifts by several
     # percent from one minute to the next, so each run is paired with a limit measured right
-    # after it, and the medians are reported (every run is in the table).
-    rates, steadies, limits, settings = [], [], [], []
+    # after it, and the medians are reported (every run is in the table). median_low: each
+    # figure is one run's own, so the limit row's per-stage costs add up to the limit shown.
+    rates, steadies, limits, busy, setting = [], [], [], 1.0, ""
     for _ in range(repeat):
         start_ray(cpus)
         rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=str(model), output=str(work / "out")))
         a = run["actors"][0]
-        settings.append(f"{len(run['actors'])} actor(s) x {a['requests']} requests, preprocess in "
-                        f"{a.get('preprocess_in')}, automatic")
+        setting = f"{len(run['actors'])} actor(s) x {a['requests']} requests, preprocess in {a.get('preprocess_in')}, automatic"
+        busy = min(busy, a["busy_fraction"])
         rates.append(rate)
-        steadies.append((run["throughput"]["samples_per_s"], a["busy_fraction"]))
+        steadies.append(run["throughput"]["samples_per_s"])
         costs = _per_image_costs(data_root, model)
         limits.append((cpus / sum(costs.values()), costs))
-        log.info("rayinfer run %d: %.1f img/s (%.1f steady), limit %.1f", len(rates), rate, steadies[-1][0],
+        log.info("rayinfer run %d: %.1f img/s (%.1f steady), limit %.1f", len(rates), rate, steadies[-1],
                  limits[-1][0])
     runs = f" (median of {repeat}: " + " / ".join(f"{r:.1f}" for r in rates) + ")" if repeat > 1 else ""
-    results["rayinfer"] = float(np.median(rates))
-    rows.append(["rayinfer", settings[-1] + runs, results["rayinfer"]])
-    results["rayinfer_steady"] = float(np.median([r for r, _ in steadies]))
-    busy = min(b for _, b in steadies)
+    results["rayinfer"] = statistics.median_low(rates)
+    rows.append(["rayinfer", setting + runs, results["rayinfer"]])
+    results["rayinfer_steady"] = statistics.median_low(steadies)
     rows.append(["rayinfer_steady", f"the same runs without actor start-up (busy >= {busy:.2f})",
                  results["rayinfer_steady"]])
-    results["limit"] = float(np.median([lim for lim, _ in limits]))
-    costs = sorted(limits, key=lambda lc: lc[0])[len(limits) // 2][1]
+    results["limit"], costs = sorted(limits, key=lambda lc: lc[0])[(len(limits) - 1) // 2]  # median_low
     per_run = " (median of " + " / ".join(f"{lim:.1f}" for lim, _ in limits) + ")" if repeat > 1 else ""
     rows.append(["limit", f"{cpus} cores / ({costs['preprocess'] * 1e3:.1f} + {costs['inference'] * 1e3:.1f} + "
                           f"{costs['postprocess'] * 1e3:.1f} ms){per_run}", results["limit"]])
