@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
 from actors.queue import AsyncInferQueue, InferRequest, optimal_requests
+from actors.rows import from_ipc, to_ipc, to_table
 from datasets.base import ERROR_SCHEMA, Adapter, Sample, SampleError, records_schema
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,18 @@ class ShardResult:
     actor: str
     wall_s: float
     stage_s: dict[str, float] = field(default_factory=dict)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled with its tables as Arrow IPC streams: Ray's own serializer for Arrow
+        tables calls pyarrow.compute with a Python int, and that imports pandas in the actor
+        (0.26 s of CPU on its first result; see actors/rows.py)."""
+        return _shard_result, (self.shard, to_ipc(self.records), to_ipc(self.errors), self.actor, self.wall_s,
+                               self.stage_s)
+
+
+def _shard_result(shard: int, records: pa.Buffer, errors: pa.Buffer, actor: str, wall_s: float,
+                  stage_s: dict[str, float]) -> ShardResult:
+    return ShardResult(shard, from_ipc(records), from_ipc(errors), actor, wall_s, stage_s)
 
 
 class RequestTimeout(RuntimeError):
@@ -161,11 +174,6 @@ class InferenceActor:
         """`adapter`: the one the driver built and checked; built here from `cfg` if None."""
         from jobs.tasks import build_adapter, build_dataset
 
-        # pyarrow imports pandas on its first conversion (0.2-0.4 s of CPU holding the GIL):
-        # pay it beside loading the model, not in the first shard.
-        warm_up = threading.Thread(target=pa.Table.from_pylist, args=([{"warm": 1}],), name=f"{name}-warm-up",
-                                   daemon=True)
-        warm_up.start()
         self.cfg = cfg
         self.name = name
         self.cpus = available_cpus()
@@ -177,11 +185,6 @@ class InferenceActor:
         self.model = build_model(cfg, plan.threads_per_request)
         self.adapter = adapter if adapter is not None else build_adapter(cfg, self.dataset, self.model)
         self.schema = records_schema(self.adapter.schema)
-        # pyarrow's import of pandas (started above) must be over before the first shard: in
-        # the middle of one, it would hold the GIL while every request waits; and while other
-        # actors on the node already work, it takes their CPU (64 actors on 2 cores: 95% of
-        # ideal throughput with this wait, 65-73% without).
-        warm_up.join()
         jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
@@ -252,8 +255,8 @@ class InferenceActor:
             for sample in hung:
                 state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s")
         records = sorted(state.records, key=lambda r: state.order[r["sample_id"]])
-        table = pa.Table.from_pylist(records, schema=self.schema)
-        errors = pa.Table.from_pylist(state.errors, schema=ERROR_SCHEMA)
+        table = to_table(records, self.schema)  # never imports pandas: see actors/rows.py
+        errors = to_table(state.errors, ERROR_SCHEMA)
         self.samples_done += len(samples)
         self.shards_done += 1
         return ShardResult(shard, table, errors, self.name, time.perf_counter() - t0, state.stage_s)
