@@ -104,8 +104,9 @@ class _ModuleProbe(InferenceActor):
 
 
 def test_an_actor_under_ray_never_imports_pandas(ray_session, tmp_path):
-    """Through Ray, with list columns: Ray's own serializer for Arrow tables would import
-    pandas in the actor when it sends the result (it does for a bare `pa.Table`)."""
+    """Through Ray, with string and list columns: Ray's own serializer for Arrow tables
+    imports pandas when it copies such a column's offsets (`pyarrow.compute.subtract`),
+    so a bare `pa.Table` in the result would import it in the actor."""
     import ray
 
     from datasets.synthetic import write_coco
