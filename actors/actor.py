@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,7 @@ class _ShardState:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.submitted: dict[str, tuple[Sample, float]] = {}
+        self.loading: dict[str, tuple[Sample, float]] = {}
         self.finished: set[str] = set()
         self.closed = False
         if not samples:
@@ -119,11 +120,25 @@ class _ShardState:
             if sample.sample_id not in self.finished:
                 self.submitted[sample.sample_id] = (sample, time.monotonic())
 
+    def load_started(self, sample: Sample) -> None:
+        with self.lock:
+            self.loading[sample.sample_id] = (sample, time.monotonic())
+
+    def load_ended(self, sample: Sample) -> None:
+        with self.lock:
+            self.loading.pop(sample.sample_id, None)
+
     def overdue(self, timeout: float) -> list[Sample]:
         """Samples queued for inference more than `timeout` seconds ago and unfinished."""
         now = time.monotonic()
         with self.lock:
             return [s for s, t in self.submitted.values() if now - t > timeout]
+
+    def overdue_loads(self, timeout: float) -> list[Sample]:
+        """Samples whose read + preprocess started more than `timeout` seconds ago and has not ended."""
+        now = time.monotonic()
+        with self.lock:
+            return [s for s, t in self.loading.values() if now - t > timeout and s.sample_id not in self.finished]
 
     def abandon(self) -> None:
         with self.lock:
@@ -137,12 +152,14 @@ class _ShardState:
             for stage in STAGES:
                 self.stage_s[stage] += record[f"{stage}_ms"] / 1000.0
 
-    def fail(self, sample: Sample, stage: str, message: str) -> None:
+    def fail(self, sample: Sample, stage: str, message: str, transient: bool = False) -> None:
+        """`transient`: the failure says nothing about the sample (a timeout); --resume retries it."""
         with self.lock:
             if not self._settle(sample.sample_id):
                 return
             self.errors.append({"sample_id": sample.sample_id, "file": sample.file, "stage": stage,
-                                "message": message, "shard": self.shard, "actor": self.actor})
+                                "message": message, "shard": self.shard, "actor": self.actor,
+                                "transient": transient})
 
     def _settle(self, sample_id: str) -> bool:
         if self.closed or sample_id in self.finished:
@@ -196,7 +213,7 @@ class InferenceActor:
         # contend for the GIL and memory bandwidth (measured: 2 > 5 > 8 threads on one CPU).
         # With preprocess_in="request" these threads only queue samples for the requests.
         self.loader_threads = cfg.loader_threads or (self.cpus + 1)
-        self.loader = ThreadPoolExecutor(self.loader_threads, thread_name_prefix=f"{name}-loader")
+        self.loader = LoaderPool(self.loader_threads, name=f"{name}-loader")
         self.started = time.perf_counter()
         self.samples_done = 0
         self.shards_done = 0
@@ -243,8 +260,15 @@ class InferenceActor:
         state = _ShardState(shard, samples, self.name)
         for sample in samples:
             self.loader.submit(self._start, _Job(sample, state))
-        timeout = self.cfg.request_timeout_s
-        while not state.done.wait(min(1.0, timeout)):
+        timeout, load_timeout = self.cfg.request_timeout_s, self.cfg.load_timeout_s
+        while not state.done.wait(min(1.0, timeout, load_timeout)):
+            for sample in state.overdue_loads(load_timeout):
+                # A read that never returns (a FIFO, a hung network mount): only this sample
+                # fails; a fresh loader thread takes the place of the stuck one.
+                state.fail(sample, "load", f"{sample.file}: reading and preprocessing did not finish "
+                           f"within {load_timeout:g}s", transient=True)
+                if self.preprocess_in == "loader":
+                    self.loader.add_thread()
             hung = state.overdue(timeout)
             if hung and not final_attempt:
                 state.abandon()
@@ -253,7 +277,8 @@ class InferenceActor:
                     f"(first: {hung[0].file})"
                 )
             for sample in hung:
-                state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s")
+                state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s",
+                           transient=True)
         records = sorted(state.records, key=lambda r: state.order[r["sample_id"]])
         table = to_table(records, self.schema)  # never imports pandas: see actors/rows.py
         errors = to_table(state.errors, ERROR_SCHEMA)
@@ -262,7 +287,7 @@ class InferenceActor:
         return ShardResult(shard, table, errors, self.name, time.perf_counter() - t0, state.stage_s)
 
     def close(self) -> None:
-        self.loader.shutdown(wait=True, cancel_futures=True)
+        self.loader.shutdown()
         self.queue.close()
 
     # -- per sample ------------------------------------------------------------
@@ -287,20 +312,21 @@ class InferenceActor:
         sample = job.sample
         if job.state.closed:
             raise _SampleFailed("load", f"{sample.file}: shard abandoned")
-        t0 = time.perf_counter()
+        t0, t1 = time.perf_counter(), None
+        job.state.load_started(sample)
         try:
             raw = self.dataset.load(sample)
+            t1 = time.perf_counter()
+            feed, job.meta = self.adapter.preprocess(raw, sample)
         except SampleError as exc:
             raise _SampleFailed(exc.stage, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - any reader failure is this sample's
-            raise _SampleFailed("load", f"{sample.file}: {type(exc).__name__}: {exc}") from None
-        t1 = time.perf_counter()
-        try:
-            feed, job.meta = self.adapter.preprocess(raw, sample)
-        except Exception as exc:  # noqa: BLE001
-            stage = exc.stage if isinstance(exc, SampleError) else "preprocess"
+        except Exception as exc:  # noqa: BLE001 - any reader or preprocessing failure is this sample's
+            stage = "load" if t1 is None else "preprocess"
             raise _SampleFailed(stage, f"{sample.file}: {type(exc).__name__}: {exc}") from None
+        finally:
+            job.state.load_ended(sample)
         job.ready = time.perf_counter()
+        assert t1 is not None
         job.timing = {"load_ms": (t1 - t0) * 1000, "preprocess_ms": (job.ready - t1) * 1000}
         return feed
 
@@ -326,6 +352,38 @@ class InferenceActor:
             **job.timing,
         )
         state.add(record)
+
+
+class LoaderPool:
+    """Threads that run submitted calls in order; `add_thread()` replaces one stuck in a
+    read that never returns (a thread cannot be stopped from outside)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self.name = name
+        self._tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        for _ in range(threads):
+            self.add_thread()
+
+    def add_thread(self) -> None:
+        t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self._tasks.put((fn, args))
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            fn, args = task
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a loader call reports its own failures
+                log.exception("loader call failed")
 
 
 def peak_rss_mb() -> float:

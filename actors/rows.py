@@ -5,7 +5,7 @@ list or numpy array imports pandas (0.26 s of CPU holding the GIL and about 50 M
 process, measured here), and an actor has no other use for pandas: every actor would pay
 it on its start-up path, 64 times over on a node of 64 simulated devices. `to_table`
 builds the columns from numpy buffers instead, for the types record schemas use
-(integers, floats, strings, bytes and lists of those), and hands anything else, or any
+(booleans, integers, floats, strings, bytes and lists of those), and hands anything else, or any
 value it cannot take as is (a None, a wrong type, an int out of range), to
 `pa.Table.from_pylist`, whose result or error is the reference.
 
@@ -54,6 +54,8 @@ def _column(values: Sequence[Any], type: pa.DataType) -> pa.Array:
         return _list_column(values, type)
     if pa.types.is_string(type) or pa.types.is_binary(type):
         return _bytes_column(values, type)
+    if pa.types.is_boolean(type):
+        return _bool_column(values)
     return _numeric(np.asarray(values), type)
 
 
@@ -75,6 +77,13 @@ def _numeric(values: np.ndarray, type: pa.DataType) -> pa.Array:
             raise _NotPlain("out of range")
     data = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(type, len(data), [None, pa.py_buffer(data)])
+
+
+def _bool_column(values: Sequence[Any]) -> pa.Array:
+    if not all(isinstance(v, (bool, np.bool_)) for v in values):
+        raise _NotPlain(pa.bool_())
+    bits = np.packbits(np.asarray(values, bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
 
 
 def _bytes_column(values: Sequence[Any], type: pa.DataType) -> pa.Array:

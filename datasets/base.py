@@ -115,6 +115,8 @@ ERROR_SCHEMA = pa.schema(
         pa.field("message", pa.string()),
         pa.field("shard", pa.int32()),
         pa.field("actor", pa.string()),
+        # True: the failure says nothing about the sample (actor lost, timeout); --resume retries it
+        pa.field("transient", pa.bool_()),
     ]
 )
 

@@ -7,6 +7,7 @@ official layout; the 79-image mini set and the full 5000-image set read the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from datasets.base import Sample, SetupError, safe_join
-from datasets.images import read_image
+from datasets.base import Sample, SampleError, SetupError, safe_join
+from datasets.images import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class CocoDataset:
     name = "coco"
 
     def __init__(self, root: str | Path, split: str = "val2017", annotations: str | Path | None = None,
-                 image_ids: Sequence[int] | None = None, limit: int | None = None) -> None:
+                 image_ids: Sequence[int] | None = None, limit: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.root = Path(root)
+        self.max_pixels = max_pixels
         self.split = split
         self.annotations = Path(annotations) if annotations else self.root / "annotations" / f"instances_{split}.json"
         self.image_ids = tuple(image_ids) if image_ids else None
@@ -63,6 +66,7 @@ class CocoDataset:
             raise SetupError(f"{self.annotations}: not a JSON file ({exc})") from None
         if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
             raise SetupError(f"{self.annotations}: not COCO instances annotations (needs images, annotations, categories)")
+        check_annotations(data, self.annotations)
         with _quiet():
             coco = COCO()
             coco.dataset = data
@@ -99,15 +103,27 @@ class CocoDataset:
 
     def load(self, sample: Sample) -> np.ndarray:
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
-        return read_image(safe_join(self.root, sample.file), size)
+        path = safe_join(self.root, sample.file)
+        if size is not None and size[0] * size[1] > self.max_pixels:
+            raise SampleError(f"{path}: the annotations say {size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, "
+                              f"over the limit of {self.max_pixels:,} (--max-image-pixels)")
+        return read_image(path, size, max_pixels=self.max_pixels)
 
     def fingerprint(self) -> dict[str, Any]:
-        st = self.annotations.stat() if self.annotations.exists() else None
+        """The annotations' path and content hash (an edited category id changes it, whatever
+        the size); the image list is hashed by the driver from `samples()`."""
+        digest = None
+        if self.annotations.is_file():
+            h = hashlib.sha256()
+            with self.annotations.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digest = h.hexdigest()
         return {
             "dataset": self.name,
             "root": str(self.root.resolve()),
             "annotations": str(self.annotations.resolve()),
-            "annotations_size": st.st_size if st else None,
+            "annotations_sha256": digest,
             "image_ids": list(self.image_ids) if self.image_ids else None,
             "limit": self.limit,
         }
@@ -177,6 +193,52 @@ class CocoDataset:
         ev, ids, n = self.cocoeval(predictions, image_ids)
         table = per_class_table(ev, self.category_names) if ev is not None else []
         return coco_metrics(ev, ids, n, table)
+
+
+def check_annotations(data: dict[str, Any], path: Path) -> None:
+    """The fields the job reads have the types COCO gives them, and image ids are unique:
+    a SetupError naming the entry otherwise (pycocotools would let the last duplicate win)."""
+
+    def bad(section: str, i: int, entry: Any, what: str) -> SetupError:
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        return SetupError(f"{path}: {section}[{i}]{f' (id {ident!r})' if ident is not None else ''}: {what}")
+
+    def need(section: str, i: int, entry: Any, key: str, kinds: tuple[type, ...], what: str) -> None:
+        if not isinstance(entry, dict):
+            raise bad(section, i, entry, "not an object")
+        if key not in entry:
+            raise bad(section, i, entry, f"missing '{key}'")
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise bad(section, i, entry, f"'{key}' is {value!r}, expected {what}")
+
+    for section in ("images", "annotations", "categories"):
+        if not isinstance(data[section], list):
+            raise SetupError(f"{path}: '{section}' is not a list")
+    seen: dict[int, int] = {}
+    duplicates = []
+    for i, img in enumerate(data["images"]):
+        need("images", i, img, "id", (int,), "an integer")
+        need("images", i, img, "file_name", (str,), "a file name")
+        for key in ("height", "width"):
+            need("images", i, img, key, (int,), "a positive integer")
+            if img[key] < 1:
+                raise bad("images", i, img, f"'{key}' is {img[key]!r}, expected a positive integer")
+        if img["id"] in seen:
+            duplicates.append(img["id"])
+        seen[img["id"]] = i
+    if duplicates:
+        raise SetupError(f"{path}: duplicate image ids {sorted(set(duplicates))[:10]}"
+                         f"{' ...' if len(set(duplicates)) > 10 else ''}: each image must appear once")
+    for i, cat in enumerate(data["categories"]):
+        need("categories", i, cat, "id", (int,), "an integer")
+    for i, ann in enumerate(data["annotations"]):
+        need("annotations", i, ann, "image_id", (int,), "an integer")
+        need("annotations", i, ann, "category_id", (int,), "an integer")
+        need("annotations", i, ann, "bbox", (list,), "[x, y, w, h]")
+        box = ann["bbox"]
+        if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            raise bad("annotations", i, ann, f"'bbox' is {box!r}, expected [x, y, w, h]")
 
 
 def coco_metrics(ev: Any, ids: Sequence[int], detections: int, per_class: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,6 +18,10 @@ from datasets.base import Sample, SampleError, SetupError, safe_join
 from datasets.depth import METRIC_NAMES
 
 
+#: Larger ground-truth depths mean the file is not in metres (NYU's Kinect reads up to ~10 m).
+MAX_METRES = 100.0
+
+
 class NyuDataset:
     """Reader for `DATA_ROOT/val/official/*.h5` (or `*.h5` directly under DATA_ROOT)."""
 
@@ -57,7 +61,9 @@ class NyuDataset:
                 if missing:
                     raise SampleError(f"{path}: no {missing} dataset in the file (has {sorted(f.keys())})")
                 rgb = np.asarray(f["rgb"][()])
-                depth = np.asarray(f["depth"][()], np.float32)
+                raw_depth = np.asarray(f["depth"][()])
+                raw_kind, raw_kind_name = raw_depth.dtype.kind, str(raw_depth.dtype)
+                depth = raw_depth.astype(np.float32, copy=False)
         except SampleError:
             raise
         except FileNotFoundError:
@@ -71,6 +77,14 @@ class NyuDataset:
         depth = np.squeeze(depth)
         if depth.shape != rgb.shape[:2]:
             raise SampleError(f"{path}: 'depth' is {list(depth.shape)} but 'rgb' is {list(rgb.shape[:2])}")
+        finite = np.isfinite(depth)
+        if not finite.any():
+            raise SampleError(f"{path}: 'depth' has no finite value (all NaN or inf)")
+        if raw_kind in "iu" or float(depth[finite].max()) > MAX_METRES:
+            raise SampleError(f"{path}: 'depth' looks like millimetres ({raw_kind_name}, max "
+                              f"{float(depth[finite].max()):g}); expected float metres (<= {MAX_METRES:g})")
+        if not finite.all():
+            depth = np.where(finite, depth, np.float32(0))  # no reading, as the dataset marks holes
         return np.ascontiguousarray(rgb), depth
 
     def fingerprint(self) -> dict[str, Any]:

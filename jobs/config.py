@@ -57,6 +57,11 @@ class JobConfig:
     max_shard_attempts: int = 3
     max_actor_restarts: int = 3
     request_timeout_s: float = 120.0
+    load_timeout_s: float = 60.0  # per sample: reading + preprocessing
+    actor_restart_timeout_s: float = 120.0  # how long a lost actor Ray may restart is waited for
+    # bad input
+    max_image_pixels: int = 100_000_000  # larger images are error rows, refused before decoding
+    hash_samples: bool = False  # --resume fingerprint also hashes every sample file's content
     # a custom Ray resource, one unit per actor (e.g. "sim_device"; NPUs registered as resources)
     resource: str | None = None
     # task options
@@ -84,8 +89,11 @@ class JobConfig:
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit: must be >= 1, got {self.limit}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError("request_timeout_s: must be > 0")
+        for name in ("request_timeout_s", "load_timeout_s", "actor_restart_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels: must be >= 1, got {self.max_image_pixels}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite: choose one")
 

@@ -1,23 +1,34 @@
 """The output directory: committed shards, errors, metrics and run summary.
 
 Layout:
-    OUTPUT/manifest.json                    what this run is (fingerprint), written first
+    OUTPUT/manifest.json                    what this run is (fingerprint) and every file it writes
     OUTPUT/predictions/shard-NNNNN.parquet  one file per work unit; present = committed
     OUTPUT/errors/shard-NNNNN.parquet       that shard's per-sample failures (may be empty)
     OUTPUT/errors.parquet                   all failures, gathered at the end
-    OUTPUT/metrics.json, run.json           written at the end
+    OUTPUT/metrics.json, run.json, ...      written at the end
 
 Every file is written to a temporary name and renamed, so a crash leaves either the
 whole file or nothing. A shard's errors are committed before its predictions, so
-"predictions file present" implies the errors are there too. Resume skips committed
-shards; it refuses when the manifest's fingerprint differs.
+"predictions file present" implies the errors are there too.
+
+Nothing a user wrote is touched:
+- the manifest is written only when work starts (after Ray and the actors are up), so a
+  run that fails during setup leaves the folder as it was;
+- the manifest names every file the run writes before it is written (shards by their
+  count and name pattern), and `--overwrite` removes exactly those, then the folders it
+  created if they are empty;
+- a folder that holds anything but no manifest is refused, with or without `--overwrite`.
+
+Resume skips committed shards, except those with transient errors (a lost actor, a
+timeout), which run again; it refuses when the manifest's fingerprint differs, naming
+the keys that changed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +38,32 @@ import pyarrow.parquet as pq
 from datasets.base import ERROR_SCHEMA, SetupError
 
 MANIFEST = "manifest.json"
+SHARD_DIRS = ("predictions", "errors")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """`write(tmp)` then rename onto `path`; the temporary file never outlives a failure."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_atomically(path, write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -43,9 +71,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.parquet"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: fingerprints compared key by key."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+class OutputError(SetupError):
+    """The output folder cannot be written (permission, full disk): one line, exit 2."""
+
+
+def writing(path: Path, exc: OSError) -> OutputError:
+    hint = "; free some space and rerun with --resume" if exc.errno == errno.ENOSPC else ""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}{hint}")
 
 
 class RunOutput:
@@ -55,54 +104,143 @@ class RunOutput:
         self.root = Path(root)
         self.predictions_dir = self.root / "predictions"
         self.errors_dir = self.root / "errors"
+        self.manifest_path = self.root / MANIFEST
+        self._manifest: dict[str, Any] = {}
+        self._previous: dict[str, Any] | None = None
+        self._rerun: set[int] = set()
+        self._overwrite = False
 
     # -- start -----------------------------------------------------------------------
-    def open(self, fingerprint: dict[str, Any], resume: bool = False, overwrite: bool = False) -> set[int]:
-        """Prepare the directory; return the shards already committed (resume only).
+    def prepare(self, fingerprint: dict[str, Any], resume: bool = False, overwrite: bool = False) -> set[int]:
+        """Check the folder (writes nothing); return the shards already committed (resume only).
 
-        Refuses to mix runs: an output directory that holds another run needs
-        `--overwrite`, and `--resume` needs the same fingerprint.
+        Refuses to mix runs: a folder that holds another run needs `--overwrite`, and
+        `--resume` needs the same fingerprint.
         """
-        manifest_path = self.root / MANIFEST
-        has_run = manifest_path.exists() or self.predictions_dir.exists()
-        if has_run and overwrite:
-            for name in ("predictions", "errors"):
-                shutil.rmtree(self.root / name, ignore_errors=True)
-            for name in (MANIFEST, "errors.parquet", "metrics.json", "run.json", "coco_results.json"):
-                (self.root / name).unlink(missing_ok=True)
-            has_run = False
-        if has_run and not resume:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise SetupError(f"output {root} exists and is not a folder")
+        for name in SHARD_DIRS:
+            if (root / name).exists() and not (root / name).is_dir():
+                raise SetupError(f"output {root / name} exists and is not a folder; choose another --output")
+        self._manifest = {"tool": "rayinfer", "fingerprint": fingerprint, "shards": 0, "files": []}
+        if root.is_dir() and not self.manifest_path.exists() and any(root.iterdir()):
+            raise SetupError(f"output folder {root} is not empty and holds no rayinfer run "
+                             f"({MANIFEST} missing); nothing there was touched: choose another --output")
+        self._check_writable()
+        if not self.manifest_path.exists():
+            return set()
+        try:
+            previous = json.loads(self.manifest_path.read_text())
+            old_fingerprint = previous["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SetupError(f"{self.manifest_path} is unreadable; cannot tell what this folder holds: "
+                             "choose another --output") from None
+        self._previous = previous
+        if overwrite:
+            self._overwrite = True
+            return set()
+        if not resume:
             raise SetupError(
-                f"output directory {self.root} already holds a run; pass --resume to continue it, "
+                f"output directory {root} already holds a run; pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --output"
             )
-        committed: set[int] = set()
-        if has_run:
+        old, new = flatten(old_fingerprint), flatten(fingerprint)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in changed[:6])
+            more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+            raise SetupError(f"cannot resume {root}: the configuration changed ({details}{more})")
+        self._manifest["files"] = list(previous.get("files", []))
+        committed = self.committed_shards()
+        self._rerun = self.shards_with_transient_errors() & committed
+        return committed - self._rerun
+
+    def _check_writable(self) -> None:
+        folder = self.root
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to {folder}: permission denied")
+
+    def start(self, shards: int) -> None:
+        """Right before the first commit: remove what a previous run recorded (overwrite),
+        un-commit the shards that run again (resume), create the folders, write the manifest."""
+        try:
+            if self._overwrite and self._previous is not None:
+                self._remove_recorded(self._previous)
+            for shard in sorted(self._rerun):
+                (self.predictions_dir / shard_name(shard)).unlink(missing_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            for name in SHARD_DIRS:
+                (self.root / name).mkdir(exist_ok=True)
+            self._manifest["shards"] = shards
+            self._write_manifest()
+        except OSError as exc:
+            raise writing(Path(exc.filename or self.root), exc) from None
+
+    def _remove_recorded(self, previous: dict[str, Any]) -> None:
+        """Remove exactly the files a previous run's manifest names, then its empty folders."""
+        if "files" in previous:
+            names = list(previous["files"])
+            shards = range(int(previous.get("shards", 0)))
+            for folder in SHARD_DIRS:
+                names += [f"{folder}/{shard_name(i)}" for i in shards]
+        else:  # a manifest from before files were recorded: our own name patterns only
+            names = [f"{folder}/{p.name}" for folder in SHARD_DIRS if (self.root / folder).is_dir()
+                     for p in (self.root / folder).glob("shard-[0-9][0-9][0-9][0-9][0-9].parquet")]
+            names += ["errors.parquet", "metrics.json", "run.json", "coco_results.json", "report.html"]
+        for name in names:
+            path = self.root / name
+            if path.is_file() and self.root in path.resolve().parents:
+                path.unlink()
+        for folder in ("report", *SHARD_DIRS):
             try:
-                previous = json.loads(manifest_path.read_text())["fingerprint"]
-            except (OSError, ValueError, KeyError):
-                raise SetupError(f"{manifest_path} is missing or unreadable; cannot resume, use --overwrite") from None
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            if changed:
-                details = "; ".join(f"{k}: {previous.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
-                raise SetupError(f"cannot resume {self.root}: the configuration changed ({details})")
-            committed = self.committed_shards()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.predictions_dir.mkdir(exist_ok=True)
-        self.errors_dir.mkdir(exist_ok=True)
-        atomic_write_json(manifest_path, {"fingerprint": fingerprint})
-        return committed
+                (self.root / folder).rmdir()
+            except OSError:
+                pass  # not ours, not there, or holds files we did not write
+        self.manifest_path.unlink(missing_ok=True)
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.manifest_path, self._manifest)
+
+    def record(self, *names: str) -> None:
+        """Name files (relative to the root) in the manifest before they are written."""
+        new = [n for n in names if n not in self._manifest["files"]]
+        if new:
+            self._manifest["files"].extend(new)
+            self._write_manifest()
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.record(name)
+        try:
+            atomic_write_json(self.root / name, obj)
+        except OSError as exc:
+            raise writing(self.root / name, exc) from None
 
     def committed_shards(self) -> set[int]:
         if not self.predictions_dir.exists():
             return set()
         return {int(p.stem.split("-")[1]) for p in self.predictions_dir.glob("shard-*.parquet")}
 
+    def shards_with_transient_errors(self) -> set[int]:
+        """Committed shards with an error that says nothing about its sample: resume runs them again."""
+        out = set()
+        for path in self.errors_dir.glob("shard-*.parquet") if self.errors_dir.exists() else []:
+            table = pq.read_table(path)
+            if "transient" in table.column_names and any(v for v in table.column("transient").to_pylist()):
+                out.add(int(path.stem.split("-")[1]))
+        return out
+
     # -- per shard ---------------------------------------------------------------------
     def commit(self, shard: int, records: pa.Table, errors: pa.Table) -> None:
         """Commit one whole shard: errors first, then predictions (the commit marker)."""
-        atomic_write_table(self.errors_dir / f"shard-{shard:05d}.parquet", errors)
-        atomic_write_table(self.predictions_dir / f"shard-{shard:05d}.parquet", records)
+        name = shard_name(shard)
+        for path, table in ((self.errors_dir / name, errors), (self.predictions_dir / name, records)):
+            try:
+                atomic_write_table(path, table)
+            except OSError as exc:
+                raise writing(path, exc) from None
 
     # -- reading back ------------------------------------------------------------------
     def read_predictions(self) -> pa.Table:
@@ -114,8 +252,17 @@ class RunOutput:
 
     def gather_errors(self) -> pa.Table:
         errors = self.read_errors()
-        atomic_write_table(self.root / "errors.parquet", errors)
+        self.record("errors.parquet")
+        try:
+            atomic_write_table(self.root / "errors.parquet", errors)
+        except OSError as exc:
+            raise writing(self.root / "errors.parquet", exc) from None
         return errors
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_shards(folder: Path) -> pa.Table:

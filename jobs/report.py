@@ -186,6 +186,11 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 th{background:#f0f0f0}figure{margin:1em 0}img{max-width:100%}h1{font-size:1.5em}"""
 
 
+#: Every file a report may write, relative to the output folder (recorded in the run's manifest).
+REPORT_FILES = ("report.html", *(f"report/{name}.png" for name in
+                                 ("pr_curves", "per_class_ap", "detections", "depth_samples", "error_vs_depth")))
+
+
 def write_report(output: Path, ev: Evaluation, data_root: Path, run: dict[str, Any] | None = None,
                  depth_options: Any = None) -> Path:
     """Write OUTPUT/report.html and OUTPUT/report/*.png; returns the HTML path."""

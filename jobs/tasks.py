@@ -23,7 +23,7 @@ def build_dataset(cfg: JobConfig) -> Dataset:
         from datasets.coco import CocoDataset
 
         ids = [int(i) for i in cfg.sample_ids] if cfg.sample_ids else None
-        return CocoDataset(root, image_ids=ids, limit=cfg.limit)
+        return CocoDataset(root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels)
     if cfg.task == "nyu":
         from datasets.nyu import NyuDataset
 

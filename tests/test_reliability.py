@@ -175,7 +175,7 @@ def test_driver_killed_mid_run_resumes_to_the_same_metrics(coco_set, tmp_path):
 
     changed = _cli(args[:-1] + ["--output", str(crashed), "--resume", "--iou-thres", "0.5"])
     _, err = changed.communicate(timeout=120)
-    assert changed.returncode == 2 and "the configuration changed (detection:" in err
+    assert changed.returncode == 2 and "the configuration changed (detection.iou_thres: 0.7 -> 0.5)" in err
 
 
 @pytest.mark.parametrize("case", ["annotations", "model", "input", "output"])

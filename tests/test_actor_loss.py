@@ -1,0 +1,236 @@
+"""Actors lost mid-job while Ray can restart them: waited for, never retired on the first
+error; their shards run again elsewhere; nothing lost, nothing duplicated.
+
+Each test runs a real job on an embedded Ray and SIGKILLs actor worker processes (found
+through Ray's named actors), one or all at once, once or repeatedly, optionally with two
+busy loops beside the job (restarts are slow on a busy node). The all-at-once case under
+load is timing-dependent, so it runs 5 times (4 of them in the slow tier).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from datasets.synthetic import write_coco
+from jobs.config import JobConfig
+from jobs.driver import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, run_job
+from tests.conftest import need_shared
+
+pytestmark = pytest.mark.timeout(400)
+
+SIM = "sim://?latency_ms={ms}&capacity=2&input=1x3x64x64&output=1x7x8"
+
+
+@pytest.fixture(scope="module")
+def coco_set(tmp_path_factory):
+    return write_coco(tmp_path_factory.mktemp("coco"), n_images=96, seed=21)
+
+
+@contextmanager
+def cpu_load(busy: bool):
+    """Two busy loops beside the job (this machine has 2 cores), when `busy`."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if busy else 0)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def committed(out: Path) -> int:
+    return len(list((out / "predictions").glob("shard-*.parquet")))
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def actor_pids(ray, out_names: set[str] | None = None) -> dict[str, int]:
+    """PIDs of the live inference actors of the running job (name -> pid)."""
+    pids = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if "-actor-" not in a["name"] or (out_names and a["name"].rsplit("-", 2)[-2:] not in out_names):
+            continue
+        try:
+            handle = ray.get_actor(a["name"], namespace=a["namespace"])
+            pids[a["name"]] = ray.get(handle.stats.remote(), timeout=20)["pid"]
+        except Exception:  # noqa: BLE001 - an actor that is down right now
+            pass
+    return pids
+
+
+def kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_in_thread(cfg: JobConfig) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["outcome"] = run_job(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            result["error"] = exc
+
+    job = threading.Thread(target=target)
+    job.start()
+    return job, result
+
+
+def cfg_for(root: Path, out: Path, model: str, **kw) -> JobConfig:
+    base = dict(task="coco", data_root=str(root), model=model, output=str(out), shard_size=4, progress=False,
+                report=False, actors=2, max_actor_restarts=3)
+    return JobConfig(**{**base, **kw})
+
+
+def ids_of(out: Path) -> list[str]:
+    return pq.read_table(out / "predictions").column("sample_id").to_pylist()
+
+
+def check_complete(out: Path, outcome, n: int, reference: Path | None = None) -> None:
+    assert outcome.exit_code == EXIT_OK, pq.read_table(out / "errors.parquet").to_pylist()[:3]
+    ids = ids_of(out)
+    assert len(ids) == n and len(set(ids)) == n  # 0 lost, 0 duplicated
+    if reference is not None:
+        assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+
+
+def kill_rounds(ray, out: Path, rounds: int, every: str) -> int:
+    """Kill the job's actors `rounds` times, each after a new shard was committed since the
+    last round (so every round hits a job that is running again). Returns the kills."""
+    kills = 0
+    for _ in range(rounds):
+        before = committed(out)
+        wait_for(lambda: committed(out) > before)
+        pids = actor_pids(ray)
+        if not pids:
+            break
+        victims = list(pids.values()) if every == "all" else [sorted(pids.items())[0][1]]
+        kill(victims)
+        kills += len(victims)
+    return kills
+
+
+@pytest.fixture(scope="module")
+def clean_sim_run(ray_session, coco_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    outcome = run_job(cfg_for(coco_set, out, SIM.format(ms=150)))
+    assert outcome.exit_code == EXIT_OK
+    return out
+
+
+def test_one_restartable_actor_killed_is_waited_for(ray_session, coco_set, clean_sim_run, tmp_path):
+    out = tmp_path / "out"
+    job, result = run_in_thread(cfg_for(coco_set, out, SIM.format(ms=150)))
+    kills = kill_rounds(ray_session, out, 1, "one")
+    job.join(300)
+    outcome = result["outcome"]
+    assert kills == 1
+    check_complete(out, outcome, 96, clean_sim_run)
+    assert outcome.run["counts"]["actors_retired"] == []
+    assert outcome.run["counts"]["actor_restarts"] >= 1
+
+
+TRIALS = [0] + [pytest.param(i, marks=pytest.mark.slow) for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_all_actors_killed_at_once_under_load(ray_session, coco_set, clean_sim_run, tmp_path, trial):
+    out = tmp_path / "out"
+    with cpu_load(True):
+        job, result = run_in_thread(cfg_for(coco_set, out, SIM.format(ms=150)))
+        kills = kill_rounds(ray_session, out, 1, "all")
+        job.join(300)
+    outcome = result.get("outcome")
+    assert outcome is not None, result.get("error")
+    assert kills == 2
+    check_complete(out, outcome, 96, clean_sim_run)
+    assert outcome.run["counts"]["actors_retired"] == []
+
+
+@pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_all_actors_killed_repeatedly_during_one_job(ray_session, coco_set, clean_sim_run, tmp_path, busy):
+    out = tmp_path / "out"
+    with cpu_load(busy):
+        job, result = run_in_thread(cfg_for(coco_set, out, SIM.format(ms=150)))
+        kills = kill_rounds(ray_session, out, 3, "all")
+        job.join(300)
+    outcome = result.get("outcome")
+    assert outcome is not None, result.get("error")
+    assert kills >= 4
+    check_complete(out, outcome, 96, clean_sim_run)
+
+
+def test_when_no_actor_can_come_back_the_job_stops_without_committing_and_resume_finishes(
+        ray_session, coco_set, clean_sim_run, tmp_path):
+    out = tmp_path / "out"
+    cfg = cfg_for(coco_set, out, SIM.format(ms=150), max_actor_restarts=0)
+    job, result = run_in_thread(cfg)
+    kill_rounds(ray_session, out, 1, "all")
+    job.join(300)
+    outcome = result["outcome"]
+    assert outcome.exit_code == EXIT_INCOMPLETE and outcome.unfinished > 0
+    done = committed(out)
+    assert 1 <= done < 24
+    assert not (out / "metrics.json").exists()
+    errors = pq.read_table(out / "errors.parquet")
+    assert errors.num_rows == 0  # the shards not run are not committed as errors
+    assert len(ids_of(out)) == done * 4
+
+    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+    check_complete(out, resumed, 96, clean_sim_run)
+    assert resumed.run["counts"]["shards_resumed"] == done
+
+
+def test_transient_errors_are_marked_and_resume_retries_them(ray_session, coco_set, tmp_path):
+    flag = tmp_path / "hang-once"
+    flag.write_text("")
+    out = tmp_path / "out"
+    # one actor, one attempt per shard: the hung request becomes an error row at once
+    cfg = cfg_for(coco_set, out, SIM.format(ms=5) + f"&hang_file={flag}", actors=1, max_shard_attempts=1,
+                  request_timeout_s=1.5, limit=16)
+    outcome = run_job(cfg)
+    assert not flag.exists() and outcome.exit_code == EXIT_PARTIAL
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    assert len(errors) >= 1 and all(e["transient"] for e in errors), errors
+    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+    assert resumed.exit_code == EXIT_OK
+    assert pq.read_table(out / "errors.parquet").num_rows == 0
+    ids = ids_of(out)
+    assert len(ids) == 16 == len(set(ids))
+
+
+@pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_real_model_actors_killed_at_once(ray_session, tmp_path, busy):
+    root = need_shared("data", "coco-val2017-mini")
+    model = need_shared("models", "yolov8n_int8.onnx")
+    cfg = cfg_for(root, tmp_path / "clean", str(model), limit=32, shard_size=2)
+    clean = run_job(cfg)
+    assert clean.exit_code == EXIT_OK
+    out = tmp_path / "killed"
+    with cpu_load(busy):
+        job, result = run_in_thread(JobConfig(**{**cfg.to_dict(), "output": str(out), "detection": cfg.detection,
+                                                 "depth": cfg.depth}))
+        kill_rounds(ray_session, out, 1, "all")
+        job.join(300)
+    check_complete(out, result["outcome"], 32, tmp_path / "clean")
