@@ -137,15 +137,42 @@ def connect_ray(cfg: JobConfig) -> bool:
     kwargs: dict[str, Any] = {"logging_level": ray_level, "log_to_driver": False, "namespace": "rayinfer"}
     in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
     if cfg.address:
-        excludes = [".git", "runs", "out", "**/__pycache__", "*.egg-info"]
-        kwargs["runtime_env"] = {"working_dir": str(PROJECT_ROOT), "excludes": excludes}
-        ray.init(address=cfg.address, **kwargs)
+        from jobs.submit import job_package
+
+        _check_reachable(cfg.address)
+        kwargs["runtime_env"] = {"working_dir": str(job_package())}
+        try:
+            ray.init(address=cfg.address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out
+            raise SetupError(f"cannot connect to the Ray cluster at {cfg.address}: {_first_line(exc)}") from None
         return False
     if in_job:
         ray.init(**kwargs)
         return False
-    init_local_ray(include_dashboard=False, **kwargs)
+    try:
+        init_local_ray(include_dashboard=False, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
+        raise SetupError(f"Ray did not start here: {_first_line(exc)}") from None
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` address must answer a TCP connect (ray.init would retry for minutes)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"cannot connect to the Ray cluster at {address}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def init_local_ray(**kwargs: Any) -> None:
@@ -159,10 +186,14 @@ def init_local_ray(**kwargs: Any) -> None:
     """
     import ray
 
+    from jobs.reaper import watch
+
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = worker_pythonpath()
     try:
         ray.init(**kwargs)
+        # Ray's agents can outlive a driver killed with SIGKILL: a reaper ends them then.
+        watch()
     finally:
         if before is None:
             os.environ.pop("PYTHONPATH", None)

@@ -1,7 +1,9 @@
 """`rayinfer submit`: the same job, sent to a cluster through Ray Jobs.
 
-The project folder travels as the job's `working_dir`; the entrypoint is the same
-`python -m jobs run ...` command with the flags that differ from the defaults.
+What travels as the job's `working_dir` is the package alone (`job_package()`: the
+Python files of actors/, datasets/ and jobs/ and the demo models), never the project
+folder around it: no data, models, secrets (.env) or virtualenvs. The entrypoint is the
+same `python -m jobs run ...` command with the flags that differ from the defaults.
 Paths are made absolute: they must exist on the cluster's nodes (shared storage,
 or the same layout on every node, as cluster.yaml sets up).
 """
@@ -24,7 +26,34 @@ from jobs.config import JobConfig
 
 log = logging.getLogger(__name__)
 
-WORKING_DIR_EXCLUDES = [".git", "runs", "out", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+#: What a job needs to import: these packages' Python files, and the package data they read.
+PACKAGES = ("actors", "datasets", "jobs")
+PACKAGE_DATA = ("jobs/demo_models/*.onnx",)
+
+
+def job_package() -> Path:
+    """A fresh folder holding only what the job imports, to ship as the job's working_dir.
+
+    Models and data are read from the paths the job is given, on the cluster; nothing
+    else of the project folder (data/, .env, virtualenvs, *.onnx of the user's) travels.
+    """
+    import shutil
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="rayinfer-package-"))
+    for package in PACKAGES:
+        for source in (PROJECT_ROOT / package).rglob("*.py"):
+            relative = source.relative_to(PROJECT_ROOT)
+            if "__pycache__" in relative.parts:
+                continue
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / relative)
+    for pattern in PACKAGE_DATA:
+        for source in PROJECT_ROOT.glob(pattern):
+            relative = source.relative_to(PROJECT_ROOT)
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / relative)
+    return dest
 
 
 def entrypoint(cfg: JobConfig) -> str:
@@ -85,7 +114,7 @@ def submit(cfg: JobConfig, dashboard: str) -> str:
     command = entrypoint(dataclasses.replace(cfg, address=None))
     job_id = jobs_api.submit_job(
         entrypoint=command,
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES},
+        runtime_env={"working_dir": str(job_package())},
         metadata={"tool": "rayinfer", "task": cfg.task},
     )
     log.info("submitted %s to %s: %s", job_id, dashboard, command)

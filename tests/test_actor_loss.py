@@ -220,7 +220,8 @@ def test_transient_errors_are_marked_and_resume_retries_them(ray_session, coco_s
     assert len(ids) == 16 == len(set(ids))
 
 
-@pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("busy", [False, True])
 def test_real_model_actors_killed_at_once(ray_session, tmp_path, busy):
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolov8n_int8.onnx")
