@@ -75,7 +75,8 @@ class Dataset(Protocol):
         ...
 
     def exports(self, predictions: pa.Table) -> dict[str, Any]:
-        """Extra JSON files the task writes next to metrics.json (name -> content)."""
+        """Extra files the task writes next to metrics.json: name -> a JSON object, or a
+        callable that writes the file's bytes to a binary file (for large ones)."""
         ...
 
 

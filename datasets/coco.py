@@ -130,33 +130,41 @@ class CocoDataset:
 
     # -- evaluation ----------------------------------------------------------
     def results_array(self, predictions: pa.Table) -> np.ndarray:
-        """Predictions as pycocotools' Nx7 array [image_id, x, y, w, h, score, category_id]."""
-        cols = predictions.select(["image_id", "bbox", "score", "category_id"]).to_pydict()
-        parts = []
-        for image_id, bbox, score, cat in zip(cols["image_id"], cols["bbox"], cols["score"], cols["category_id"]):
-            if not score:
-                continue
-            n = len(score)
-            block = np.empty((n, 7), np.float64)
-            block[:, 0] = image_id
-            block[:, 1:5] = np.asarray(bbox, np.float64).reshape(n, 4)
-            block[:, 5] = score
-            block[:, 6] = cat
-            parts.append(block)
-        return np.concatenate(parts) if parts else np.zeros((0, 7))
+        """Predictions as pycocotools' Nx7 array [image_id, x, y, w, h, score, category_id].
+
+        Built from the Arrow columns directly (no Python object per detection: 5,000 images
+        of up to 300 detections each are 1.5 million of them)."""
+        import pyarrow.compute as pc
+
+        if predictions.num_rows == 0:
+            return np.zeros((0, 7))
+        score = predictions.column("score")
+        lengths = pc.list_value_length(score).fill_null(0).to_numpy()
+        out = np.empty((int(lengths.sum()), 7), np.float64)
+        out[:, 0] = np.repeat(predictions.column("image_id").to_numpy(), lengths)
+        out[:, 1:5] = pc.list_flatten(pc.list_flatten(predictions.column("bbox"))).to_numpy().reshape(-1, 4)
+        out[:, 5] = pc.list_flatten(score).to_numpy()
+        out[:, 6] = pc.list_flatten(predictions.column("category_id")).to_numpy()
+        return out
 
     def results_json(self, predictions: pa.Table) -> list[dict[str, Any]]:
         """The standard COCO results format, loadable by `COCO.loadRes`."""
+        return [_result(r) for r in self.results_array(predictions)]
+
+    def write_results_json(self, predictions: pa.Table, f: Any, chunk: int = 20_000) -> None:
+        """`results_json` written to the binary file `f` a chunk of detections at a time
+        (the whole list as Python dicts, then as one string, took most of the driver's memory)."""
         arr = self.results_array(predictions)
-        return [
-            {"image_id": int(r[0]), "category_id": int(r[6]),
-             "bbox": [round(float(v), 3) for v in r[1:5]], "score": round(float(r[5]), 5)}
-            for r in arr
-        ]
+        f.write(b"[")
+        for start in range(0, len(arr), chunk):
+            text = ",\n".join(json.dumps(_result(r)) for r in arr[start:start + chunk])
+            f.write(((",\n" if start else "\n") + text).encode())
+        f.write(b"\n]\n")
 
     def exports(self, predictions: pa.Table) -> dict[str, Any]:
-        """Extra JSON files for the output directory: the standard `coco_results.json`."""
-        return {"coco_results.json": self.results_json(predictions)}
+        """Extra files for the output directory: the standard `coco_results.json`, as a
+        writer of its bytes (it holds every detection)."""
+        return {"coco_results.json": lambda f: self.write_results_json(predictions, f)}
 
     def cocoeval(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
                  image_ids: Sequence[int | str] | None = None) -> tuple[Any, list[int], int]:
@@ -193,6 +201,11 @@ class CocoDataset:
         ev, ids, n = self.cocoeval(predictions, image_ids)
         table = per_class_table(ev, self.category_names) if ev is not None else []
         return coco_metrics(ev, ids, n, table)
+
+
+def _result(r: np.ndarray) -> dict[str, Any]:
+    return {"image_id": int(r[0]), "category_id": int(r[6]),
+            "bbox": [round(float(v), 3) for v in r[1:5]], "score": round(float(r[5]), 5)}
 
 
 def check_annotations(data: dict[str, Any], path: Path) -> None:

@@ -212,11 +212,22 @@ class RunOutput:
             self._write_manifest()
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write `name`: a JSON object, or a callable writing the bytes to a binary file."""
         self.record(name)
+        path = self.root / name
         try:
-            atomic_write_json(self.root / name, obj)
+            if callable(obj):
+                def write(tmp: Path) -> None:
+                    with open(tmp, "wb") as f:
+                        obj(f)
+                        f.flush()
+                        os.fsync(f.fileno())
+
+                _replace_atomically(path, write)
+            else:
+                atomic_write_json(path, obj)
         except OSError as exc:
-            raise writing(self.root / name, exc) from None
+            raise writing(path, exc) from None
 
     def committed_shards(self) -> set[int]:
         if not self.predictions_dir.exists():

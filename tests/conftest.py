@@ -26,6 +26,17 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    """Poll `predicate` every 50 ms until it holds; TimeoutError after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
 def save_graph(graph: Any, path: Path, opset: int) -> Path:
     """Save an onnx.helper graph as a model ONNX Runtime 1.17+ loads (IR version 8)."""
     import onnx

@@ -4,7 +4,7 @@ error; their shards run again elsewhere; nothing lost, nothing duplicated.
 Each test runs a real job on an embedded Ray and SIGKILLs actor worker processes (found
 through Ray's named actors), one or all at once, once or repeatedly, optionally with two
 busy loops beside the job (restarts are slow on a busy node). The all-at-once case under
-load is timing-dependent, so it runs 5 times (4 of them in the slow tier).
+load is timing-dependent, so it runs 5 times, in the slow tier (`pytest -m slow`, run by .ci/run).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from datasets.synthetic import write_coco
 from jobs.config import JobConfig
 from jobs.driver import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, run_job
-from tests.conftest import need_shared
+from tests.conftest import need_shared, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -51,14 +50,6 @@ def cpu_load(busy: bool):
 
 def committed(out: Path) -> int:
     return len(list((out / "predictions").glob("shard-*.parquet")))
-
-
-def wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def actor_pids(ray, out_names: set[str] | None = None) -> dict[str, int]:
@@ -121,7 +112,7 @@ def kill_rounds(ray, out: Path, rounds: int, every: str) -> int:
     kills = 0
     for _ in range(rounds):
         before = committed(out)
-        wait_for(lambda: committed(out) > before)
+        wait_for(lambda: committed(out) > before, timeout=120)
         pids = actor_pids(ray)
         if not pids:
             break
@@ -151,34 +142,33 @@ def test_one_restartable_actor_killed_is_waited_for(ray_session, coco_set, clean
     assert outcome.run["counts"]["actor_restarts"] >= 1
 
 
-TRIALS = [0] + [pytest.param(i, marks=pytest.mark.slow) for i in range(1, 5)]
+TRIALS = [pytest.param(i, marks=pytest.mark.slow) for i in range(5)]
+
+
+def killed_job(ray, root: Path, out: Path, busy: bool, rounds: int, every: str, **kw) -> tuple[object, int]:
+    """Run a job in a thread and kill its actors `rounds` times; (outcome, kills)."""
+    with cpu_load(busy):
+        job, result = run_in_thread(cfg_for(root, out, kw.pop("model", SIM.format(ms=150)), **kw))
+        kills = kill_rounds(ray, out, rounds, every)
+        job.join(300)
+    assert result.get("outcome") is not None, result.get("error")
+    return result["outcome"], kills
 
 
 @pytest.mark.parametrize("trial", TRIALS)
 def test_all_actors_killed_at_once_under_load(ray_session, coco_set, clean_sim_run, tmp_path, trial):
-    out = tmp_path / "out"
-    with cpu_load(True):
-        job, result = run_in_thread(cfg_for(coco_set, out, SIM.format(ms=150)))
-        kills = kill_rounds(ray_session, out, 1, "all")
-        job.join(300)
-    outcome = result.get("outcome")
-    assert outcome is not None, result.get("error")
+    outcome, kills = killed_job(ray_session, coco_set, tmp_path / "out", True, 1, "all")
     assert kills == 2
-    check_complete(out, outcome, 96, clean_sim_run)
+    check_complete(tmp_path / "out", outcome, 96, clean_sim_run)
     assert outcome.run["counts"]["actors_retired"] == []
 
 
 @pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_all_actors_killed_repeatedly_during_one_job(ray_session, coco_set, clean_sim_run, tmp_path, busy):
-    out = tmp_path / "out"
-    with cpu_load(busy):
-        job, result = run_in_thread(cfg_for(coco_set, out, SIM.format(ms=150)))
-        kills = kill_rounds(ray_session, out, 3, "all")
-        job.join(300)
-    outcome = result.get("outcome")
-    assert outcome is not None, result.get("error")
+    # slower device: the job must outlast three rounds of kills and restarts
+    outcome, kills = killed_job(ray_session, coco_set, tmp_path / "out", busy, 3, "all", model=SIM.format(ms=400))
     assert kills >= 4
-    check_complete(out, outcome, 96, clean_sim_run)
+    check_complete(tmp_path / "out", outcome, 96, clean_sim_run)
 
 
 def test_when_no_actor_can_come_back_the_job_stops_without_committing_and_resume_finishes(
@@ -229,9 +219,5 @@ def test_real_model_actors_killed_at_once(ray_session, tmp_path, busy):
     clean = run_job(cfg)
     assert clean.exit_code == EXIT_OK
     out = tmp_path / "killed"
-    with cpu_load(busy):
-        job, result = run_in_thread(JobConfig(**{**cfg.to_dict(), "output": str(out), "detection": cfg.detection,
-                                                 "depth": cfg.depth}))
-        kill_rounds(ray_session, out, 1, "all")
-        job.join(300)
-    check_complete(out, result["outcome"], 32, tmp_path / "clean")
+    outcome, _ = killed_job(ray_session, root, out, busy, 1, "all", model=str(model), limit=32, shard_size=2)
+    check_complete(out, outcome, 32, tmp_path / "clean")

@@ -23,6 +23,7 @@ from datasets.synthetic import write_coco
 from jobs import PROJECT_ROOT
 from jobs.config import JobConfig
 from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,14 +39,6 @@ def cfg_for(root: Path, out: Path, model: str, **kw) -> JobConfig:
     base = dict(task="coco", data_root=str(root), model=model, output=str(out), shard_size=4, progress=False,
                 report=False)
     return JobConfig(**{**base, **kw})
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def exactly_once(out: Path, n: int) -> None:

@@ -28,8 +28,6 @@ from datasets.synthetic import write_coco, write_nyu
 from jobs import PROJECT_ROOT
 from jobs.config import JobConfig
 from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
-from jobs.loader import make_shards
-from jobs.output import RunOutput
 from jobs.reaper import alive, descendants
 
 pytestmark = pytest.mark.timeout(300)
