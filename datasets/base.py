@@ -11,8 +11,9 @@ class here, never a copy of the job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,15 @@ class Sample:
     sample_id: str
     file: str
     info: Mapping[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def safe_join(root: Path, relative: str) -> Path:

@@ -7,7 +7,6 @@ official layout; the 79-image mini set and the full 5000-image set read the same
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from datasets.base import Sample, SampleError, SetupError, safe_join
+from datasets.base import Sample, SetupError, safe_join, sha256_file
 from datasets.images import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
@@ -103,22 +102,12 @@ class CocoDataset:
 
     def load(self, sample: Sample) -> np.ndarray:
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
-        path = safe_join(self.root, sample.file)
-        if size is not None and size[0] * size[1] > self.max_pixels:
-            raise SampleError(f"{path}: the annotations say {size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, "
-                              f"over the limit of {self.max_pixels:,} (--max-image-pixels)")
-        return read_image(path, size, max_pixels=self.max_pixels)
+        return read_image(safe_join(self.root, sample.file), size, max_pixels=self.max_pixels)
 
     def fingerprint(self) -> dict[str, Any]:
         """The annotations' path and content hash (an edited category id changes it, whatever
         the size); the image list is hashed by the driver from `samples()`."""
-        digest = None
-        if self.annotations.is_file():
-            h = hashlib.sha256()
-            with self.annotations.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            digest = h.hexdigest()
+        digest = sha256_file(self.annotations) if self.annotations.is_file() else None
         return {
             "dataset": self.name,
             "root": str(self.root.resolve()),

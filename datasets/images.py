@@ -42,8 +42,8 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
     must be in the frame the annotations were made in. Grayscale, CMYK, palette and
     16-bit files are converted to 8-bit BGR. Raises SampleError naming the file for a
     missing, empty, truncated or corrupt file, one that is not a regular file (a FIFO
-    would block the reader forever), one over `max_pixels` (read from its header,
-    before decoding), or a size that contradicts the annotations.
+    would block the reader forever), one over `max_pixels` (by the annotations' size or
+    the file's header, before decoding), or a size that contradicts the annotations.
     """
     try:
         if not stat.S_ISREG(path.stat().st_mode):
@@ -55,10 +55,10 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
         raise SampleError(f"{path}: cannot read: {exc.strerror or exc}", stage="load") from None
     if not data:
         raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise SampleError(f"{path}: {size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, over the limit of "
-                          f"{max_pixels:,} (--max-image-pixels)", stage="load")
+    for said, size in (("the annotations say ", expected_size), ("", header_size(data))):
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise SampleError(f"{path}: {said}{size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, over the limit "
+                              f"of {max_pixels:,} (--max-image-pixels)", stage="load")
     buffer = np.frombuffer(data, np.uint8)
     image = None
     if data[:2] == _JPEG_SOI:

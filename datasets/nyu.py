@@ -61,9 +61,8 @@ class NyuDataset:
                 if missing:
                     raise SampleError(f"{path}: no {missing} dataset in the file (has {sorted(f.keys())})")
                 rgb = np.asarray(f["rgb"][()])
-                raw_depth = np.asarray(f["depth"][()])
-                raw_kind, raw_kind_name = raw_depth.dtype.kind, str(raw_depth.dtype)
-                depth = raw_depth.astype(np.float32, copy=False)
+                stored = np.asarray(f["depth"][()])
+                depth = stored.astype(np.float32, copy=False)
         except SampleError:
             raise
         except FileNotFoundError:
@@ -80,8 +79,8 @@ class NyuDataset:
         finite = np.isfinite(depth)
         if not finite.any():
             raise SampleError(f"{path}: 'depth' has no finite value (all NaN or inf)")
-        if raw_kind in "iu" or float(depth[finite].max()) > MAX_METRES:
-            raise SampleError(f"{path}: 'depth' looks like millimetres ({raw_kind_name}, max "
+        if stored.dtype.kind in "iu" or float(depth[finite].max()) > MAX_METRES:
+            raise SampleError(f"{path}: 'depth' looks like millimetres ({stored.dtype}, max "
                               f"{float(depth[finite].max()):g}); expected float metres (<= {MAX_METRES:g})")
         if not finite.all():
             depth = np.where(finite, depth, np.float32(0))  # no reading, as the dataset marks holes

@@ -25,11 +25,11 @@ from typing import Any
 import pyarrow as pa
 
 from actors.actor import InferenceActor, ShardResult, build_model, peak_rss_mb
-from datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema
+from datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
 from jobs import PROJECT_ROOT
 from jobs.config import JobConfig
 from jobs.evaluate import evaluate_saved
-from jobs.loader import FailedShard, LoaderStage, make_shards
+from jobs.loader import FailedShard, LoaderStage, first_line, make_shards
 from jobs.output import RunOutput, writing
 from jobs.tasks import build_adapter, build_dataset
 
@@ -70,11 +70,7 @@ def file_digest(path: str) -> dict[str, Any]:
     if path.startswith("sim://"):
         return {"uri": path}
     p = Path(path)
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(p), "size": p.stat().st_size, "sha256": h.hexdigest()}
+    return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
 
 
 def samples_digest(root: str, samples: Sequence[Sample], content: bool = False) -> dict[str, Any]:
@@ -90,7 +86,7 @@ def samples_digest(root: str, samples: Sequence[Sample], content: bool = False) 
             st = None
         h.update(f"{s.sample_id}\0{s.file}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
         if content and st is not None and path is not None:
-            h.update(hashlib.sha256(path.read_bytes()).digest())
+            h.update(sha256_file(path).encode())
     return {"count": len(samples), "sha256": h.hexdigest(), "content_hashed": content}
 
 
@@ -144,7 +140,7 @@ def connect_ray(cfg: JobConfig) -> bool:
         try:
             ray.init(address=cfg.address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out
-            raise SetupError(f"cannot connect to the Ray cluster at {cfg.address}: {_first_line(exc)}") from None
+            raise SetupError(f"cannot connect to the Ray cluster at {cfg.address}: {type(exc).__name__}: {first_line(exc)}") from None
         return False
     if in_job:
         ray.init(**kwargs)
@@ -152,7 +148,7 @@ def connect_ray(cfg: JobConfig) -> bool:
     try:
         init_local_ray(include_dashboard=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
-        raise SetupError(f"Ray did not start here: {_first_line(exc)}") from None
+        raise SetupError(f"Ray did not start here: {type(exc).__name__}: {first_line(exc)}") from None
     return True
 
 
@@ -168,11 +164,6 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     except (OSError, ValueError) as exc:
         raise SetupError(f"cannot connect to the Ray cluster at {address}: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def init_local_ray(**kwargs: Any) -> None:

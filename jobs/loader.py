@@ -159,7 +159,7 @@ class LoaderStage:
             yield from self._lost(a, shard, exc)
             return
         except Exception as exc:  # noqa: BLE001 - the actor's own error (RayTaskError), or a hang
-            reason = f"actor {self.names[a]} failed on shard {shard.index}: {type(exc).__name__}: {_first_line(exc)}"
+            reason = f"actor {self.names[a]} failed on shard {shard.index}: {type(exc).__name__}: {first_line(exc)}"
             log.warning("%s; re-queueing the shard", reason)
             self._failures[a] += 1
             if self._failures[a] >= self.max_consecutive_failures:
@@ -226,7 +226,7 @@ class LoaderStage:
             pid = ray.get(ref)["pid"]
         except ActorDiedError as exc:
             # dead for good: Ray will not restart it (restarts used up, or killed for good)
-            self._retire(a, f"Ray reports it dead ({_first_line(exc)})")
+            self._retire(a, f"Ray reports it dead ({first_line(exc)})")
             return
         except Exception:  # noqa: BLE001 - ActorUnavailableError: Ray is restarting it
             pid = None
@@ -283,6 +283,7 @@ class LoaderStage:
         return max(0.05, min(deadlines) - time.monotonic())
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Ray's run to many lines), or its type's name."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

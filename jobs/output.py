@@ -88,6 +88,14 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
+def _written(path: Path, write: Any, content: Any) -> None:
+    """`write(path, content)`, a failure to write (full disk, permission) as one OutputError line."""
+    try:
+        write(path, content)
+    except OSError as exc:
+        raise writing(path, exc) from None
+
+
 class OutputError(SetupError):
     """The output folder cannot be written (permission, full disk): one line, exit 2."""
 
@@ -106,9 +114,9 @@ class RunOutput:
         self.errors_dir = self.root / "errors"
         self.manifest_path = self.root / MANIFEST
         self._manifest: dict[str, Any] = {}
-        self._previous: dict[str, Any] | None = None
+        self._previous: dict[str, Any] | None = None  # the manifest found here, if any
+        self._replace = False  # --overwrite of a previous run: remove what it recorded at start()
         self._rerun: set[int] = set()
-        self._overwrite = False
 
     # -- start -----------------------------------------------------------------------
     def prepare(self, fingerprint: dict[str, Any], resume: bool = False, overwrite: bool = False) -> set[int]:
@@ -138,7 +146,7 @@ class RunOutput:
                              "choose another --output") from None
         self._previous = previous
         if overwrite:
-            self._overwrite = True
+            self._replace = True
             return set()
         if not resume:
             raise SetupError(
@@ -167,7 +175,7 @@ class RunOutput:
         """Right before the first commit: remove what a previous run recorded (overwrite),
         un-commit the shards that run again (resume), create the folders, write the manifest."""
         try:
-            if self._overwrite and self._previous is not None:
+            if self._replace and self._previous is not None:
                 self._remove_recorded(self._previous)
             for shard in sorted(self._rerun):
                 (self.predictions_dir / shard_name(shard)).unlink(missing_ok=True)
@@ -214,20 +222,17 @@ class RunOutput:
     def write_json(self, name: str, obj: Any) -> None:
         """Write `name`: a JSON object, or a callable writing the bytes to a binary file."""
         self.record(name)
-        path = self.root / name
-        try:
-            if callable(obj):
-                def write(tmp: Path) -> None:
-                    with open(tmp, "wb") as f:
-                        obj(f)
-                        f.flush()
-                        os.fsync(f.fileno())
 
-                _replace_atomically(path, write)
-            else:
-                atomic_write_json(path, obj)
-        except OSError as exc:
-            raise writing(path, exc) from None
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                obj(f)
+                f.flush()
+                os.fsync(f.fileno())
+
+        if callable(obj):
+            _written(self.root / name, _replace_atomically, write)
+        else:
+            _written(self.root / name, atomic_write_json, obj)
 
     def committed_shards(self) -> set[int]:
         if not self.predictions_dir.exists():
@@ -247,11 +252,8 @@ class RunOutput:
     def commit(self, shard: int, records: pa.Table, errors: pa.Table) -> None:
         """Commit one whole shard: errors first, then predictions (the commit marker)."""
         name = shard_name(shard)
-        for path, table in ((self.errors_dir / name, errors), (self.predictions_dir / name, records)):
-            try:
-                atomic_write_table(path, table)
-            except OSError as exc:
-                raise writing(path, exc) from None
+        _written(self.errors_dir / name, atomic_write_table, errors)
+        _written(self.predictions_dir / name, atomic_write_table, records)
 
     # -- reading back ------------------------------------------------------------------
     def read_predictions(self) -> pa.Table:
@@ -264,10 +266,7 @@ class RunOutput:
     def gather_errors(self) -> pa.Table:
         errors = self.read_errors()
         self.record("errors.parquet")
-        try:
-            atomic_write_table(self.root / "errors.parquet", errors)
-        except OSError as exc:
-            raise writing(self.root / "errors.parquet", exc) from None
+        _written(self.root / "errors.parquet", atomic_write_table, errors)
         return errors
 
 

@@ -41,18 +41,13 @@ def job_package() -> Path:
     import tempfile
 
     dest = Path(tempfile.mkdtemp(prefix="rayinfer-package-"))
-    for package in PACKAGES:
-        for source in (PROJECT_ROOT / package).rglob("*.py"):
-            relative = source.relative_to(PROJECT_ROOT)
-            if "__pycache__" in relative.parts:
-                continue
-            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / relative)
-    for pattern in PACKAGE_DATA:
-        for source in PROJECT_ROOT.glob(pattern):
-            relative = source.relative_to(PROJECT_ROOT)
-            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / relative)
+    patterns = [f"{package}/**/*.py" for package in PACKAGES] + list(PACKAGE_DATA)
+    for source in {p for pattern in patterns for p in PROJECT_ROOT.glob(pattern)}:
+        relative = source.relative_to(PROJECT_ROOT)
+        if "__pycache__" in relative.parts:
+            continue
+        (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / relative)
     return dest
 
 
