@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,9 +84,10 @@ class Dataset(Protocol):
         """What identifies this data for `--resume` (paths, sizes, counts)."""
         ...
 
-    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+    def exports(self, tables: Callable[[], Iterable[pa.Table]]) -> dict[str, Any]:
         """Extra files the task writes next to metrics.json: name -> a JSON object, or a
-        callable that writes the file's bytes to a binary file (for large ones)."""
+        callable that writes the file's bytes to a binary file (for large ones). `tables()`
+        gives the saved predictions a shard at a time (call it again to read them again)."""
         ...
 
 

@@ -6,11 +6,9 @@ official layout; the 79-image mini set and the full 5000-image set read the same
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,22 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from datasets.base import Sample, SetupError, safe_join, sha256_file
+from datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
 from datasets.images import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
 
 #: COCOeval's 12 summary numbers, named as in the COCO detection challenge.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterable[None]:
-    """pycocotools prints progress to stdout; send it to the debug log instead."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        yield
-    if buf.getvalue().strip():
-        log.debug("pycocotools: %s", buf.getvalue().strip())
 
 
 class CocoDataset:
@@ -60,13 +49,13 @@ class CocoDataset:
             raise SetupError(f"annotation file not found: {self.annotations} (expected DATA_ROOT/annotations/instances_{self.split}.json)")
         try:
             with self.annotations.open("rb") as f:
-                data = json.load(f)
+                data = json.load(f, object_pairs_hook=_without_segmentation)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SetupError(f"{self.annotations}: not a JSON file ({exc})") from None
         if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
             raise SetupError(f"{self.annotations}: not COCO instances annotations (needs images, annotations, categories)")
         check_annotations(data, self.annotations)
-        with _quiet():
+        with quiet():
             coco = COCO()
             coco.dataset = data
             coco.createIndex()
@@ -140,46 +129,48 @@ class CocoDataset:
         """The standard COCO results format, loadable by `COCO.loadRes`."""
         return [_result(r) for r in self.results_array(predictions)]
 
-    def write_results_json(self, predictions: pa.Table, f: Any, chunk: int = 20_000) -> None:
-        """`results_json` written to the binary file `f` a chunk of detections at a time
-        (the whole list as Python dicts, then as one string, took most of the driver's memory)."""
-        arr = self.results_array(predictions)
+    def write_results_json(self, tables: pa.Table | Iterable[pa.Table], f: Any, chunk: int = 20_000) -> None:
+        """`results_json` of a table, or of tables read one at a time (a run's shards), written
+        to the binary file `f` a chunk of detections at a time: memory does not grow with
+        the number of detections."""
         f.write(b"[")
-        for start in range(0, len(arr), chunk):
-            text = ",\n".join(json.dumps(_result(r)) for r in arr[start:start + chunk])
-            f.write(((",\n" if start else "\n") + text).encode())
+        first = True
+        for table in [tables] if isinstance(tables, pa.Table) else tables:
+            arr = self.results_array(table)
+            for start in range(0, len(arr), chunk):
+                text = ",\n".join(json.dumps(_result(r)) for r in arr[start:start + chunk])
+                f.write((("\n" if first else ",\n") + text).encode())
+                first = False
         f.write(b"\n]\n")
 
-    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+    def exports(self, tables: Callable[[], Iterable[pa.Table]]) -> dict[str, Any]:
         """Extra files for the output directory: the standard `coco_results.json`, as a
-        writer of its bytes (it holds every detection)."""
-        return {"coco_results.json": lambda f: self.write_results_json(predictions, f)}
+        writer of its bytes (it holds every detection), reading the shards one at a time."""
+        return {"coco_results.json": lambda f: self.write_results_json(tables(), f)}
+
+    def evaluator(self, image_ids: Sequence[int | str]) -> StreamingCocoEval:
+        """COCOeval over `image_ids`, fed results a shard at a time (see datasets/cocoeval.py)."""
+        return StreamingCocoEval(self.coco, [int(i) for i in image_ids])
 
     def cocoeval(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
-                 image_ids: Sequence[int | str] | None = None) -> tuple[Any, list[int], int]:
-        """Run COCOeval; returns (evaluator or None when there is nothing to score,
-        the evaluated image ids, the number of detections)."""
-        from pycocotools.cocoeval import COCOeval
-
+                 image_ids: Sequence[int | str] | None = None) -> tuple[CocoScores | None, list[int], int]:
+        """COCOeval of predictions held in memory; returns (the scores, or None when there
+        is nothing to score, the evaluated image ids, the number of detections)."""
         if isinstance(predictions, pa.Table):
             if image_ids is None:
                 image_ids = predictions.column("image_id").to_pylist()
-            results: Any = self.results_array(predictions)
+            results = self.results_array(predictions)
         else:
-            results = predictions
+            results = results_to_array(predictions)
             if image_ids is None:
-                image_ids = sorted({int(r["image_id"] if isinstance(r, dict) else r[0]) for r in results})
+                image_ids = np.unique(results[:, 0]).astype(int).tolist()
         ids = sorted({int(i) for i in image_ids})
+        results = results[np.isin(results[:, 0], ids)]
         if len(results) == 0 or not ids:
             return None, ids, 0
-        with _quiet():
-            dt = self.coco.loadRes(results)
-            ev = COCOeval(self.coco, dt, "bbox")
-            ev.params.imgIds = ids
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        return ev, ids, int(len(results))
+        evaluator = self.evaluator(ids)
+        evaluator.add(results, ids)
+        return evaluator.finish(), ids, int(len(results))
 
     def evaluate(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
                  image_ids: Sequence[int | str] | None = None) -> dict[str, Any]:
@@ -190,6 +181,23 @@ class CocoDataset:
         ev, ids, n = self.cocoeval(predictions, image_ids)
         table = per_class_table(ev, self.category_names) if ev is not None else []
         return coco_metrics(ev, ids, n, table)
+
+
+def results_to_array(results: np.ndarray | list[dict[str, Any]]) -> np.ndarray:
+    """COCO results (dicts, as in a results JSON, or an N x 7 array) as the N x 7 array."""
+    if isinstance(results, np.ndarray):
+        return results.astype(np.float64).reshape(-1, 7)
+    out = np.empty((len(results), 7), np.float64)
+    for n, r in enumerate(results):
+        out[n, 0], out[n, 1:5], out[n, 5], out[n, 6] = r["image_id"], r["bbox"], r["score"], r["category_id"]
+    return out
+
+
+def _without_segmentation(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object without its `segmentation`: bbox evaluation never reads the polygons,
+    which are most of an annotation file's objects (dropped as each is parsed, so they never
+    all exist at once)."""
+    return {k: v for k, v in pairs if k != "segmentation"}
 
 
 def _result(r: np.ndarray) -> dict[str, Any]:
@@ -243,7 +251,7 @@ def check_annotations(data: dict[str, Any], path: Path) -> None:
             raise bad("annotations", i, ann, f"'bbox' is {box!r}, expected [x, y, w, h]")
 
 
-def coco_metrics(ev: Any, ids: Sequence[int], detections: int, per_class: list[dict[str, Any]]) -> dict[str, Any]:
+def coco_metrics(ev: CocoScores | None, ids: Sequence[int], detections: int, per_class: list[dict[str, Any]]) -> dict[str, Any]:
     """metrics.json for COCO from a finished COCOeval (None: nothing to score) and its per-class table."""
     metrics: dict[str, Any] = {"images": len(ids), "detections": detections}
     if ev is None:
@@ -261,13 +269,10 @@ def _mean_valid(p: np.ndarray) -> float | None:
     return float(p[p > -1].mean()) if (p > -1).any() else None
 
 
-def per_class_table(ev: Any, names: dict[int, str]) -> list[dict[str, Any]]:
+def per_class_table(ev: CocoScores, names: dict[int, str]) -> list[dict[str, Any]]:
     """One row per category: AP, AP50 and AP by object area (COCO's small/medium/large),
     and the number of ground-truth objects in the evaluated images."""
     precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M max dets]
-    gt_counts: dict[int, int] = {}
-    for (_image_id, cat), gts in ev._gts.items():
-        gt_counts[cat] = gt_counts.get(cat, 0) + sum(1 for g in gts if not g.get("iscrowd", 0))
     rows = []
     for k, cat in enumerate(ev.params.catIds):
         rows.append({
@@ -278,6 +283,6 @@ def per_class_table(ev: Any, names: dict[int, str]) -> list[dict[str, Any]]:
             "APs": _mean_valid(precision[:, :, k, 1, -1]),
             "APm": _mean_valid(precision[:, :, k, 2, -1]),
             "APl": _mean_valid(precision[:, :, k, 3, -1]),
-            "objects": gt_counts.get(cat, 0),
+            "objects": ev.gt_counts.get(cat, 0),
         })
     return rows

@@ -7,7 +7,7 @@ device (e.g. a simulated one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class NullDataset:
     def fingerprint(self) -> dict[str, Any]:
         return {"dataset": self.name, "count": self.count}
 
-    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+    def exports(self, tables: Callable[[], Iterable[pa.Table]]) -> dict[str, Any]:
         return {}
 
     def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:

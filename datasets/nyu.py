@@ -7,7 +7,7 @@ Each HDF5 file holds `rgb` (uint8, 3xHxW or HxWx3) and `depth` (float32 HxW, met
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class NyuDataset:
             "limit": self.limit,
         }
 
-    def exports(self, predictions: pa.Table) -> dict[str, Any]:
+    def exports(self, tables: Callable[[], Iterable[pa.Table]]) -> dict[str, Any]:
         return {}
 
     def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:

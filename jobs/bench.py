@@ -19,6 +19,12 @@ its last line, one JSON object.
 `python -m jobs.bench scale`
     1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
     samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
+`python -m jobs.bench memory --data-root D --model M [--sizes 1000,5000]`
+    The whole COCO job (evaluation, coco_results.json and the report included) on the set
+    repeated to each size, each in a fresh process: peak RSS of the driver process (its
+    own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
+    driver_mb_5k, actor_mb_1k, actor_mb_5k (sizes named in thousands), driver_growth,
+    actor_growth (5k / 1k - 1).
 
 Each mode (and each Ray Data grid point) gets a freshly started Ray, so nothing one
 leaves behind slows the next. Throughput of a Ray mode counts from the start of its
@@ -517,6 +523,66 @@ def run_scale_bench(max_devices: int, latency_ms: float, capacity: int, seconds:
     return {k: round(v, 4) for k, v in results.items()}
 
 
+# -- memory -----------------------------------------------------------------------------------
+#: Runs the CLI, then prints its own peak RSS: the driver's peak, evaluation and report included.
+_MEASURED_RUN = (
+    "import json, resource, sys\n"
+    "from jobs.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(json.dumps({'exit': code, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+)
+
+
+def _size_name(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def run_memory_bench(data_root: Path, model: Path, sizes: Sequence[int]) -> dict[str, float]:
+    import shutil
+    import subprocess
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="rayinfer-memory-"))
+    rows, results = [], {}
+    try:
+        for n in sizes:
+            root = repeat_coco(data_root, n, work / f"coco{n}")
+            out = work / f"out{n}"
+            cmd = [sys.executable, "-c", _MEASURED_RUN, "run", "coco", "--data-root", str(root), "--model", str(model),
+                   "--output", str(out), "--quiet", "--no-progress"]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise RuntimeError(f"the {n}-image job failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            run = json.loads((out / "run.json").read_text())
+            driver = round(measured["maxrss_kb"] / 1024, 1)
+            actor = run["memory"]["actor_peak_rss_mb"]
+            rows.append([n, run["counts"]["predictions"], _detections(out), driver, actor, f"{wall:.0f}"])
+            results[f"driver_mb_{_size_name(n)}"] = driver
+            results[f"actor_mb_{_size_name(n)}"] = actor
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, large = _size_name(sizes[0]), _size_name(sizes[-1])
+    results["driver_growth"] = round(results[f"driver_mb_{large}"] / results[f"driver_mb_{small}"] - 1, 4)
+    results["actor_growth"] = round(results[f"actor_mb_{large}"] / results[f"actor_mb_{small}"] - 1, 4)
+    print(f"memory: {model.name}, {data_root.name} repeated, whole job (evaluation, exports, report)")
+    print(format_table(["images", "prediction rows", "detections", "driver peak RSS MB", "actor peak RSS MB", "wall s"],
+                       rows))
+    return results
+
+
+def _detections(out: Path) -> int:
+    import pyarrow.compute as pc
+
+    from jobs.output import iter_shards
+
+    return sum(int(pc.sum(pc.list_value_length(t.column("score"))).as_py() or 0)
+               for t in iter_shards(out / "predictions", ["score"]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -545,6 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc.add_argument("--capacity", type=int, default=4)
     sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
     sc.add_argument("--memory-sizes", default="1000,20000")
+    me = sub.add_parser("memory", help="peak RSS of the whole COCO job at two dataset sizes")
+    me.add_argument("--data-root", type=Path, required=True)
+    me.add_argument("--model", type=Path, required=True)
+    me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ray", "jobs.driver", "jobs.loader"):
@@ -557,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     repeat=max(1, args.repeat))
     elif args.bench == "accel":
         result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+    elif args.bench == "memory":
+        result = run_memory_bench(args.data_root, args.model, [int(v) for v in args.sizes.split(",")])
     else:
         a, b = (int(v) for v in args.memory_sizes.split(","))
         result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b))

@@ -167,7 +167,8 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def init_local_ray(**kwargs: Any) -> None:
-    """`ray.init()` starting a local Ray whose workers import this project first.
+    """`ray.init()` starting a local Ray, listening on 127.0.0.1 only, whose workers import
+    this project first.
 
     The project root goes on PYTHONPATH in the environment the local Ray processes
     inherit (workers take the raylet's environment), not through a `runtime_env`:
@@ -176,20 +177,31 @@ def init_local_ray(**kwargs: Any) -> None:
     two actors on 2 CPUs). See datasets/__init__.py for why the project root comes first.
     """
     import ray
+    from ray._private import ray_constants
 
     from jobs.reaper import watch
 
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = worker_pythonpath()
+    # Loopback only. Ray binds its servers (GCS, raylet, workers, agents) to 127.0.0.1 only
+    # when the node's address is exactly 127.0.0.1, and `ray.init` replaces a 127.0.0.1 it is
+    # given by the machine's outward address unless multi-node clusters are off
+    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): read by Ray's own processes when they start,
+    # and by this process's ray_constants when it was imported, so both are set for the call.
+    env = {"PYTHONPATH": worker_pythonpath(), ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}
+    before = {k: os.environ.get(k) for k in env}
+    cluster_before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(**kwargs)
         # Ray's agents can outlive a driver killed with SIGKILL: a reaper ends them then.
         watch()
     finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def worker_pythonpath() -> str:
@@ -287,7 +299,6 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     cfg = resolve_paths(cfg)
     dataset = build_dataset(cfg)
     cfg, samples, adapter = check_setup(cfg, dataset)
-    schema = records_schema(adapter.schema)
     output = RunOutput(cfg.output)
     committed = output.prepare(fingerprint(cfg, dataset, samples), resume=cfg.resume, overwrite=cfg.overwrite)
     shards = make_shards(samples, cfg.shard_size)
@@ -308,12 +319,11 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     evaluation = evaluate_saved(cfg.task, output.root, cfg.data_root, depth_options=cfg.depth)
-    predictions = evaluation.predictions if evaluation.predictions is not None else schema.empty_table()
-    for name, obj in dataset.exports(predictions).items():
+    for name, obj in dataset.exports(output.predictions).items():
         output.write_json(name, obj)
     output.write_json("metrics.json", evaluation.metrics)
 
-    run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), predictions.num_rows, errors.num_rows)
+    run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), evaluation.rows, errors.num_rows)
     output.write_json("run.json", run)
     if cfg.report:
         from jobs.report import REPORT_FILES, write_report

@@ -9,17 +9,20 @@ from another tool (e.g. Ultralytics `save_json`), to compare models on one evalu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datasets.base import SetupError
+from datasets.cocoeval import CocoScores
 from jobs.config import JobConfig
-from jobs.output import read_shards
+from jobs.output import iter_shards, read_shards
 
 
 @dataclass
@@ -30,9 +33,19 @@ class Evaluation:
     metrics: dict[str, Any]
     per_class: list[dict[str, Any]] = field(default_factory=list)
     depth_bins: list[dict[str, Any]] = field(default_factory=list)
+    #: the whole predictions table, for tasks whose evaluation holds it (NYU: recomputed
+    #: metrics; null); COCO streams its shards and keeps none
     predictions: pa.Table | None = None
-    cocoeval: Any = None
+    #: the first prediction rows in saved order, for the report's example images
+    head: pa.Table | None = None
+    #: prediction rows evaluated
+    rows: int = 0
+    coco_scores: CocoScores | None = None
     sample_ids: list[str] = field(default_factory=list)
+
+
+#: prediction rows kept in `Evaluation.head`
+HEAD_ROWS = 16
 
 
 def load_run_config(output: Path) -> JobConfig | None:
@@ -58,28 +71,38 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
     """Recompute the metrics of a saved run (a folder) or of a COCO results JSON."""
     path = Path(predictions)
     if task == "coco":
-        from datasets.coco import CocoDataset, coco_metrics, per_class_table
+        from datasets.coco import CocoDataset, coco_metrics, per_class_table, results_to_array
 
         dataset = CocoDataset(data_root)
+        head = None
         if path.is_file() and path.suffix == ".json":
-            results = _load_results_json(path)
-            ids = [str(i) for i in sorted(dataset.coco.getImgIds())]
-            ids = _select(ids, sample_ids, limit)
-            keep = {int(i) for i in ids}
-            results = [r for r in results if int(r["image_id"]) in keep]
-            source: Any = results
-            table = None
+            results = results_to_array(_load_results_json(path))
+            ids = _select([str(i) for i in sorted(dataset.coco.getImgIds())], sample_ids, limit)
+            results = results[np.isin(results[:, 0], [int(i) for i in ids])]
+            ev, evaluated, n = dataset.cocoeval(results, ids)
+            rows = len(results)
         else:
-            table, ids = _saved_table(path, sample_ids, limit)
-            source = table
-        ev, evaluated, n = dataset.cocoeval(source, ids)  # once: the metrics and the report share it
+            # Shard by shard into the evaluator's compact arrays: memory stays flat with the
+            # number of detections (datasets/cocoeval.py).
+            ids = _saved_ids(path, sample_ids, limit)
+            evaluator = dataset.evaluator(ids)
+            evaluated, rows = sorted(int(i) for i in ids), 0
+            for table in _saved_tables(path, ids):
+                evaluator.add(dataset.results_array(table), table.column("image_id").to_pylist())
+                head = _head(head, table)
+                rows += table.num_rows
+            ev = evaluator.finish() if ids else None
+            n = ev.detections if ev is not None else 0
+            if n == 0:
+                ev = None
         per_class = per_class_table(ev, dataset.category_names) if ev is not None else []
         metrics = coco_metrics(ev, evaluated, n, per_class)
-        return Evaluation("coco", metrics, per_class=per_class, predictions=table, cocoeval=ev, sample_ids=ids)
+        return Evaluation("coco", metrics, per_class=per_class, head=head, rows=rows, coco_scores=ev, sample_ids=ids)
     if task == "nyu":
         from datasets.nyu import NyuDataset, recompute
 
-        table, ids = _saved_table(path, sample_ids, limit)
+        ids = _saved_ids(path, sample_ids, limit)
+        table = _concat(_saved_tables(path, ids))
         cfg = load_run_config(path)
         options = depth_options or (cfg.depth if cfg else None)
         if options is None:
@@ -87,28 +110,47 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         dataset = NyuDataset(data_root)
         fresh, bins = recompute(dataset, table, options)
         metrics = dataset.evaluate(fresh, ids)
-        return Evaluation("nyu", metrics, depth_bins=bins, predictions=fresh, sample_ids=ids)
+        return Evaluation("nyu", metrics, depth_bins=bins, predictions=fresh, head=fresh.slice(0, HEAD_ROWS),
+                          rows=fresh.num_rows, sample_ids=ids)
     if task == "null":
         from datasets.null import NullDataset
 
-        table, ids = _saved_table(path, sample_ids, limit)
-        return Evaluation("null", NullDataset(data_root, len(ids)).evaluate(table, ids), predictions=table, sample_ids=ids)
+        ids = _saved_ids(path, sample_ids, limit)
+        table = _concat(_saved_tables(path, ids))
+        return Evaluation("null", NullDataset(data_root, len(ids)).evaluate(table, ids), predictions=table,
+                          head=table.slice(0, HEAD_ROWS), rows=table.num_rows, sample_ids=ids)
     raise SetupError(f"unknown task {task!r}")
 
 
-def _saved_table(output: Path, sample_ids: Sequence[str] | None, limit: int | None) -> tuple[pa.Table, list[str]]:
+def _saved_ids(output: Path, sample_ids: Sequence[str] | None, limit: int | None) -> list[str]:
+    """The samples of a saved run (predicted, then failed), narrowed to `sample_ids` / `limit`."""
     if not (output / "predictions").is_dir():
         raise SetupError(f"{output} has no predictions/ folder (is it a rayinfer output directory?)")
-    table = read_shards(output / "predictions")
-    if table.num_columns == 0:
+    if not any((output / "predictions").glob("shard-*.parquet")):
         raise SetupError(f"{output}/predictions holds no shard files")
-    errors = pq.read_table(output / "errors.parquet") if (output / "errors.parquet").exists() else None
-    ids = table.column("sample_id").to_pylist() + (errors.column("sample_id").to_pylist() if errors else [])
-    ids = _select(ids, sample_ids, limit)
-    keep = pa.array(ids, pa.string())
-    import pyarrow.compute as pc
+    ids = read_shards(output / "predictions", ["sample_id"]).column("sample_id").to_pylist()
+    if (output / "errors.parquet").exists():
+        ids += pq.read_table(output / "errors.parquet", columns=["sample_id"]).column("sample_id").to_pylist()
+    return _select(ids, sample_ids, limit)
 
-    return table.filter(pc.is_in(table.column("sample_id"), value_set=keep)), ids
+
+def _saved_tables(output: Path, ids: Sequence[str]) -> Iterator[pa.Table]:
+    """The saved predictions of the samples `ids`, a shard at a time."""
+    keep = pa.array(ids, pa.string())
+    for table in iter_shards(output / "predictions"):
+        yield table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
+
+
+def _concat(tables: Iterable[pa.Table]) -> pa.Table:
+    return pa.concat_tables(list(tables), promote_options="default")
+
+
+def _head(head: pa.Table | None, table: pa.Table) -> pa.Table:
+    if head is None:
+        return table.slice(0, HEAD_ROWS)
+    if head.num_rows >= HEAD_ROWS:
+        return head
+    return pa.concat_tables([head, table.slice(0, HEAD_ROWS - head.num_rows)], promote_options="default")
 
 
 def _load_results_json(path: Path) -> list[dict[str, Any]]:

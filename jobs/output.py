@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,8 +257,9 @@ class RunOutput:
         _written(self.predictions_dir / name, atomic_write_table, records)
 
     # -- reading back ------------------------------------------------------------------
-    def read_predictions(self) -> pa.Table:
-        return read_shards(self.predictions_dir)
+    def predictions(self) -> Iterator[pa.Table]:
+        """The committed predictions a shard at a time (see iter_shards)."""
+        return iter_shards(self.predictions_dir)
 
     def read_errors(self) -> pa.Table:
         table = read_shards(self.errors_dir)
@@ -275,9 +277,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def read_shards(folder: Path) -> pa.Table:
+def iter_shards(folder: Path, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """The shard files of a folder one table at a time, in shard order: a whole run's
+    predictions never need to be in memory at once."""
+    for f in sorted(folder.glob("shard-*.parquet")):
+        yield pq.read_table(f, columns=list(columns) if columns else None)
+
+
+def read_shards(folder: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """All shard files of a folder as one table, in shard order."""
-    files = sorted(folder.glob("shard-*.parquet"))
-    if not files:
+    tables = list(iter_shards(folder, columns))
+    if not tables:
         return pa.table({})
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    return pa.concat_tables(tables, promote_options="default")

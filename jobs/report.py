@@ -45,7 +45,7 @@ def _save(fig: Any, folder: Path, name: str) -> tuple[str, bytes]:
 def coco_figures(ev: Evaluation, data_root: Path, folder: Path, n_images: int = 6) -> list[tuple[str, str, bytes]]:
     plt = _plt()
     figures = []
-    coco_eval = ev.cocoeval
+    coco_eval = ev.coco_scores
     if coco_eval is not None:
         precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # [T, R, K], all areas, 100 dets
         recall = coco_eval.params.recThrs
@@ -66,7 +66,7 @@ def coco_figures(ev: Evaluation, data_root: Path, folder: Path, n_images: int = 
         ax.set(xlabel="AP@[.5:.95]", xlim=(0, 1), title="AP per class")
         ax.tick_params(axis="y", labelsize=7)
         figures.append(("per_class_ap", *_save(fig, folder, "per_class_ap.png")))
-    if ev.predictions is not None and ev.predictions.num_rows:
+    if ev.head is not None and ev.head.num_rows:
         figures.append(("detections", *_save(_detection_grid(ev, data_root, n_images), folder, "detections.png")))
     return figures
 
@@ -78,7 +78,7 @@ def _detection_grid(ev: Evaluation, data_root: Path, n_images: int) -> Any:
 
     plt = _plt()
     dataset = CocoDataset(data_root)
-    rows = ev.predictions.slice(0, n_images).to_pylist()  # type: ignore[union-attr]
+    rows = ev.head.slice(0, n_images).to_pylist()  # type: ignore[union-attr]
     cols = min(3, len(rows))
     fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(rows) // cols)), squeeze=False)
     for ax in axes.ravel():
@@ -114,7 +114,7 @@ def depth_figures(ev: Evaluation, data_root: Path, options: Any, folder: Path, n
     figures = []
     dataset = NyuDataset(data_root)
     profile = options.resolved_profile()
-    rows = ev.predictions.slice(0, n_images).to_pylist() if ev.predictions is not None else []
+    rows = ev.head.slice(0, n_images).to_pylist() if ev.head is not None else []
     if rows:
         fig, axes = plt.subplots(len(rows), 4, figsize=(12, 2.6 * len(rows)), squeeze=False)
         for r, row in enumerate(rows):

@@ -307,8 +307,30 @@ def test_the_job_package_holds_only_the_package(tmp_path):
     assert "jobs/planted_model.onnx" not in files and "jobs/.env" not in files
 
 
-# -- 10. the embedded Ray ends with a killed driver -------------------------------------------
-def test_embedded_ray_processes_end_when_the_driver_is_killed(coco_set, tmp_path):
+# -- 9, 10. the embedded Ray listens on loopback only, and ends with a killed driver ------------
+def listening(pids) -> list[tuple[int, str]]:
+    """(pid, local address) of every listening TCP socket the processes hold, from /proc."""
+    sockets = {}
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A":  # LISTEN
+                sockets[f[9]] = f[1]
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        found += [(pid, sockets[l[8:-1]]) for l in links if l.startswith("socket:[") and l[8:-1] in sockets]
+    return found
+
+
+#: 127.0.0.1 in /proc/net/tcp, and ::1 and ::ffff:127.0.0.1 in /proc/net/tcp6 (host byte order)
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def test_embedded_ray_listens_on_loopback_only_and_ends_when_the_driver_is_killed(coco_set, tmp_path):
     out = tmp_path / "out"
     driver = cli(["run", "coco", "--data-root", str(coco_set), "--model", SIM.format(ms=400), "--output", str(out),
                   "--shard-size", "1", "--quiet", "--no-report"])
@@ -320,6 +342,10 @@ def test_embedded_ray_processes_end_when_the_driver_is_killed(coco_set, tmp_path
             time.sleep(0.1)
         ray_procs = descendants(driver.pid)  # gcs_server, raylet, agents, workers (and the reaper's none)
         assert len(ray_procs) >= 3
+        sockets = listening([driver.pid, *ray_procs])
+        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:60] for pid, _ in sockets}
+        assert len({pid for pid, _ in sockets}) >= 4, names  # the driver, GCS, raylet, the actor, agents
+        assert all(addr.rsplit(":", 1)[0] in LOOPBACK for _, addr in sockets), [(names[p], a) for p, a in sockets]
         driver.send_signal(signal.SIGKILL)  # the driver alone, not its process group
         driver.wait(30)
         deadline = time.monotonic() + 20
