@@ -189,7 +189,7 @@ class InferenceActor:
 
     def __init__(self, cfg: Any, name: str, adapter: Adapter | None = None) -> None:
         """`adapter`: the one the driver built and checked; built here from `cfg` if None."""
-        from jobs.tasks import build_adapter, build_dataset
+        from actors.tasks import build_adapter, build_dataset
 
         self.cfg = cfg
         self.name = name

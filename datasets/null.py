@@ -1,4 +1,4 @@
-"""The `null` task: N empty samples and a pass-through adapter, for benchmarks.
+"""The `null` task: N empty samples, for benchmarks (the pass-through adapter is actors/null.py).
 
 It runs the whole pipeline (loader stage, actors, request queue, driver, Parquet)
 with trivial host work, so what is measured is the pipeline's own overhead and the
@@ -11,10 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from actors.model import TensorSpec
 from datasets.base import Sample
 
 
@@ -40,18 +38,3 @@ class NullDataset:
     def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:
         return {"images": len(sample_ids) if sample_ids is not None else predictions.num_rows,
                 "predictions": predictions.num_rows}
-
-
-class NullAdapter:
-    """Feeds zeros of the model's input shape; records nothing but the common columns."""
-
-    schema = pa.schema([])
-
-    def __init__(self, inputs: Sequence[TensorSpec]) -> None:
-        self.feed = {s.name: np.zeros(tuple(d or 1 for d in s.shape), s.dtype) for s in inputs}
-
-    def preprocess(self, raw: Any, sample: Sample) -> tuple[dict[str, np.ndarray], None]:
-        return self.feed, None
-
-    def postprocess(self, outputs: Sequence[np.ndarray], meta: Any, sample: Sample) -> dict[str, Any]:
-        return {}

@@ -225,7 +225,7 @@ class DetectorUDF:
         import onnxruntime as ort
 
         from actors.model import _spec
-        from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+        from actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
         so = ort.SessionOptions()
         if threads:
@@ -269,7 +269,7 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1) -> 
     bandwidth, the GIL): the most any schedule of these steps can get from this machine.
     """
     from datasets.coco import CocoDataset
-    from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+    from actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
     ds = CocoDataset(root)
     m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
@@ -309,7 +309,7 @@ def _limit(cpus: int, costs: Sequence[dict[str, float]]) -> tuple[float, dict[st
 
 # -- pipeline ---------------------------------------------------------------------------------
 def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool, repeat: int = 3) -> dict[str, float]:
-    from datasets.yolo import DetectionOptions, YoloAdapter, detect_family
+    from actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
     cpus = available_cpus()
     work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-bench-")
@@ -404,7 +404,7 @@ class SimDeviceUDF:
 
 def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
     """The YOLOv8 adapter (640x640 input) whose preprocessing every accel mode runs."""
-    from datasets.yolo import DetectionOptions, YoloAdapter
+    from actors.yolo import DetectionOptions, YoloAdapter
 
     spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
     return YoloAdapter("yolov8", spec, DetectionOptions(), category_ids)

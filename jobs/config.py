@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from actors.yolo import DetectionOptions
 from datasets.depth import DepthOptions
-from datasets.yolo import DetectionOptions
 
 TASKS = ("coco", "nyu", "null")  # null: N empty samples, for benchmarks
 PREPROCESS_IN = ("auto", "request", "loader")
@@ -160,3 +160,14 @@ def _check_types(data: dict[str, Any], known: dict[str, dataclasses.Field[Any]])
             raise ConfigError(f"{key}: expected {base}, got {value!r}")
         if not isinstance(value, expected):
             raise ConfigError(f"{key}: expected {base}, got {type(value).__name__} {value!r}")
+
+
+def resolve_paths(cfg: JobConfig) -> JobConfig:
+    """Absolute paths, so actors on any node and the Jobs API see the same files."""
+    model = cfg.model if cfg.model.startswith("sim://") else str(Path(cfg.model).expanduser().resolve())
+    return dataclasses.replace(
+        cfg,
+        data_root=str(Path(cfg.data_root).expanduser().resolve()),
+        model=model,
+        output=str(Path(cfg.output).expanduser().resolve()),
+    )

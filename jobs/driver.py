@@ -27,11 +27,11 @@ import pyarrow as pa
 from actors.actor import InferenceActor, ShardResult, build_model, peak_rss_mb
 from datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
 from jobs import PROJECT_ROOT
-from jobs.config import JobConfig
+from jobs.config import JobConfig, resolve_paths
 from jobs.evaluate import evaluate_saved
 from jobs.loader import FailedShard, LoaderStage, first_line, make_shards
 from jobs.output import RunOutput, writing
-from jobs.tasks import build_adapter, build_dataset
+from actors.tasks import build_adapter, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,6 @@ class JobOutcome:
         if self.unfinished:
             return EXIT_INCOMPLETE
         return EXIT_PARTIAL if self.errors else EXIT_OK
-
-
-def resolve_paths(cfg: JobConfig) -> JobConfig:
-    """Absolute paths, so actors on any node and the Jobs API see the same files."""
-    model = cfg.model if cfg.model.startswith("sim://") else str(Path(cfg.model).expanduser().resolve())
-    return dataclasses.replace(
-        cfg,
-        data_root=str(Path(cfg.data_root).expanduser().resolve()),
-        model=model,
-        output=str(Path(cfg.output).expanduser().resolve()),
-    )
 
 
 def file_digest(path: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import PROJECT_ROOT
-from jobs.config import JobConfig
+from jobs.config import JobConfig, resolve_paths
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def job_package() -> Path:
 
 def entrypoint(cfg: JobConfig) -> str:
     """The `python -m jobs run ...` command line equivalent to `cfg`."""
-    from jobs.cli import OPTIONS
+    from jobs.options import OPTIONS
 
     default = JobConfig(task=cfg.task, data_root="", model="", output="")
     words = ["python", "-m", "jobs", "run", cfg.task]
@@ -102,8 +102,6 @@ def client(dashboard: str) -> Any:
 
 
 def submit(cfg: JobConfig, dashboard: str) -> str:
-    from jobs.driver import resolve_paths
-
     cfg = resolve_paths(cfg)
     jobs_api = client(dashboard)
     command = entrypoint(dataclasses.replace(cfg, address=None))

@@ -76,7 +76,7 @@ def test_every_config_field_has_a_flag():
     """So --help lists everything, and `submit` can rebuild any configuration as flags."""
     import dataclasses
 
-    from jobs.cli import OPTIONS
+    from jobs.options import OPTIONS
     from jobs.config import JobConfig
 
     keys = {key for _, key, _, _ in OPTIONS}

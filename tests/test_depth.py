@@ -8,8 +8,8 @@ import pytest
 
 from actors.model import TensorSpec
 from datasets.base import Sample, SampleError, SetupError
+from actors.depth import DepthAdapter
 from datasets.depth import (
-    DepthAdapter,
     DepthOptions,
     PROFILES,
     decode_depth,

@@ -14,7 +14,7 @@ from datasets.base import Sample, SampleError, SetupError, safe_join
 from datasets.coco import STAT_NAMES, CocoDataset
 from datasets.images import letterbox, read_image, to_blob
 from datasets.synthetic import write_coco
-from datasets.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
+from actors.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
 
 
 def greedy_nms_reference(xyxy, scores, classes, iou):

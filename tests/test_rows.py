@@ -15,7 +15,7 @@ import pytest
 from actors.rows import to_table
 from datasets.base import ERROR_SCHEMA, records_schema
 from datasets.depth import METRIC_NAMES, depth_schema
-from datasets.yolo import DETECTION_SCHEMA
+from actors.yolo import DETECTION_SCHEMA
 from jobs import PROJECT_ROOT
 
 
@@ -93,7 +93,7 @@ import json, sys
 import numpy as np
 from actors.rows import to_table
 from datasets.base import records_schema
-from datasets.yolo import DETECTION_SCHEMA
+from actors.yolo import DETECTION_SCHEMA
 from tests.test_rows import detection
 rows = [detection(i, 5, np.random.default_rng(i)) for i in range(4)]
 table = to_table(rows, records_schema(DETECTION_SCHEMA))

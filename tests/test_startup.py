@@ -111,7 +111,7 @@ def test_an_actor_under_ray_never_imports_pandas(ray_session, tmp_path):
 
     from datasets.synthetic import write_coco
     from jobs.config import JobConfig
-    from jobs.tasks import build_dataset
+    from actors.tasks import build_dataset
     from tests.conftest import make_const_detector
 
     root = write_coco(tmp_path / "coco", n_images=4, seed=5)

@@ -1,7 +1,8 @@
-"""A job is a choice of dataset + adapter + config: this module makes that choice.
+"""Which dataset reader pairs with which model family, for a job's config.
 
-The only place that knows which dataset pairs with which adapter; the actor and
-the driver call these two functions and nothing task-specific.
+The actor (which builds them again after a restart) and the driver call these two
+functions. `cfg` is a `jobs.config.JobConfig`; this layer reads its fields and does not
+import it (layers point down: jobs -> actors -> datasets).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from typing import Any
 
 from actors.model import Model
 from datasets.base import Adapter, Dataset, SetupError
-from jobs.config import JobConfig
 
 
-def build_dataset(cfg: JobConfig) -> Dataset:
+def build_dataset(cfg: Any) -> Dataset:
     """The dataset reader for `cfg.task` (cheap: annotations load on first use)."""
     root = Path(cfg.data_root)
     if not root.is_dir():
@@ -35,10 +35,10 @@ def build_dataset(cfg: JobConfig) -> Dataset:
     raise SetupError(f"unknown task {cfg.task!r}")
 
 
-def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
+def build_adapter(cfg: Any, dataset: Dataset, model: Model) -> Adapter:
     """The model-family adapter for this dataset, checked against the model's signature."""
     if cfg.task == "coco":
-        from datasets.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
+        from actors.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
 
         image_input_size(model.inputs)  # a model that does not take an image fails here, saying so
         family = detect_family(model.outputs) if cfg.model_family == "auto" else cfg.model_family
@@ -48,11 +48,11 @@ def build_adapter(cfg: JobConfig, dataset: Dataset, model: Model) -> Adapter:
         _check_class_count(family, model, len(dataset.category_ids))  # type: ignore[attr-defined]
         return adapter
     if cfg.task == "nyu":
-        from datasets.depth import DepthAdapter
+        from actors.depth import DepthAdapter
 
         return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
     if cfg.task == "null":
-        from datasets.null import NullAdapter
+        from actors.null import NullAdapter
 
         return NullAdapter(model.inputs)
     raise SetupError(f"unknown task {cfg.task!r}")

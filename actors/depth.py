@@ -1,0 +1,73 @@
+"""The depth model family: an RGB frame in, a metric depth map out, with per-image metrics.
+
+The profile (datasets/depth.py) says how the model wants its input; the ground truth and
+mask go through the same geometric transform, so the metrics compare pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from actors.model import TensorSpec
+from datasets.base import Sample, SetupError
+from datasets.depth import DepthOptions, depth_schema, eval_mask, evaluate_prediction, transform
+
+
+class DepthAdapter:
+    """RGB frame in, metric depth map out (saved as float16), with per-image metrics."""
+
+    def __init__(self, inputs: Sequence[TensorSpec], options: DepthOptions,
+                 metadata: dict[str, str] | None = None) -> None:
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise SetupError(f"depth model needs one image input [N, 3, H, W] or [N, H, W, 3], got "
+                             f"{[i.describe() for i in inputs]}")
+        spec = inputs[0]
+        self.input_name = spec.name
+        self.nhwc = spec.shape[3] == 3 and spec.shape[1] != 3
+        dims = spec.shape[1:3] if self.nhwc else spec.shape[2:4]
+        self.profile = options.resolved_profile((metadata or {}).get("rayinfer.depth_profile"))
+        self.options = replace(options, profile=self.profile.name)
+        if None in dims and self.profile.size is None:
+            raise SetupError(f"model input '{spec.name}' has dynamic size {spec.describe()}; "
+                             "use a profile with a fixed size")
+        self.size: tuple[int, int] = self.profile.size or (int(dims[0]), int(dims[1]))  # type: ignore[arg-type]
+        self.schema = depth_schema(options.align != "none")
+        self._mean = np.asarray(self.profile.mean, np.float32)
+        self._std = np.asarray(self.profile.std, np.float32)
+
+    def preprocess(self, raw: tuple[np.ndarray, np.ndarray], sample: Sample
+                   ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        rgb, depth = raw
+        image = transform(rgb, self.profile, self.size, nearest=False).astype(np.float32) / 255.0
+        image = (image - self._mean) / self._std
+        x = image[None] if self.nhwc else image.transpose(2, 0, 1)[None]
+        gt = transform(depth, self.profile, self.size, nearest=True)
+        mask = transform(eval_mask(depth.shape, self.options.eigen_crop), self.profile, self.size, nearest=True)
+        return {self.input_name: np.ascontiguousarray(x, np.float32)}, (gt, mask)
+
+    def postprocess(self, outputs: Sequence[np.ndarray], meta: tuple[np.ndarray, np.ndarray],
+                    sample: Sample) -> dict[str, Any]:
+        gt, mask = meta
+        pred = np.squeeze(outputs[0]).astype(np.float32)
+        if pred.ndim != 2:
+            raise ValueError(f"depth output has shape {outputs[0].shape}; expected one HxW map")
+        if pred.shape != gt.shape:
+            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        pred16 = np.clip(pred, self.options.min_depth, self.options.max_depth).astype(np.float16)
+        raw, aligned, n = evaluate_prediction(pred16, gt, mask, self.options)
+        record: dict[str, Any] = {
+            "height": gt.shape[0],
+            "width": gt.shape[1],
+            "depth": pred16.tobytes(),
+            "valid_pixels": n,
+            "gt_mean": float(gt[(gt > self.options.min_depth) & (mask > 0)].mean()) if n else float("nan"),
+            **raw,
+        }
+        if aligned is not None:
+            record.update({f"aligned_{k}": v for k, v in aligned.items()})
+        return record
