@@ -8,6 +8,20 @@
 
 `run` never blocks: submissions wait in an unbounded list, and one feeder thread
 moves them into the request queue as requests become idle.
+
+From an asyncio program (every input in flight at once, results in order):
+
+    import asyncio
+    import numpy as np
+    from actors import AsyncRuntime
+
+    async def main(runtime: AsyncRuntime, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(runtime.async_run(x) for x in inputs))
+
+    with AsyncRuntime("model.onnx", parallel=2) as runtime:
+        outputs = asyncio.run(main(runtime, [np.zeros((1, 3, 640, 640), np.float32)] * 8))
+
+From threads: `task = runtime.run(x)`, then `task.wait()`.
 """
 
 from __future__ import annotations
