@@ -203,13 +203,15 @@ def write_report(output: Path, ev: Evaluation, data_root: Path, run: dict[str, A
         slices = "<h2>Per class</h2>" + _table(
             ["class", "AP", "AP50", "APs", "APm", "APl", "objects"],
             [[r["class"], r["AP"], r["AP50"], r["APs"], r["APm"], r["APl"], r["objects"]] for r in ev.per_class])
-    else:
+    elif ev.task == "nyu":
         figures = depth_figures(ev, Path(data_root), depth_options, folder)
         keys = ["abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3"]
         slices = "<h2>By depth range</h2>" + _table(
             ["range (m)", "images", "pixels", "abs_rel", "rmse", "delta1"],
             [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g}", b["images"], b["pixels"], b["abs_rel"], b["rmse"], b["delta1"]]
              for b in ev.depth_bins])
+    else:  # null: counts only, no data to draw
+        figures, keys, slices = [], [k for k, v in ev.metrics.items() if isinstance(v, (int, float))], ""
     title = f"rayinfer {ev.task} report"
     model = html.escape(str(run["config"]["model"])) if run else ""
     figs = "".join(

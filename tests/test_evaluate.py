@@ -150,3 +150,13 @@ def test_results_array_and_streamed_json_match_the_per_row_reference(tmp_path):
     dataset.write_results_json(table, f, chunk=7)
     assert json.loads(f.getvalue()) == dataset.results_json(table)
     assert len(dataset.results_json(table)) == len(reference) > 0
+
+
+def test_a_null_job_writes_a_report_without_reading_any_data(ray_session, tmp_path):
+    """The report's figures come from the task: `null` has none (it once went through the NYU reader)."""
+    out = tmp_path / "null"
+    outcome = run_job(JobConfig(task="null", data_root=str(tmp_path), model="sim://?latency_ms=1&capacity=2&input=1x1&output=1x1",
+                                output=str(out), limit=8, progress=False))
+    assert outcome.metrics["predictions"] == 8
+    page = (out / "report.html").read_text()
+    assert "rayinfer null report" in page and "Throughput" in page
