@@ -123,7 +123,8 @@ class StreamingCocoEval:
                    "scores": scores}
         with quiet():
             ev.summarize()
-        gt_counts = {int(c): int(n) for c, n in zip(p.catIds, self._npig[:, 0])}  # area "all": crowds only
+        # area "all" ignores only crowds: its counting ground truth is the non-crowd objects
+        gt_counts = {int(c): int(n) for c, n in zip(p.catIds, self._npig[:, 0])}
         return CocoScores(p, ev.eval, ev.stats, gt_counts, self.detections)
 
     # -- evaluate: pycocotools, a batch at a time ----------------------------------------

@@ -559,7 +559,8 @@ def run_memory_bench(data_root: Path, model: Path, sizes: Sequence[int]) -> dict
             run = json.loads((out / "run.json").read_text())
             driver = round(measured["maxrss_kb"] / 1024, 1)
             actor = run["memory"]["actor_peak_rss_mb"]
-            rows.append([n, run["counts"]["predictions"], _detections(out), driver, actor, f"{wall:.0f}"])
+            detections = json.loads((out / "metrics.json").read_text())["detections"]
+            rows.append([n, run["counts"]["predictions"], detections, driver, actor, f"{wall:.0f}"])
             results[f"driver_mb_{_size_name(n)}"] = driver
             results[f"actor_mb_{_size_name(n)}"] = actor
             shutil.rmtree(out)
@@ -572,15 +573,6 @@ def run_memory_bench(data_root: Path, model: Path, sizes: Sequence[int]) -> dict
     print(format_table(["images", "prediction rows", "detections", "driver peak RSS MB", "actor peak RSS MB", "wall s"],
                        rows))
     return results
-
-
-def _detections(out: Path) -> int:
-    import pyarrow.compute as pc
-
-    from jobs.output import iter_shards
-
-    return sum(int(pc.sum(pc.list_value_length(t.column("score"))).as_py() or 0)
-               for t in iter_shards(out / "predictions", ["score"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

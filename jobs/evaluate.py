@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -78,23 +77,21 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         if path.is_file() and path.suffix == ".json":
             results = results_to_array(_load_results_json(path))
             ids = _select([str(i) for i in sorted(dataset.coco.getImgIds())], sample_ids, limit)
-            results = results[np.isin(results[:, 0], [int(i) for i in ids])]
-            ev, evaluated, n = dataset.cocoeval(results, ids)
-            rows = len(results)
+            ev, evaluated, n = dataset.cocoeval(results, ids)  # only the results of `ids` count
+            rows = n
         else:
             # Shard by shard into the evaluator's compact arrays: memory stays flat with the
             # number of detections (datasets/cocoeval.py).
             ids = _saved_ids(path, sample_ids, limit)
             evaluator = dataset.evaluator(ids)
-            evaluated, rows = sorted(int(i) for i in ids), 0
+            rows = 0
             for table in _saved_tables(path, ids):
                 evaluator.add(dataset.results_array(table), table.column("image_id").to_pylist())
                 head = _head(head, table)
                 rows += table.num_rows
-            ev = evaluator.finish() if ids else None
-            n = ev.detections if ev is not None else 0
-            if n == 0:
-                ev = None
+            scores = evaluator.finish()
+            evaluated, n = evaluator.params.imgIds, scores.detections
+            ev = scores if n else None  # nothing to score: the metrics say 0, as for no results
         per_class = per_class_table(ev, dataset.category_names) if ev is not None else []
         metrics = coco_metrics(ev, evaluated, n, per_class)
         return Evaluation("coco", metrics, per_class=per_class, head=head, rows=rows, coco_scores=ev, sample_ids=ids)
