@@ -7,9 +7,9 @@ actor that owns exactly one runtime per accelerator.
 - `actor`: `InferenceActor`, which glues a task adapter to a runtime.
 """
 
-from actors.async_runtime import AsyncRuntime, Task
-from actors.model import InputError, ModelError, OnnxModel, RuntimeOptions, TensorSpec
-from actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError, optimal_requests
+from rayinfer.actors.async_runtime import AsyncRuntime, Task
+from rayinfer.actors.model import InputError, ModelError, OnnxModel, RuntimeOptions, TensorSpec
+from rayinfer.actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError, optimal_requests
 
 __all__ = [
     "AsyncInferQueue",

@@ -32,10 +32,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
-from actors.queue import AsyncInferQueue, InferRequest, optimal_requests
-from actors.rows import from_ipc, to_ipc, to_table
-from datasets.base import ERROR_SCHEMA, Adapter, Sample, SampleError, records_schema
+from rayinfer.actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.queue import AsyncInferQueue, InferRequest, optimal_requests
+from rayinfer.actors.rows import from_ipc, to_ipc, to_table
+from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Sample, SampleError, records_schema
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class _ShardState:
 def build_model(cfg: Any, threads_per_request: int) -> Model:
     """The runtime model for a job config: ONNX Runtime, or a simulated device (`sim://`)."""
     if str(cfg.model).startswith("sim://"):
-        from actors.simulated import SimulatedModel
+        from rayinfer.actors.simulated import SimulatedModel
 
         return SimulatedModel.from_uri(cfg.model)
     options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
@@ -189,7 +189,7 @@ class InferenceActor:
 
     def __init__(self, cfg: Any, name: str, adapter: Adapter | None = None) -> None:
         """`adapter`: the one the driver built and checked; built here from `cfg` if None."""
-        from actors.tasks import build_adapter, build_dataset
+        from rayinfer.actors.tasks import build_adapter, build_dataset
 
         self.cfg = cfg
         self.name = name
@@ -232,6 +232,8 @@ class InferenceActor:
             "preprocess_in": self.preprocess_in,
             "providers": list(getattr(self.model, "providers", [])),
             "device": self.model.device,
+            # the rayinfer.actors this process imported: the shipped copy on a cluster
+            "imported_from": os.path.dirname(os.path.abspath(__file__)),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ From an asyncio program (every input in flight at once, results in order):
 
     import asyncio
     import numpy as np
-    from actors import AsyncRuntime
+    from rayinfer.actors import AsyncRuntime
 
     async def main(runtime: AsyncRuntime, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
         return await asyncio.gather(*(runtime.async_run(x) for x in inputs))
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from actors.model import Model, RuntimeOptions
-from actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError
+from rayinfer.actors.model import Model, RuntimeOptions
+from rayinfer.actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError
 
 
 class Task:

@@ -13,9 +13,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from actors.model import TensorSpec
-from datasets.base import Sample, SetupError
-from datasets.depth import DepthOptions, depth_schema, eval_mask, evaluate_prediction, transform
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample, SetupError
+from rayinfer.datasets.depth import DepthOptions, depth_schema, eval_mask, evaluate_prediction, transform
 
 
 class DepthAdapter:

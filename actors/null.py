@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from actors.model import TensorSpec
-from datasets.base import Sample
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample
 
 
 class NullAdapter:

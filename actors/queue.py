@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT)
       requests scale almost linearly until the cores are full.
     - THROUGHPUT on an accelerator: 4 requests (two computing while two are in copy or
       host post-processing), each driven by one host thread.
-    `python -m jobs.bench runtime` measures jobs 1/2/4 against this choice.
+    `python -m rayinfer.jobs.bench runtime` measures jobs 1/2/4 against this choice.
     """
     hint = Hint(hint)
     cpus = max(1, cpus)

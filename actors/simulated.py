@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from actors.model import TensorSpec, check_inputs
+from rayinfer.actors.model import TensorSpec, check_inputs
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from actors.model import Model
-from datasets.base import Adapter, Dataset, SetupError
+from rayinfer.actors.model import Model
+from rayinfer.datasets.base import Adapter, Dataset, SetupError
 
 
 def build_dataset(cfg: Any) -> Dataset:
@@ -20,16 +20,16 @@ def build_dataset(cfg: Any) -> Dataset:
     if not root.is_dir():
         raise SetupError(f"data root not found: {root}")
     if cfg.task == "coco":
-        from datasets.coco import CocoDataset
+        from rayinfer.datasets.coco import CocoDataset
 
         ids = [int(i) for i in cfg.sample_ids] if cfg.sample_ids else None
         return CocoDataset(root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels)
     if cfg.task == "nyu":
-        from datasets.nyu import NyuDataset
+        from rayinfer.datasets.nyu import NyuDataset
 
         return NyuDataset(root, sample_ids=cfg.sample_ids, limit=cfg.limit)
     if cfg.task == "null":
-        from datasets.null import NullDataset
+        from rayinfer.datasets.null import NullDataset
 
         return NullDataset(root, cfg.limit or 1000)
     raise SetupError(f"unknown task {cfg.task!r}")
@@ -38,7 +38,7 @@ def build_dataset(cfg: Any) -> Dataset:
 def build_adapter(cfg: Any, dataset: Dataset, model: Model) -> Adapter:
     """The model-family adapter for this dataset, checked against the model's signature."""
     if cfg.task == "coco":
-        from actors.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
+        from rayinfer.actors.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
 
         image_input_size(model.inputs)  # a model that does not take an image fails here, saying so
         family = detect_family(model.outputs) if cfg.model_family == "auto" else cfg.model_family
@@ -48,11 +48,11 @@ def build_adapter(cfg: Any, dataset: Dataset, model: Model) -> Adapter:
         _check_class_count(family, model, len(dataset.category_ids))  # type: ignore[attr-defined]
         return adapter
     if cfg.task == "nyu":
-        from actors.depth import DepthAdapter
+        from rayinfer.actors.depth import DepthAdapter
 
         return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
     if cfg.task == "null":
-        from actors.null import NullAdapter
+        from rayinfer.actors.null import NullAdapter
 
         return NullAdapter(model.inputs)
     raise SetupError(f"unknown task {cfg.task!r}")

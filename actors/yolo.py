@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from actors.model import TensorSpec
-from datasets.base import Sample, SetupError
-from datasets.images import Letterbox, letterbox, to_blob
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample, SetupError
+from rayinfer.datasets.images import Letterbox, letterbox, to_blob
 
 FAMILIES = ("yolov8", "yolox")
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from datasets.base import Sample, SetupError, safe_join, sha256_file
-from datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
-from datasets.images import DEFAULT_MAX_PIXELS, read_image
+from rayinfer.datasets.base import Sample, SetupError, safe_join, sha256_file
+from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
+from rayinfer.datasets.images import DEFAULT_MAX_PIXELS, read_image
 
 log = logging.getLogger(__name__)
 

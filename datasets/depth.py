@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from datasets.base import SampleError
+from rayinfer.datasets.base import SampleError
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 ALIGNMENTS = ("none", "median", "lsq")

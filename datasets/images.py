@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from datasets.base import SampleError
+from rayinfer.datasets.base import SampleError
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from datasets.base import Sample
+from rayinfer.datasets.base import Sample
 
 
 class NullDataset:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from datasets.base import Sample, SampleError, SetupError, safe_join
-from datasets.depth import METRIC_NAMES
+from rayinfer.datasets.base import Sample, SampleError, SetupError, safe_join
+from rayinfer.datasets.depth import METRIC_NAMES
 
 
 #: Larger ground-truth depths mean the file is not in metres (NYU's Kinect reads up to ~10 m).
@@ -131,7 +131,7 @@ def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
     depth-range bin (pixels whose ground truth falls in [lo, hi), averaged per image,
     then over the images that have such pixels).
     """
-    from datasets.depth import (decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform,
+    from rayinfer.datasets.depth import (decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform,
                                 valid_pixels)
 
     profile = options.resolved_profile()

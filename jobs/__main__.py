@@ -1,5 +1,5 @@
-"""`python -m jobs` is the `rayinfer` command."""
+"""`python -m rayinfer.jobs` is the `rayinfer` command."""
 
-from jobs.cli import main
+from rayinfer.jobs.cli import main
 
 raise SystemExit(main())

@@ -1,25 +1,25 @@
 """Benchmarks that print figures (never timed asserts). Each prints a table and, as
 its last line, one JSON object.
 
-`python -m jobs.bench runtime --model M [--seconds S]`
+`python -m rayinfer.jobs.bench runtime --model M [--seconds S]`
     One model, no Ray: one request at a time vs the request queue with 1, 2, 4 and the
     automatic number of requests; `limit` = cores x single-thread rate. Keys: sync,
     jobs1, jobs2, jobs4, auto, limit (img/s).
-`python -m jobs.bench pipeline --data-root D --model M --images N [--repeat K]`
+`python -m rayinfer.jobs.bench pipeline --data-root D --model M --images N [--repeat K]`
     The whole COCO job vs a naive loop and Ray Data on the same N images (the set
     repeated). rayinfer runs K times (default 3), each between two measurements of the
     limits; medians are reported. `limit` adds up single-thread costs measured one image
     at a time; `limit_loaded` measures the same costs with every core running them at
     once. Keys: sync, raydata_default, raydata_best, rayinfer, rayinfer_steady, limit,
     limit_loaded (img/s).
-`python -m jobs.bench accel --data-root D`
+`python -m rayinfer.jobs.bench accel --data-root D`
     Real JPEG decode + letterbox feeding simulated devices (Ray custom resource
     `sim_device`): Ray Data map_batches (best batch size) vs rayinfer, and the bound
     min(devices x C / latency, CPU preprocessing limit). Keys: raydata, rayinfer, bound.
-`python -m jobs.bench scale`
+`python -m rayinfer.jobs.bench scale`
     1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
     samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
-`python -m jobs.bench memory --data-root D --model M [--sizes 1000,5000]`
+`python -m rayinfer.jobs.bench memory --data-root D --model M [--sizes 1000,5000]`
     The whole COCO job (evaluation, coco_results.json and the report included) on the set
     repeated to each size, each in a fresh process: peak RSS of the driver process (its
     own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
@@ -46,10 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from actors.model import OnnxModel, RuntimeOptions, TensorSpec, available_cpus
-from actors.queue import AsyncInferQueue
+from rayinfer.actors.model import OnnxModel, RuntimeOptions, TensorSpec, available_cpus
+from rayinfer.actors.queue import AsyncInferQueue
 
-log = logging.getLogger("jobs.bench")
+log = logging.getLogger("rayinfer.jobs.bench")
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -154,7 +154,7 @@ def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> 
 def start_ray(cpus: int, resources: dict[str, float] | None = None) -> None:
     import ray
 
-    from jobs.driver import init_local_ray
+    from rayinfer.jobs.cluster import init_local_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -198,7 +198,7 @@ def _bench_set(data_root: Path, images: int, prefix: str) -> tuple[Path, Path, A
     """(work folder, repeated COCO root, its dataset, samples, image paths)."""
     import tempfile
 
-    from datasets.coco import CocoDataset
+    from rayinfer.datasets.coco import CocoDataset
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
     root = repeat_coco(data_root, images, work / "coco")
@@ -209,8 +209,8 @@ def _bench_set(data_root: Path, images: int, prefix: str) -> tuple[Path, Path, A
 
 def _rayinfer(cfg_kwargs: dict) -> tuple[float, dict]:
     """Run the full job; (samples/s from actor start to last result, run.json)."""
-    from jobs.config import JobConfig
-    from jobs.driver import run_job
+    from rayinfer.jobs.config import JobConfig
+    from rayinfer.jobs.driver import run_job
 
     outcome = run_job(JobConfig(progress=False, report=False, overwrite=True, **cfg_kwargs))
     t = outcome.run["timings"]
@@ -224,8 +224,8 @@ class DetectorUDF:
     def __init__(self, model: str, threads: int) -> None:
         import onnxruntime as ort
 
-        from actors.model import _spec
-        from actors.yolo import DetectionOptions, YoloAdapter, detect_family
+        from rayinfer.actors.model import _spec
+        from rayinfer.actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
         so = ort.SessionOptions()
         if threads:
@@ -236,8 +236,8 @@ class DetectorUDF:
                                    DetectionOptions(), list(range(outputs[0].shape[1] - 4)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from datasets.base import Sample
-        from datasets.images import read_image
+        from rayinfer.datasets.base import Sample
+        from rayinfer.datasets.images import read_image
 
         found = []
         for path in batch["path"]:
@@ -268,8 +268,8 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1) -> 
     steps, so the costs include what the cores cost each other (shared caches, memory
     bandwidth, the GIL): the most any schedule of these steps can get from this machine.
     """
-    from datasets.coco import CocoDataset
-    from actors.yolo import DetectionOptions, YoloAdapter, detect_family
+    from rayinfer.datasets.coco import CocoDataset
+    from rayinfer.actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
     ds = CocoDataset(root)
     m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
@@ -309,7 +309,7 @@ def _limit(cpus: int, costs: Sequence[dict[str, float]]) -> tuple[float, dict[st
 
 # -- pipeline ---------------------------------------------------------------------------------
 def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool, repeat: int = 3) -> dict[str, float]:
-    from actors.yolo import DetectionOptions, YoloAdapter, detect_family
+    from rayinfer.actors.yolo import DetectionOptions, YoloAdapter, detect_family
 
     cpus = available_cpus()
     work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-bench-")
@@ -392,7 +392,7 @@ class SimDeviceUDF:
     """Ray Data stage owning one simulated device: batch-1 requests, one after another."""
 
     def __init__(self, latency_ms: float, capacity: int) -> None:
-        from actors.simulated import SimulatedModel
+        from rayinfer.actors.simulated import SimulatedModel
 
         self.device = SimulatedModel(latency_ms, capacity)
 
@@ -404,7 +404,7 @@ class SimDeviceUDF:
 
 def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
     """The YOLOv8 adapter (640x640 input) whose preprocessing every accel mode runs."""
-    from actors.yolo import DetectionOptions, YoloAdapter
+    from rayinfer.actors.yolo import DetectionOptions, YoloAdapter
 
     spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
     return YoloAdapter("yolov8", spec, DetectionOptions(), category_ids)
@@ -412,8 +412,8 @@ def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
 
 def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data's decode stage: the same read + preprocessing as rayinfer's adapter."""
-    from datasets.base import Sample
-    from datasets.images import read_image
+    from rayinfer.datasets.base import Sample
+    from rayinfer.datasets.images import read_image
 
     adapter = _accel_adapter()
     out = []
@@ -508,7 +508,7 @@ def run_scale_bench(max_devices: int, latency_ms: float, capacity: int, seconds:
     mem = {}
     for n in memory_sizes:
         out = work / f"mem{n}"
-        cmd = [sys.executable, "-m", "jobs", "run", "null", "--data-root", ".", "--limit", str(n), "--quiet",
+        cmd = [sys.executable, "-m", "rayinfer.jobs", "run", "null", "--data-root", ".", "--limit", str(n), "--quiet",
                "--no-report", "--model", f"sim://?latency_ms=1&capacity={capacity}&input=1x1&output=1x1",
                "--output", str(out)]
         subprocess.run(cmd, check=True, capture_output=True)
@@ -576,7 +576,7 @@ def run_memory_bench(data_root: Path, model: Path, sizes: Sequence[int]) -> dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m rayinfer.jobs.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     rt = sub.add_parser("runtime", help="request queue vs one-at-a-time, no Ray")
@@ -609,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ray", "jobs.driver", "jobs.loader"):
+    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.bench == "runtime":

@@ -1,4 +1,4 @@
-"""`rayinfer` command line (also `python -m jobs`).
+"""`rayinfer` command line (also `python -m rayinfer.jobs`).
 
     rayinfer run coco|nyu --data-root D --model M --output O [--actors N] [--address ADDR]
     rayinfer submit coco|nyu --address http://127.0.0.1:8265 --data-root D ...
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets.base import SetupError
-from datasets.depth import DepthOptions
-from actors.yolo import DetectionOptions
-from jobs.config import TASKS, ConfigError, JobConfig
-from jobs.options import NEGATIVE_SWITCHES, OPTIONS, csv_list
+from rayinfer.datasets.base import SetupError
+from rayinfer.datasets.depth import DepthOptions
+from rayinfer.actors.yolo import DetectionOptions
+from rayinfer.jobs.config import TASKS, ConfigError, JobConfig
+from rayinfer.jobs.options import NEGATIVE_SWITCHES, OPTIONS, csv_list
 
 log = logging.getLogger("rayinfer")
 
@@ -80,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def _defaults_for_demo(data: dict[str, Any]) -> None:
     """No data and no model: the built-in demo. No output: runs/TASK (numbered)."""
-    from jobs.demo import DEMO_MODELS, demo_data, next_output
+    from rayinfer.jobs.demo import DEMO_MODELS, demo_data, next_output
 
     task = data["task"]
     has_data, has_model = bool(data.get("data_root")), bool(data.get("model"))
@@ -95,7 +95,7 @@ def _defaults_for_demo(data: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jobs.driver import run_job
+    from rayinfer.jobs.driver import run_job
 
     cfg = config_from_args(args)
     outcome = run_job(cfg)
@@ -118,14 +118,14 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from jobs.submit import submit_and_follow
+    from rayinfer.jobs.submit import submit_and_follow
 
     cfg = config_from_args(args)
     return submit_and_follow(cfg, args.dashboard, follow_logs=not args.no_follow)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jobs.evaluate import evaluate_saved, load_run_config
+    from rayinfer.jobs.evaluate import evaluate_saved, load_run_config
 
     depth = None
     if args.task == "nyu":
@@ -138,20 +138,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         depth_options=depth)
     sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
     if ev.per_class:
-        from jobs.bench import format_table
+        from rayinfer.jobs.bench import format_table
 
         rows = [[r["class"], _f(r["AP"]), _f(r["AP50"]), _f(r["APs"]), _f(r["APm"]), _f(r["APl"]), r["objects"]]
                 for r in ev.per_class]
         sys.stdout.write(format_table(["class", "AP", "AP50", "APs", "APm", "APl", "objects"], rows) + "\n")
     if ev.depth_bins:
-        from jobs.bench import format_table
+        from rayinfer.jobs.bench import format_table
 
         rows = [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g} m", b["images"], b["pixels"], _f(b["abs_rel"]),
                  _f(b["rmse"]), _f(b["delta1"])] for b in ev.depth_bins]
         sys.stdout.write(format_table(["depth", "images", "pixels", "abs_rel", "rmse", "delta1"], rows) + "\n")
     out = Path(args.predictions)
     if args.report and out.is_dir():
-        from jobs.report import write_report
+        from rayinfer.jobs.report import write_report
 
         run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
         sys.stdout.write(f"report: {write_report(out, ev, Path(args.data_root), run, depth)}\n")
@@ -163,8 +163,8 @@ def _f(v: float | None) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from jobs.bench import format_table
-    from jobs.evaluate import compare
+    from rayinfer.jobs.bench import format_table
+    from rayinfer.jobs.evaluate import compare
 
     rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+.4f}"] for k, a, b, d in compare(args.a, args.b)]
     sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
@@ -172,7 +172,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from jobs.download import DownloadError, main_download
+    from rayinfer.jobs.download import DownloadError, main_download
 
     try:
         main_download(args.dataset, args.dest, args.mirror, args.manifest, args.keep_archives, args.quiet)
@@ -184,7 +184,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from jobs.doctor import format_report, report
+    from rayinfer.jobs.doctor import format_report, report
 
     info = report([Path(p) for p in args.data_root])
     sys.stdout.write((json.dumps(info, indent=2) if args.json else format_report(info)) + "\n")
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", type=Path)
     cmp.set_defaults(func=cmd_compare)
 
-    from jobs.download import SPECS
+    from rayinfer.jobs.download import SPECS
 
     dl = sub.add_parser("download", help="fetch, verify and extract an official dataset")
     dl.add_argument("dataset", choices=sorted(SPECS))

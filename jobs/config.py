@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from actors.yolo import DetectionOptions
-from datasets.depth import DepthOptions
+from rayinfer.actors.yolo import DetectionOptions
+from rayinfer.datasets.depth import DepthOptions
 
 TASKS = ("coco", "nyu", "null")  # null: N empty samples, for benchmarks
 PREPROCESS_IN = ("auto", "request", "loader")

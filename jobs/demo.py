@@ -1,4 +1,4 @@
-"""The built-in demo: models trained by `jobs/train_demo.py` (committed) and synthetic
+"""The built-in demo: models trained by `jobs/demo_models/train.py` (a script, not installed; the models are committed) and synthetic
 data generated on first use, so `rayinfer run coco` works on a fresh machine.
 """
 
@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from datasets.synthetic import write_coco, write_nyu
+from rayinfer.datasets.synthetic import write_coco, write_nyu
 
 DEMO_MODELS_DIR = Path(__file__).resolve().parent / "demo_models"
 DEMO_MODELS = {"coco": DEMO_MODELS_DIR / "detector.onnx", "nyu": DEMO_MODELS_DIR / "depth.onnx"}

@@ -9,12 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from actors.model import available_cpus
-from jobs import PROJECT_ROOT
+from rayinfer.actors.model import available_cpus
 
 
 def shared_dir() -> Path:
-    return Path(os.environ.get("RAYINFER_SHARED", PROJECT_ROOT.parent / "shared"))
+    return Path(os.environ.get("RAYINFER_SHARED", "../shared"))  # as the tests: beside the checkout
 
 
 def gpus() -> list[str]:
@@ -40,7 +39,7 @@ def datasets_found(extra: list[Path]) -> list[tuple[str, Path, bool]]:
     for root in extra:
         candidates.append((f"coco at {root}", root / "annotations/instances_val2017.json"))
         candidates.append((f"nyu at {root}", root / "val/official"))
-    from jobs.demo import DEMO_MODELS
+    from rayinfer.jobs.demo import DEMO_MODELS
 
     candidates += [(f"built-in {task} model", path) for task, path in DEMO_MODELS.items()]
     return [(name, path, path.exists()) for name, path in candidates]

@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import platform
 import time
-import uuid
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +22,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.actor import InferenceActor, ShardResult, build_model, peak_rss_mb
-from datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
-from jobs import PROJECT_ROOT
-from jobs.config import JobConfig, resolve_paths
-from jobs.evaluate import evaluate_saved
-from jobs.loader import FailedShard, LoaderStage, first_line, make_shards
-from jobs.output import RunOutput, writing
-from actors.tasks import build_adapter, build_dataset
+from rayinfer.actors.actor import ShardResult, build_model, peak_rss_mb
+from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
+from rayinfer.jobs.config import JobConfig, resolve_paths
+from rayinfer.jobs.evaluate import evaluate_saved
+from rayinfer.jobs.cluster import connect_ray, start_actors
+from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
+from rayinfer.jobs.output import RunOutput, writing
+from rayinfer.actors.tasks import build_adapter, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -108,159 +106,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def connect_ray(cfg: JobConfig) -> bool:
-    """Join the cluster at `cfg.address`, the one of a Ray Job, or start Ray embedded.
-
-    Returns True when this process started Ray (and must shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Ray's own start-up chatter stays out of the user's terminal unless -v (debug) is on.
-    ray_level = logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR
-    kwargs: dict[str, Any] = {"logging_level": ray_level, "log_to_driver": False, "namespace": "rayinfer"}
-    in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
-    if cfg.address:
-        from jobs.submit import job_package
-
-        _check_reachable(cfg.address)
-        kwargs["runtime_env"] = {"working_dir": str(job_package())}
-        try:
-            ray.init(address=cfg.address, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out
-            raise SetupError(f"cannot connect to the Ray cluster at {cfg.address}: {type(exc).__name__}: {first_line(exc)}") from None
-        return False
-    if in_job:
-        ray.init(**kwargs)
-        return False
-    try:
-        init_local_ray(include_dashboard=False, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
-        raise SetupError(f"Ray did not start here: {type(exc).__name__}: {first_line(exc)}") from None
-    return True
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A `host:port` address must answer a TCP connect (ray.init would retry for minutes)."""
-    import socket
-
-    if address in ("auto", "local") or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"cannot connect to the Ray cluster at {address}: "
-                         f"{getattr(exc, 'strerror', None) or exc}") from None
-
-
-def init_local_ray(**kwargs: Any) -> None:
-    """`ray.init()` starting a local Ray, listening on 127.0.0.1 only, whose workers import
-    this project first.
-
-    The project root goes on PYTHONPATH in the environment the local Ray processes
-    inherit (workers take the raylet's environment), not through a `runtime_env`:
-    a job-level `runtime_env` keeps Ray from using the workers it pre-starts, and each
-    actor then waits for a fresh worker process (measured: 1.07 s vs 0.33 s to start
-    two actors on 2 CPUs). See datasets/__init__.py for why the project root comes first.
-    """
-    import ray
-    from ray._private import ray_constants
-
-    from jobs.reaper import watch
-
-    # Loopback only. Ray binds its servers (GCS, raylet, workers, agents) to 127.0.0.1 only
-    # when the node's address is exactly 127.0.0.1, and `ray.init` replaces a 127.0.0.1 it is
-    # given by the machine's outward address unless multi-node clusters are off
-    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): read by Ray's own processes when they start,
-    # and by this process's ray_constants when it was imported, so both are set for the call.
-    env = {"PYTHONPATH": worker_pythonpath(), ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}
-    before = {k: os.environ.get(k) for k in env}
-    cluster_before = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(env)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(**kwargs)
-        # Ray's agents can outlive a driver killed with SIGKILL: a reaper ends them then.
-        watch()
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_before
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def worker_pythonpath() -> str:
-    """PYTHONPATH for Ray workers: the project root first, then this process's own entries."""
-    return os.pathsep.join([str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-
-
-def local_runtime_env() -> dict[str, Any]:
-    """The runtime_env for joining a running local cluster whose workers may not have the
-    project root on their path (see datasets/__init__.py)."""
-    return {"env_vars": {"PYTHONPATH": worker_pythonpath()}}
-
-
-def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
-    """(actors, cpus per actor, gpus per actor) from the cluster's resources."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-    if not nodes:
-        raise SetupError("the Ray cluster has no alive node with CPUs")
-    if cfg.resource:
-        units = sum(n["Resources"].get(cfg.resource, 0) for n in nodes)
-        if units < 1:
-            raise SetupError(f"the Ray cluster has no {cfg.resource!r} resource")
-        actors = cfg.actors or int(units)
-        per_node = -(-actors // len(nodes))
-        return actors, cfg.cpus_per_actor or min(n["Resources"]["CPU"] for n in nodes) / per_node, 0.0
-    if cfg.uses_gpu:
-        gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
-        if gpus < cfg.gpus_per_actor or gpus == 0:
-            raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")
-        actors = cfg.actors or int(gpus // cfg.gpus_per_actor)
-        # each GPU actor gets its share of its node's CPUs for decoding
-        per_gpu = min(n["Resources"]["CPU"] / n["Resources"]["GPU"] for n in nodes if n["Resources"].get("GPU"))
-        return actors, cfg.cpus_per_actor or max(1.0, float(int(per_gpu * cfg.gpus_per_actor))), cfg.gpus_per_actor
-    node_cpus = min(n["Resources"]["CPU"] for n in nodes)
-    if cfg.actors:
-        per_node = -(-cfg.actors // len(nodes))
-        return cfg.actors, cfg.cpus_per_actor or node_cpus / per_node, 0.0
-    cpus = cfg.cpus_per_actor or node_cpus
-    actors = sum(int(n["Resources"]["CPU"] // cpus) for n in nodes)
-    return max(1, actors), cpus, 0.0
-
-
-def start_actors(cfg: JobConfig, adapter: Adapter) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
-    """Start the inference actors with the adapter the driver built and checked (so no
-    actor re-reads the annotations to build its own) and wait until each has its model."""
-    import ray
-
-    n, cpus, gpus = plan_actors(cfg)
-    remote = ray.remote(InferenceActor)
-    names = [f"actor-{i}" for i in range(n)]
-    run_tag = uuid.uuid4().hex[:8]
-    actors = [
-        remote.options(name=f"rayinfer-{run_tag}-{name}", num_cpus=cpus, num_gpus=gpus, resources={cfg.resource: 1} if cfg.resource else None,
-                       max_restarts=cfg.max_actor_restarts, max_task_retries=0,
-                       max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name, adapter)
-        for name in names
-    ]
-    try:
-        infos = ray.get([a.info.remote() for a in actors], timeout=600)
-    except Exception as exc:
-        for a in actors:
-            ray.kill(a)
-        cause = str(exc).strip().splitlines()
-        raise SetupError(f"inference actors failed to start: {cause[-1] if cause else exc}") from None
-    log.info("%d actors x %.2g CPUs%s", n, cpus, f" x {gpus:g} GPUs" if gpus else "")
-    return actors, names, infos
-
-
 def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[JobConfig, list[Any], Adapter]:
     """Everything that can fail before work starts: samples, model, adapter. Returns the
     config with what the model declares filled in (the depth profile for `auto`), the
@@ -315,7 +160,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), evaluation.rows, errors.num_rows)
     output.write_json("run.json", run)
     if cfg.report:
-        from jobs.report import REPORT_FILES, write_report
+        from rayinfer.jobs.report import REPORT_FILES, write_report
 
         output.record(*REPORT_FILES)
         try:

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datasets.base import SetupError
-from datasets.cocoeval import CocoScores
-from jobs.config import JobConfig
-from jobs.output import iter_shards, read_shards
+from rayinfer.datasets.base import SetupError
+from rayinfer.datasets.cocoeval import CocoScores
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.output import iter_shards, read_shards
 
 
 @dataclass
@@ -70,7 +70,7 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
     """Recompute the metrics of a saved run (a folder) or of a COCO results JSON."""
     path = Path(predictions)
     if task == "coco":
-        from datasets.coco import CocoDataset, coco_metrics, per_class_table, results_to_array
+        from rayinfer.datasets.coco import CocoDataset, coco_metrics, per_class_table, results_to_array
 
         dataset = CocoDataset(data_root)
         head = None
@@ -96,7 +96,7 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         metrics = coco_metrics(ev, evaluated, n, per_class)
         return Evaluation("coco", metrics, per_class=per_class, head=head, rows=rows, coco_scores=ev, sample_ids=ids)
     if task == "nyu":
-        from datasets.nyu import NyuDataset, recompute
+        from rayinfer.datasets.nyu import NyuDataset, recompute
 
         ids = _saved_ids(path, sample_ids, limit)
         table = _concat(_saved_tables(path, ids))
@@ -110,7 +110,7 @@ def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
         return Evaluation("nyu", metrics, depth_bins=bins, predictions=fresh, head=fresh.slice(0, HEAD_ROWS),
                           rows=fresh.num_rows, sample_ids=ids)
     if task == "null":
-        from datasets.null import NullDataset
+        from rayinfer.datasets.null import NullDataset
 
         ids = _saved_ids(path, sample_ids, limit)
         table = _concat(_saved_tables(path, ids))

@@ -30,8 +30,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
-from actors.actor import RequestTimeout, ShardResult
-from datasets.base import Sample
+from rayinfer.actors.actor import RequestTimeout, ShardResult
+from rayinfer.datasets.base import Sample
 
 log = logging.getLogger(__name__)
 

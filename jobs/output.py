@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.base import ERROR_SCHEMA, SetupError
+from rayinfer.datasets.base import ERROR_SCHEMA, SetupError
 
 MANIFEST = "manifest.json"
 SHARD_DIRS = ("predictions", "errors")

@@ -9,7 +9,7 @@ PID is gone it SIGKILLs every listed process that is still the same process (sam
 time, so a reused PID is never hit). It ends by itself once the driver has no
 descendant left (after a normal `ray.shutdown()`). Linux only (/proc); elsewhere a no-op.
 
-    python -m jobs.reaper DRIVER_PID
+    python -m rayinfer.jobs.reaper DRIVER_PID
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def watch() -> None:
     """Start the reaper for this process and the Ray it started."""
     if not Path("/proc").is_dir():
         return
-    subprocess.Popen([sys.executable, "-m", "jobs.reaper", str(os.getpid())],
+    subprocess.Popen([sys.executable, "-m", "rayinfer.jobs.reaper", str(os.getpid())],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True, close_fds=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.evaluate import Evaluation
+from rayinfer.jobs.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def coco_figures(ev: Evaluation, data_root: Path, folder: Path, n_images: int = 
 def _detection_grid(ev: Evaluation, data_root: Path, n_images: int) -> Any:
     import cv2
 
-    from datasets.coco import CocoDataset
+    from rayinfer.datasets.coco import CocoDataset
 
     plt = _plt()
     dataset = CocoDataset(data_root)
@@ -106,9 +106,9 @@ def _detection_grid(ev: Evaluation, data_root: Path, n_images: int) -> Any:
 # -- depth --------------------------------------------------------------------------------
 def depth_figures(ev: Evaluation, data_root: Path, options: Any, folder: Path, n_images: int = 4
                   ) -> list[tuple[str, str, bytes]]:
-    from datasets.base import Sample
-    from datasets.depth import decode_depth, transform
-    from datasets.nyu import NyuDataset
+    from rayinfer.datasets.base import Sample
+    from rayinfer.datasets.depth import decode_depth, transform
+    from rayinfer.datasets.nyu import NyuDataset
 
     plt = _plt()
     figures = []

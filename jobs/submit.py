@@ -1,9 +1,9 @@
 """`rayinfer submit`: the same job, sent to a cluster through Ray Jobs.
 
-What travels as the job's `working_dir` is the package alone (`job_package()`: the
-Python files of actors/, datasets/ and jobs/ and the demo models), never the project
+What travels with the job (as `py_modules`) is the package alone (`cluster.job_package()`:
+the Python files of rayinfer.actors, .datasets and .jobs and the demo models), never the project
 folder around it: no data, models, secrets (.env) or virtualenvs. The entrypoint is the
-same `python -m jobs run ...` command with the flags that differ from the defaults.
+same `python -m rayinfer.jobs run ...` command with the flags that differ from the defaults.
 Paths are made absolute: they must exist on the cluster's nodes (shared storage,
 or the same layout on every node, as cluster.yaml sets up).
 """
@@ -21,42 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs import PROJECT_ROOT
-from jobs.config import JobConfig, resolve_paths
+from rayinfer.jobs.cluster import shipped_runtime_env
+from rayinfer.jobs.config import JobConfig, resolve_paths
 
 log = logging.getLogger(__name__)
 
-#: What a job needs to import: these packages' Python files, and the package data they read.
-PACKAGES = ("actors", "datasets", "jobs")
-PACKAGE_DATA = ("jobs/demo_models/*.onnx",)
-
-
-def job_package() -> Path:
-    """A fresh folder holding only what the job imports, to ship as the job's working_dir.
-
-    Models and data are read from the paths the job is given, on the cluster; nothing
-    else of the project folder (data/, .env, virtualenvs, *.onnx of the user's) travels.
-    """
-    import shutil
-    import tempfile
-
-    dest = Path(tempfile.mkdtemp(prefix="rayinfer-package-"))
-    patterns = [f"{package}/**/*.py" for package in PACKAGES] + list(PACKAGE_DATA)
-    for source in {p for pattern in patterns for p in PROJECT_ROOT.glob(pattern)}:
-        relative = source.relative_to(PROJECT_ROOT)
-        if "__pycache__" in relative.parts:
-            continue
-        (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest / relative)
-    return dest
-
-
 def entrypoint(cfg: JobConfig) -> str:
-    """The `python -m jobs run ...` command line equivalent to `cfg`."""
-    from jobs.options import OPTIONS
+    """The `python -m rayinfer.jobs run ...` command line equivalent to `cfg`."""
+    from rayinfer.jobs.options import OPTIONS
 
     default = JobConfig(task=cfg.task, data_root="", model="", output="")
-    words = ["python", "-m", "jobs", "run", cfg.task]
+    words = ["python", "-m", "rayinfer.jobs", "run", cfg.task]
     for flag, key, kind, _ in OPTIONS:
         value, base = _get(cfg, key), _get(default, key)
         if value == base or key == "address":
@@ -107,7 +82,7 @@ def submit(cfg: JobConfig, dashboard: str) -> str:
     command = entrypoint(dataclasses.replace(cfg, address=None))
     job_id = jobs_api.submit_job(
         entrypoint=command,
-        runtime_env={"working_dir": str(job_package())},
+        runtime_env=shipped_runtime_env(),
         metadata={"tool": "rayinfer", "task": cfg.task},
     )
     log.info("submitted %s to %s: %s", job_id, dashboard, command)

@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import jobs  # noqa: F401  - claims the `datasets` name before anything else imports it
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -156,7 +154,7 @@ def ray_session():
     tests, which start and stop their own Ray, never meet a leftover one)."""
     import ray
 
-    from jobs.driver import init_local_ray
+    from rayinfer.jobs.cluster import init_local_ray
 
     if not ray.is_initialized():
         init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.synthetic import write_coco
-from jobs.config import JobConfig
-from jobs.driver import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, run_job
+from rayinfer.datasets.synthetic import write_coco
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, run_job
 from tests.conftest import need_shared, wait_for
 
 pytestmark = pytest.mark.timeout(400)

@@ -15,8 +15,9 @@ import urllib.request
 
 import pytest
 
-from jobs.config import JobConfig
-from jobs.submit import client, follow, submit
+import rayinfer.actors
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.submit import client, follow, submit
 from tests.conftest import need_shared
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
@@ -104,16 +105,20 @@ def test_submitted_job_with_bad_setup_fails_with_its_message(head, tmp_path):
 
 @pytest.mark.shared
 def test_run_with_address_joins_the_cluster(head, tmp_path):
-    """`rayinfer run --address` from outside the cluster: the project travels as working_dir."""
+    """`rayinfer run --address` from outside the cluster: the package travels with the job
+    (py_modules) and the actors import that copy, not the one installed here."""
     _, port = head
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolov8n_int8.onnx")
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # this head was started with Ray's default token
-    cmd = [sys.executable, "-m", "jobs", "run", "coco", "--address", f"127.0.0.1:{port}", "--data-root", str(root),
+    cmd = [sys.executable, "-m", "rayinfer.jobs", "run", "coco", "--address", f"127.0.0.1:{port}", "--data-root", str(root),
            "--model", str(model), "--output", str(out), "--limit", "16", "--quiet", "--no-report"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["predictions"] == 16
     assert run["config"]["address"] == f"127.0.0.1:{port}"
+    installed = os.path.dirname(rayinfer.actors.__file__)
+    for actor in run["actors"]:
+        assert actor["imported_from"] != installed and "runtime_resources" in actor["imported_from"], actor

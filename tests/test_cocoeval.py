@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets.coco import CocoDataset
-from datasets.cocoeval import StreamingCocoEval, reference_cocoeval
-from datasets.synthetic import write_coco
+from rayinfer.datasets.coco import CocoDataset
+from rayinfer.datasets.cocoeval import StreamingCocoEval, reference_cocoeval
+from rayinfer.datasets.synthetic import write_coco
 from tests.conftest import need_shared
 
 

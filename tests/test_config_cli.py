@@ -6,13 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from jobs import PROJECT_ROOT
-from jobs.cli import build_parser, config_from_args, main
-from jobs.config import ConfigError, JobConfig
-from jobs.submit import entrypoint
+from rayinfer.jobs.cli import build_parser, config_from_args, main
+from rayinfer.jobs.config import ConfigError, JobConfig
+from rayinfer.jobs.submit import entrypoint
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 BASE = ["run", "coco", "--data-root", "d", "--model", "m.onnx", "--output", "o"]
 
@@ -76,8 +78,8 @@ def test_every_config_field_has_a_flag():
     """So --help lists everything, and `submit` can rebuild any configuration as flags."""
     import dataclasses
 
-    from jobs.options import OPTIONS
-    from jobs.config import JobConfig
+    from rayinfer.jobs.options import OPTIONS
+    from rayinfer.jobs.config import JobConfig
 
     keys = {key for _, key, _, _ in OPTIONS}
     expected = set()
@@ -102,30 +104,27 @@ def test_submit_entrypoint_round_trips_options_without_a_simple_form():
 def test_submit_entrypoint_carries_non_default_options():
     cfg = parse(BASE + ["--actors", "2", "--iou-thres", "0.6", "--resume", "--no-eigen-crop"])
     cmd = entrypoint(cfg)
-    assert cmd.startswith("python -m jobs run coco --data-root d --model m.onnx --output o")
+    assert cmd.startswith("python -m rayinfer.jobs run coco --data-root d --model m.onnx --output o")
     assert "--actors 2" in cmd and "--iou-thres 0.6" in cmd and "--resume" in cmd and "--no-eigen-crop" in cmd
     assert "--conf-thres" not in cmd
-    reparsed = parse(cmd.split()[3:-1])  # drop "python -m jobs" and the trailing --quiet
+    reparsed = parse(cmd.split()[3:-1])  # drop "python -m rayinfer.jobs" and the trailing --quiet
     assert reparsed == cfg
 
 
-def test_datasets_name_clash_is_harmless(tmp_path):
-    """A Hugging Face-like `datasets` earlier on sys.path does not shadow ours once `jobs` is imported."""
+def test_hugging_face_datasets_and_rayinfer_work_in_one_process_in_either_order(tmp_path):
+    """Our readers are `rayinfer.datasets`: a `datasets` package (here a stand-in for Hugging
+    Face's) imports beside them, before or after, and importing rayinfer leaves sys.path alone."""
     fake = tmp_path / "site" / "datasets"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("HF = True\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-
-    def python(code: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              check=False)
-
-    out = python("import jobs, datasets, datasets.coco; print(datasets.IS_RAYINFER)")
-    assert out.stdout.strip() == "True", out.stderr
-    # importing the other package first fails loudly instead of mixing the two
-    out = python("import datasets; import jobs")
-    assert out.returncode != 0 and "not rayinfer's" in out.stderr
-    assert str(PROJECT_ROOT) not in out.stdout
+    check = ("import sys; path = list(sys.path); {first}; {second}; "
+             "assert sys.path == path, 'sys.path changed'; "
+             "from rayinfer.datasets.coco import CocoDataset; print(datasets.HF, CocoDataset.__module__)")
+    for first, second in [("import datasets", "import rayinfer.jobs.cli"), ("import rayinfer.jobs.cli", "import datasets")]:
+        out = subprocess.run([sys.executable, "-c", check.format(first=first, second=second)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, check=False)
+        assert out.stdout.split() == ["True", "rayinfer.datasets.coco"], out.stderr
 
 
 def test_data_root_and_model_go_together(tmp_path, monkeypatch):

@@ -9,15 +9,14 @@ import sys
 
 import pytest
 
-from jobs import PROJECT_ROOT
-from jobs.demo import DEMO_MODELS
+from rayinfer.jobs.demo import DEMO_MODELS
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _demo(task: str, tmp_path) -> dict:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "jobs", "run", task, "--quiet"], cwd=tmp_path, env=env,
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", task, "--quiet"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cache/rayinfer/demo" / task / ".complete").exists()

@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from actors.model import TensorSpec
-from datasets.base import Sample, SampleError, SetupError
-from actors.depth import DepthAdapter
-from datasets.depth import (
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample, SampleError, SetupError
+from rayinfer.actors.depth import DepthAdapter
+from rayinfer.datasets.depth import (
     DepthOptions,
     PROFILES,
     decode_depth,
@@ -18,8 +18,8 @@ from datasets.depth import (
     evaluate_prediction,
     transform,
 )
-from datasets.nyu import NyuDataset
-from datasets.synthetic import write_nyu
+from rayinfer.datasets.nyu import NyuDataset
+from rayinfer.datasets.synthetic import write_nyu
 
 
 def test_metrics_on_known_values():

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.model import TensorSpec
-from datasets.base import Sample, SampleError, SetupError, safe_join
-from datasets.coco import STAT_NAMES, CocoDataset
-from datasets.images import letterbox, read_image, to_blob
-from datasets.synthetic import write_coco
-from actors.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample, SampleError, SetupError, safe_join
+from rayinfer.datasets.coco import STAT_NAMES, CocoDataset
+from rayinfer.datasets.images import letterbox, read_image, to_blob
+from rayinfer.datasets.synthetic import write_coco
+from rayinfer.actors.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
 
 
 def greedy_nms_reference(xyxy, scores, classes, iou):

@@ -15,11 +15,11 @@ import h5py
 import numpy as np
 import pytest
 
-from datasets.coco import CocoDataset
-from datasets.nyu import NyuDataset
-from datasets.synthetic import write_coco
-from jobs.cli import main
-from jobs.download import Archive, DatasetSpec, DownloadError, download, extract, fetch
+from rayinfer.datasets.coco import CocoDataset
+from rayinfer.datasets.nyu import NyuDataset
+from rayinfer.datasets.synthetic import write_coco
+from rayinfer.jobs.cli import main
+from rayinfer.jobs.download import Archive, DatasetSpec, DownloadError, download, extract, fetch
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,11 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from datasets.synthetic import write_coco, write_nyu
-from jobs.cli import main
-from jobs.config import JobConfig
-from jobs.driver import run_job
-from jobs.evaluate import evaluate_saved
+from rayinfer.datasets.synthetic import write_coco, write_nyu
+from rayinfer.jobs.cli import main
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import run_job
+from rayinfer.jobs.evaluate import evaluate_saved
 from tests.conftest import make_const_depth, make_const_detector
 
 pytestmark = pytest.mark.timeout(300)
@@ -129,8 +129,8 @@ def test_results_array_and_streamed_json_match_the_per_row_reference(tmp_path):
 
     import pyarrow as pa
 
-    from datasets.coco import CocoDataset
-    from datasets.synthetic import write_coco
+    from rayinfer.datasets.coco import CocoDataset
+    from rayinfer.datasets.synthetic import write_coco
 
     rng = np.random.default_rng(3)
     rows = []

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.base import SetupError
-from datasets.synthetic import write_coco, write_nyu
-from jobs.config import JobConfig
-from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
+from rayinfer.datasets.base import SetupError
+from rayinfer.datasets.synthetic import write_coco, write_nyu
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests.conftest import make_const_depth, make_const_detector, need_shared
 
 pytestmark = pytest.mark.timeout(300)
@@ -94,7 +94,7 @@ def test_samples_are_prepared_in_the_request_on_cpu_and_ahead_of_it_for_a_device
     the next input is ready when a request finishes."""
     import threading
 
-    from actors.actor import InferenceActor
+    from rayinfer.actors.actor import InferenceActor
 
     root, model = coco_set
     sim = "sim://?latency_ms=1&capacity=2&input=1x3x64x64&output=1x7x8"

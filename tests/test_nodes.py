@@ -8,9 +8,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.synthetic import write_coco
-from jobs.config import JobConfig
-from jobs.driver import EXIT_OK, local_runtime_env, run_job
+from rayinfer.datasets.synthetic import write_coco
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import EXIT_OK, run_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
 
@@ -27,7 +27,7 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1) for _ in range(3)]
     c.wait_for_nodes()
-    ray.init(address=c.address, runtime_env=local_runtime_env(), logging_level="WARNING", log_to_driver=False)
+    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
     yield c, workers
     ray.shutdown()
     c.shutdown()

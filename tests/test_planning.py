@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from datasets.base import SetupError
-from jobs.config import JobConfig
-from jobs.driver import plan_actors
+from rayinfer.datasets.base import SetupError
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.cluster import plan_actors
 
 
 def node(cpu: float, gpu: float = 0, **extra: float) -> dict:

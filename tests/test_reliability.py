@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.synthetic import write_coco
-from jobs import PROJECT_ROOT
-from jobs.config import JobConfig
-from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
+from rayinfer.datasets.synthetic import write_coco
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests.conftest import wait_for
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,8 +131,8 @@ def test_image_size_contradicting_the_annotations_is_a_sample_error(ray_session,
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=PROJECT_ROOT, env=env,
+    env = dict(os.environ)
+    return subprocess.Popen([sys.executable, "-m", "rayinfer.jobs", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -7,16 +7,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from actors.rows import to_table
-from datasets.base import ERROR_SCHEMA, records_schema
-from datasets.depth import METRIC_NAMES, depth_schema
-from actors.yolo import DETECTION_SCHEMA
-from jobs import PROJECT_ROOT
+from rayinfer.actors.rows import to_table
+from rayinfer.datasets.base import ERROR_SCHEMA, records_schema
+from rayinfer.datasets.depth import METRIC_NAMES, depth_schema
+from rayinfer.actors.yolo import DETECTION_SCHEMA
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def common(i: int) -> dict:
@@ -91,10 +93,11 @@ def outcome(fn, *args, **kwargs) -> object:
 SUBPROCESS = """
 import json, sys
 import numpy as np
-from actors.rows import to_table
-from datasets.base import records_schema
-from actors.yolo import DETECTION_SCHEMA
+from rayinfer.actors.rows import to_table
+from rayinfer.datasets.base import records_schema
+from rayinfer.actors.yolo import DETECTION_SCHEMA
 from tests.test_rows import detection
+
 rows = [detection(i, 5, np.random.default_rng(i)) for i in range(4)]
 table = to_table(rows, records_schema(DETECTION_SCHEMA))
 print(json.dumps({"rows": table.num_rows, "pandas": "pandas" in sys.modules}))
@@ -102,7 +105,7 @@ print(json.dumps({"rows": table.num_rows, "pandas": "pandas" in sys.modules}))
 
 
 def test_no_pandas_import():
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", SUBPROCESS], cwd=PROJECT_ROOT, env=env, capture_output=True,
                          text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from actors import (
+from rayinfer.actors import (
     AsyncInferQueue,
     AsyncRuntime,
     Hint,
@@ -21,7 +21,7 @@ from actors import (
     RuntimeOptions,
     optimal_requests,
 )
-from actors.model import TensorSpec
+from rayinfer.actors.model import TensorSpec
 from tests.conftest import need_shared
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,7 +41,7 @@ class SleepModel:
         self.threads: set[str] = set()
 
     def prepare(self, inputs):
-        from actors.model import check_inputs
+        from rayinfer.actors.model import check_inputs
 
         return check_inputs(self.inputs, inputs)
 
@@ -237,7 +237,7 @@ def test_callback_that_raises_is_logged_counted_and_does_not_stop_the_queue(scal
             raise ValueError(f"callback bug {userdata}")
         done.append(userdata)
 
-    with caplog.at_level(logging.ERROR, logger="actors.queue"):
+    with caplog.at_level(logging.ERROR, logger="rayinfer.actors.queue"):
         with AsyncInferQueue(scale_model, jobs=2) as q:
             q.set_callback(on_done)
             for i in range(100):
@@ -342,7 +342,7 @@ def test_parallel_2_prepares_in_a_separate_thread():
 def test_simulated_device_runs_capacity_at_once_and_queues_the_rest():
     """Two streams, six requests at once: waves end at 1, 2 and 3 latencies (a device
     queue, not host threads, starts each queued request)."""
-    from actors.simulated import SimulatedModel
+    from rayinfer.actors.simulated import SimulatedModel
 
     device = SimulatedModel(latency_ms=60, capacity=2, input_shape=(1, 1), output_shape=(1, 1))
     assert device.optimal_requests == 4

@@ -21,14 +21,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from actors.actor import InferenceActor
-from datasets.base import SampleError, SetupError
-from datasets.images import read_image
-from datasets.synthetic import write_coco, write_nyu
-from jobs import PROJECT_ROOT
-from jobs.config import JobConfig
-from jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
-from jobs.reaper import alive, descendants
+from rayinfer.actors.actor import InferenceActor
+from rayinfer.datasets.base import SampleError, SetupError
+from rayinfer.datasets.images import read_image
+from rayinfer.datasets.synthetic import write_coco, write_nyu
+from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
+from rayinfer.jobs.reaper import alive, descendants
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,8 +48,8 @@ def cfg_for(root: Path, out: Path, model: str = SIM.format(ms=1), **kw) -> JobCo
 
 
 def cli(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=PROJECT_ROOT, env=env,
+    env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "rayinfer.jobs", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -166,7 +167,7 @@ def test_a_read_only_output_folder_is_a_one_line_error(coco_set, tmp_path):
 
 def test_a_full_disk_is_a_one_line_error_and_resume_completes(ray_session, coco_set, tmp_path):
     """ENOSPC while committing (the output's file system fills up mid-job)."""
-    import jobs.output as output_module
+    import rayinfer.jobs.output as output_module
 
     out = tmp_path / "out"
     cfg = cfg_for(coco_set, out, shard_size=2)
@@ -270,7 +271,7 @@ def test_a_read_that_never_returns_fails_only_its_sample_within_the_load_deadlin
     (np.full((48, 64), 2500, np.float32), "looks like millimetres (float32"),
 ])
 def test_depth_maps_that_are_not_metres_are_error_rows(tmp_path, depth, expected):
-    from datasets.nyu import NyuDataset
+    from rayinfer.datasets.nyu import NyuDataset
 
     root = write_nyu(tmp_path / "nyu", n_frames=2, size=(48, 64), seed=1)
     dataset = NyuDataset(root)
@@ -286,7 +287,7 @@ def test_depth_maps_that_are_not_metres_are_error_rows(tmp_path, depth, expected
 
 # -- 8. what submit uploads ---------------------------------------------------------------
 def test_the_job_package_holds_only_the_package(tmp_path):
-    from jobs.submit import job_package
+    from rayinfer.jobs.cluster import job_package
 
     planted = [PROJECT_ROOT / "jobs" / "planted_model.onnx", PROJECT_ROOT / "jobs" / ".env"]
     for p in planted:
@@ -299,11 +300,12 @@ def test_the_job_package_holds_only_the_package(tmp_path):
     try:
         files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
     finally:
-        shutil.rmtree(folder)
+        shutil.rmtree(folder.parent)
+    assert folder.name == "rayinfer" and "__init__.py" in files
     assert "jobs/cli.py" in files and "actors/actor.py" in files and "datasets/coco.py" in files
     assert "jobs/demo_models/detector.onnx" in files
     assert all(f.endswith(".py") or f.startswith("jobs/demo_models/") for f in files), files
-    assert not any(f.split("/")[0] not in ("actors", "datasets", "jobs") for f in files)
+    assert not any(f.split("/")[0] not in ("actors", "datasets", "jobs", "__init__.py") for f in files)
     assert "jobs/planted_model.onnx" not in files and "jobs/.env" not in files
 
 

@@ -15,17 +15,21 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from actors.actor import InferenceActor
-from jobs import PROJECT_ROOT
+from rayinfer.actors.actor import InferenceActor
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 FIRST_SHARD = """
 import json, sys
-from actors.actor import InferenceActor
-from datasets.base import Sample
-from jobs.config import JobConfig
+from rayinfer.actors.actor import InferenceActor
+from rayinfer.datasets.base import Sample
+from rayinfer.jobs.config import JobConfig
+
 
 cfg = JobConfig(task="null", data_root=".", model="sim://?latency_ms=0&capacity=2&input=1x1&output=1x1",
                 output="unused", limit=8)
@@ -41,7 +45,7 @@ print(json.dumps({"rows": result.records.num_rows, "errors": result.errors.num_r
 
 
 def test_first_shard_imports_nothing(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", FIRST_SHARD], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0, out.stderr
@@ -51,49 +55,45 @@ def test_first_shard_imports_nothing(tmp_path):
     assert not result["pandas_in_actor"], "the actor imported pandas (pyarrow does on its first conversion)"
 
 
-def test_local_ray_gets_the_project_path_through_its_environment(monkeypatch):
-    """Workers inherit PYTHONPATH from the Ray that `init_local_ray` starts; the driver's
-    own environment is as it was afterwards (also when ray.init fails)."""
+def test_local_ray_gets_no_runtime_env_and_the_driver_environment_is_restored(monkeypatch):
+    """`init_local_ray` starts Ray loopback-only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for Ray's
+    own processes) with no job-level runtime_env; the driver's environment is as it was
+    afterwards, also when ray.init fails."""
     import ray
 
-    from jobs.driver import init_local_ray
+    from rayinfer.jobs.cluster import init_local_ray
 
     seen: list[str | None] = []
 
     def fake_init(**kwargs):
-        seen.append(os.environ.get("PYTHONPATH"))
+        seen.append(os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
         assert "runtime_env" not in kwargs
         if len(seen) == 2:
             raise RuntimeError("cannot start Ray")
 
     monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    monkeypatch.setattr("rayinfer.jobs.reaper.watch", lambda: None)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
     init_local_ray(num_cpus=1)
-    assert seen[0] == os.pathsep.join([str(PROJECT_ROOT), "/somewhere/else"])
-    assert os.environ["PYTHONPATH"] == "/somewhere/else"
-    monkeypatch.delenv("PYTHONPATH")
-    try:
+    assert seen[0] == "0" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    with pytest.raises(RuntimeError):
         init_local_ray(num_cpus=1)
-    except RuntimeError:
-        pass
-    assert seen[1] == str(PROJECT_ROOT)
-    assert "PYTHONPATH" not in os.environ
+    assert seen[1] == "0" and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
-def test_workers_of_a_local_ray_import_this_project_first(ray_session):
+def test_workers_of_a_local_ray_import_the_installed_package(ray_session):
     import ray
 
+    import rayinfer.datasets
+
     @ray.remote(num_cpus=0)
-    def where() -> tuple[list[str], str, bool]:
-        import datasets
+    def where() -> str:
+        import rayinfer.datasets
 
-        return sys.path, os.environ.get("PYTHONPATH", ""), bool(getattr(datasets, "IS_RAYINFER", False))
+        return rayinfer.datasets.__file__
 
-    path, pythonpath, ours = ray.get(where.remote(), timeout=60)
-    assert ours
-    assert pythonpath.split(os.pathsep)[0] == str(PROJECT_ROOT)
-    site = [i for i, p in enumerate(path) if p.endswith("site-packages")]
-    assert path.index(str(PROJECT_ROOT)) < min(site)
+    assert ray.get(where.remote(), timeout=60) == rayinfer.datasets.__file__
 
 
 class _ModuleProbe(InferenceActor):
@@ -109,9 +109,9 @@ def test_an_actor_under_ray_never_imports_pandas(ray_session, tmp_path):
     so a bare `pa.Table` in the result would import it in the actor."""
     import ray
 
-    from datasets.synthetic import write_coco
-    from jobs.config import JobConfig
-    from actors.tasks import build_dataset
+    from rayinfer.datasets.synthetic import write_coco
+    from rayinfer.jobs.config import JobConfig
+    from rayinfer.actors.tasks import build_dataset
     from tests.conftest import make_const_detector
 
     root = write_coco(tmp_path / "coco", n_images=4, seed=5)

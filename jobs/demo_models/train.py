@@ -1,6 +1,6 @@
 """Train the built-in demo models on the synthetic sets and export them to ONNX.
 
-    pip install torch && python -m jobs.train_demo [--out jobs/demo_models]
+    pip install -e ".[train]" && python jobs/demo_models/train.py [--out jobs/demo_models]
 
 - `detector.onnx`: a small anchor-free detector for the synthetic shapes. Its output is
   in Ultralytics' YOLOv8 layout ([1, 4 + classes, cells]: cx, cy, w, h in input pixels,
@@ -22,10 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.images import letterbox
-from datasets.synthetic import SHAPES, nyu_scene, shapes_scene
+from rayinfer.datasets.images import letterbox
+from rayinfer.datasets.synthetic import SHAPES, nyu_scene, shapes_scene
 
-log = logging.getLogger("jobs.train_demo")
+log = logging.getLogger("rayinfer.train_demo")
 
 DET_SIZE = 128
 DET_STRIDE = 8
@@ -233,7 +233,7 @@ def export(model, path: Path, shape: tuple[int, ...], input_name: str, output_na
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "demo_models")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seconds", type=float, default=150.0, help="training time per model")
     parser.add_argument("--models", default="detector,depth", help="which to train (comma-separated)")
     args = parser.parse_args()
@@ -248,13 +248,13 @@ def main() -> int:
         det = train_detector(args.seconds)
         export(det, args.out / "detector.onnx", (1, 3, DET_SIZE, DET_SIZE), "images", "output0",
                {"names": repr(names), "imgsz": repr([DET_SIZE, DET_SIZE]), "stride": str(DET_STRIDE),
-                "description": "rayinfer demo detector (synthetic shapes), trained by jobs/train_demo.py"})
+                "description": "rayinfer demo detector (synthetic shapes), trained by jobs/demo_models/train.py"})
     if "depth" not in which:
         return 0
     depth = train_depth(args.seconds)
     export(depth, args.out / "depth.onnx", (1, 3, DEPTH_SIZE, DEPTH_SIZE), "input", "depth",
            {"rayinfer.depth_profile": "resize",
-            "description": "rayinfer demo depth U-Net (synthetic NYU-style frames), trained by jobs/train_demo.py"})
+            "description": "rayinfer demo depth U-Net (synthetic NYU-style frames), trained by jobs/demo_models/train.py"})
     return 0
 
 
