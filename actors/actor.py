@@ -35,7 +35,7 @@ import pyarrow as pa
 from rayinfer.actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
 from rayinfer.actors.queue import AsyncInferQueue, InferRequest, optimal_requests
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
-from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Sample, SampleError, records_schema
+from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SampleError, records_schema
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,10 @@ class InferenceActor:
     """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
     returning one table per shard."""
 
-    def __init__(self, cfg: Any, name: str, adapter: Adapter | None = None) -> None:
-        """`adapter`: the one the driver built and checked; built here from `cfg` if None."""
-        from rayinfer.actors.tasks import build_adapter, build_dataset
-
+    def __init__(self, cfg: Any, name: str, dataset: Dataset, adapter: Adapter) -> None:
+        """`dataset`: the reader whose `load` this actor calls per sample; `adapter`: the
+        model family's steps around inference. Both built and checked by the driver (the
+        task's hooks); Ray gives a restarted actor the same ones."""
         self.cfg = cfg
         self.name = name
         self.cpus = available_cpus()
@@ -198,9 +198,9 @@ class InferenceActor:
         plan = optimal_requests(device, self.cpus, cfg.hint)
         if cfg.jobs:
             plan = plan._replace(jobs=cfg.jobs, threads_per_request=max(1, self.cpus // cfg.jobs) if device == "cpu" else 1)
-        self.dataset = build_dataset(cfg)
+        self.dataset = dataset
         self.model = build_model(cfg, plan.threads_per_request)
-        self.adapter = adapter if adapter is not None else build_adapter(cfg, self.dataset, self.model)
+        self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)
         jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
         self.preprocess_in = cfg.preprocess_in

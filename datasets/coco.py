@@ -41,6 +41,12 @@ class CocoDataset:
         self.image_ids = tuple(image_ids) if image_ids else None
         self.limit = limit
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to the inference actors, which only `load`): paths and options, without
+        the annotations loaded so far (the cached properties)."""
+        cached = {k for k, v in vars(type(self)).items() if isinstance(v, cached_property)}
+        return {k: v for k, v in self.__dict__.items() if k not in cached}
+
     @cached_property
     def coco(self) -> Any:
         from pycocotools.coco import COCO

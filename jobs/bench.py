@@ -49,16 +49,9 @@ import numpy as np
 from rayinfer.actors.model import OnnxModel, RuntimeOptions, TensorSpec, available_cpus
 from rayinfer.actors.queue import AsyncInferQueue
 
+from rayinfer.jobs.format import format_table
+
 log = logging.getLogger("rayinfer.jobs.bench")
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Plain fixed-width table."""
-    cells = [list(map(str, header))] + [[f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _dummy_feed(model: OnnxModel) -> dict[str, np.ndarray]:

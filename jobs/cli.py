@@ -22,7 +22,8 @@ from typing import Any
 from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.depth import DepthOptions
 from rayinfer.actors.yolo import DetectionOptions
-from rayinfer.jobs.config import TASKS, ConfigError, JobConfig
+from rayinfer.jobs.config import ConfigError, JobConfig
+from rayinfer.jobs.tasks import task_names
 from rayinfer.jobs.options import NEGATIVE_SWITCHES, OPTIONS, csv_list
 
 log = logging.getLogger("rayinfer")
@@ -36,7 +37,7 @@ def _defaults() -> dict[str, Any]:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=TASKS, help="which job")
+    parser.add_argument("task", choices=task_names(), help="which job")
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
     defaults = _defaults()
     for flag, key, kind, text in OPTIONS:
@@ -80,15 +81,16 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 def _defaults_for_demo(data: dict[str, Any]) -> None:
     """No data and no model: the built-in demo. No output: runs/TASK (numbered)."""
-    from rayinfer.jobs.demo import DEMO_MODELS, demo_data, next_output
+    from rayinfer.jobs.demo import demo_data, demo_models, next_output
 
     task = data["task"]
     has_data, has_model = bool(data.get("data_root")), bool(data.get("model"))
-    if task in DEMO_MODELS and not has_data and not has_model:
+    models = demo_models()
+    if task in models and not has_data and not has_model:
         log.info("no --data-root/--model: running the built-in %s demo (synthetic data, demo model)", task)
         data["data_root"] = str(demo_data(task))
-        data["model"] = str(DEMO_MODELS[task])
-    elif has_data != has_model and task in DEMO_MODELS:
+        data["model"] = str(models[task])
+    elif has_data != has_model and task in models:
         raise ConfigError("--data-root and --model go together; leave both out to run the built-in demo")
     if not data.get("output"):
         data["output"] = str(next_output(task))
@@ -125,37 +127,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.evaluate import evaluate_saved, load_run_config
+    from rayinfer.jobs.evaluate import SavedRun, load_run_config
+    from rayinfer.jobs.format import format_table
+    from rayinfer.jobs.tasks import get_task
 
-    depth = None
-    if args.task == "nyu":
-        cfg = load_run_config(Path(args.predictions))
-        base = cfg.depth if cfg else DepthOptions()
-        changes = {k: v for k, v in (("eigen_crop", False if args.no_eigen_crop else None),
-                                      ("min_depth", args.min_depth), ("max_depth", args.max_depth)) if v is not None}
-        depth = dataclasses.replace(base, **changes)
-    ev = evaluate_saved(args.task, args.predictions, args.data_root, sample_ids=args.image_ids, limit=args.limit,
-                        depth_options=depth)
-    sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
-    if ev.per_class:
-        from rayinfer.jobs.bench import format_table
-
-        rows = [[r["class"], _f(r["AP"]), _f(r["AP50"]), _f(r["APs"]), _f(r["APm"]), _f(r["APl"]), r["objects"]]
-                for r in ev.per_class]
-        sys.stdout.write(format_table(["class", "AP", "AP50", "APs", "APm", "APl", "objects"], rows) + "\n")
-    if ev.depth_bins:
-        from rayinfer.jobs.bench import format_table
-
-        rows = [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g} m", b["images"], b["pixels"], _f(b["abs_rel"]),
-                 _f(b["rmse"]), _f(b["delta1"])] for b in ev.depth_bins]
-        sys.stdout.write(format_table(["depth", "images", "pixels", "abs_rel", "rmse", "delta1"], rows) + "\n")
+    task = get_task(args.task)
     out = Path(args.predictions)
+    changes = {k: v for k, v in (("eigen_crop", False if args.no_eigen_crop else None),
+                                  ("min_depth", args.min_depth), ("max_depth", args.max_depth)) if v is not None}
+    saved = task.saved_options(SavedRun(out, [], load_run_config(out))) if out.is_dir() else None
+    options = task.options_with(saved, changes)
+    ev = task.evaluate_saved(out, args.data_root, sample_ids=args.image_ids, limit=args.limit, options=options)
+    sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
+    for table in task.tables(ev):
+        sys.stdout.write(format_table(table.header, [[_cell(v) for v in row] for row in table.rows]) + "\n")
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
 
         run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
-        sys.stdout.write(f"report: {write_report(out, ev, Path(args.data_root), run, depth)}\n")
+        sys.stdout.write(f"report: {write_report(out, ev, task, Path(args.data_root), run, options)}\n")
     return 0
+
+
+def _cell(v: Any) -> Any:
+    return _f(v) if isinstance(v, float) or v is None else v
 
 
 def _f(v: float | None) -> str:
@@ -163,7 +158,7 @@ def _f(v: float | None) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.bench import format_table
+    from rayinfer.jobs.format import format_table
     from rayinfer.jobs.evaluate import compare
 
     rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+.4f}"] for k, a, b, d in compare(args.a, args.b)]
@@ -208,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     ev = sub.add_parser("eval", help="dataset metrics from saved predictions, without Ray or the model")
-    ev.add_argument("task", choices=TASKS)
+    ev.add_argument("task", choices=task_names())
     ev.add_argument("--predictions", required=True, type=Path,
                     help="a rayinfer output folder, or (COCO) a results JSON from any tool")
     ev.add_argument("--data-root", required=True, type=Path, help="the dataset folder with the ground truth")

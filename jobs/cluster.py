@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
-from rayinfer.datasets.base import Adapter, SetupError
+from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.loader import first_line
 
@@ -167,9 +167,9 @@ def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
     return max(1, actors), cpus, 0.0
 
 
-def start_actors(cfg: JobConfig, adapter: Adapter) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
-    """Start the inference actors with the adapter the driver built and checked (so no
-    actor re-reads the annotations to build its own) and wait until each has its model."""
+def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+    """Start the inference actors with the dataset reader and adapter the driver built and
+    checked (so no actor re-reads the annotations) and wait until each has its model."""
     import ray
 
     n, cpus, gpus = plan_actors(cfg)
@@ -179,7 +179,7 @@ def start_actors(cfg: JobConfig, adapter: Adapter) -> tuple[list[Any], list[str]
     actors = [
         remote.options(name=f"rayinfer-{run_tag}-{name}", num_cpus=cpus, num_gpus=gpus, resources={cfg.resource: 1} if cfg.resource else None,
                        max_restarts=cfg.max_actor_restarts, max_task_retries=0,
-                       max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name, adapter)
+                       max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name, dataset, adapter)
         for name in names
     ]
     try:

@@ -1,5 +1,6 @@
-"""The built-in demo: models trained by `jobs/demo_models/train.py` (a script, not installed; the models are committed) and synthetic
-data generated on first use, so `rayinfer run coco` works on a fresh machine.
+"""The built-in demo: a task's demo model (trained by `jobs/demo_models/train.py`, a script
+that is not installed; the models are committed) and its synthetic data generated on first
+use (the task's `write_demo`), so `rayinfer run coco` works on a fresh machine.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rayinfer.datasets.synthetic import write_coco, write_nyu
+from rayinfer.jobs.tasks import get_task, task_names
 
-DEMO_MODELS_DIR = Path(__file__).resolve().parent / "demo_models"
-DEMO_MODELS = {"coco": DEMO_MODELS_DIR / "detector.onnx", "nyu": DEMO_MODELS_DIR / "depth.onnx"}
-#: The demo evaluation sets (seed 0; the demo models were trained on other seeds).
-DEMO_SETS = {"coco": {"n_images": 48, "seed": 0}, "nyu": {"n_frames": 8, "seed": 0}}
+
+
+def demo_models() -> dict[str, Path]:
+    """task name -> its built-in demo model, for the tasks that have a demo."""
+    return {name: task.demo_model for name in task_names() if (task := get_task(name)).demo_model is not None}
 
 
 def cache_dir() -> Path:
@@ -29,10 +31,7 @@ def demo_data(task: str) -> Path:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=root.parent))
-    if task == "coco":
-        write_coco(tmp, **DEMO_SETS["coco"])
-    else:
-        write_nyu(tmp, **DEMO_SETS["nyu"])
+    get_task(task).write_demo(tmp)
     (tmp / ".complete").write_text("rayinfer demo data\n")
     if root.exists():
         shutil.rmtree(root)

@@ -39,9 +39,9 @@ def datasets_found(extra: list[Path]) -> list[tuple[str, Path, bool]]:
     for root in extra:
         candidates.append((f"coco at {root}", root / "annotations/instances_val2017.json"))
         candidates.append((f"nyu at {root}", root / "val/official"))
-    from rayinfer.jobs.demo import DEMO_MODELS
+    from rayinfer.jobs.demo import demo_models
 
-    candidates += [(f"built-in {task} model", path) for task, path in DEMO_MODELS.items()]
+    candidates += [(f"built-in {task} model", path) for task, path in demo_models().items()]
     return [(name, path, path.exists()) for name, path in candidates]
 
 

@@ -10,7 +10,6 @@ errors.parquet and the job goes on.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import platform
@@ -25,11 +24,11 @@ import pyarrow as pa
 from rayinfer.actors.actor import ShardResult, build_model, peak_rss_mb
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
 from rayinfer.jobs.config import JobConfig, resolve_paths
-from rayinfer.jobs.evaluate import evaluate_saved
 from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
 from rayinfer.jobs.output import RunOutput, writing
-from rayinfer.actors.tasks import build_adapter, build_dataset
+from rayinfer.jobs.tasks import Task, get_task
+from rayinfer.jobs.tasks.base import options_record
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +76,17 @@ def samples_digest(root: str, samples: Sequence[Sample], content: bool = False) 
     return {"count": len(samples), "sha256": h.hexdigest(), "content_hashed": content}
 
 
-def fingerprint(cfg: JobConfig, dataset: Dataset, samples: Sequence[Sample]) -> dict[str, Any]:
+def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
     """What must not change between a run and its `--resume`."""
     return {
         "task": cfg.task,
-        "data": dataset.fingerprint(),
-        "samples": samples_digest(cfg.data_root, samples, cfg.hash_samples),
+        "data": setup.dataset.fingerprint(),
+        "samples": samples_digest(cfg.data_root, setup.samples, cfg.hash_samples),
         "model": file_digest(cfg.model),
         "model_family": cfg.model_family,
         "shard_size": cfg.shard_size,
-        "detection": dataclasses.asdict(cfg.detection) if cfg.task == "coco" else None,
-        "depth": dataclasses.asdict(cfg.depth) if cfg.task == "nyu" else None,
+        # under the config section's name, so a refusal names the option as the user set it
+        setup.task.options_key or "task_options": options_record(setup.options),
     }
 
 
@@ -106,10 +105,26 @@ def versions() -> dict[str, str]:
     }
 
 
-def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[JobConfig, list[Any], Adapter]:
-    """Everything that can fail before work starts: samples, model, adapter. Returns the
-    config with what the model declares filled in (the depth profile for `auto`), the
-    samples and the adapter the actors will use."""
+@dataclass
+class Setup:
+    """What a job is made of, checked before any work starts."""
+
+    task: Task
+    dataset: Dataset
+    samples: list[Sample]
+    #: the model-family adapter the actors use (built and checked here, so no actor re-reads
+    #: the annotations to build its own)
+    adapter: Adapter
+    #: the task's options as resolved against the model (Task.resolved_options)
+    options: Any
+
+
+def check_setup(cfg: JobConfig) -> Setup:
+    """Everything that can fail before work starts: data root, samples, model, adapter."""
+    task = get_task(cfg.task)
+    if not Path(cfg.data_root).is_dir():
+        raise SetupError(f"data root not found: {cfg.data_root}")
+    dataset = task.dataset(cfg)
     samples = dataset.samples()
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
@@ -121,50 +136,49 @@ def check_setup(cfg: JobConfig, dataset: Dataset) -> tuple[JobConfig, list[Any],
         raise
     except Exception as exc:
         raise SetupError(str(exc)) from None
-    adapter = build_adapter(cfg, dataset, model)
-    if cfg.task == "nyu":
-        cfg = dataclasses.replace(cfg, depth=adapter.options)  # type: ignore[attr-defined]
-    return cfg, samples, adapter
+    adapter = task.adapter(cfg, dataset, model)
+    return Setup(task, dataset, samples, adapter, task.resolved_options(cfg, adapter))
 
 
 def run_job(cfg: JobConfig) -> JobOutcome:
     """Run a whole job; see the module docstring."""
     t_start = time.time()
     cfg = resolve_paths(cfg)
-    dataset = build_dataset(cfg)
-    cfg, samples, adapter = check_setup(cfg, dataset)
+    setup = check_setup(cfg)
+    samples = setup.samples
     output = RunOutput(cfg.output)
-    committed = output.prepare(fingerprint(cfg, dataset, samples), resume=cfg.resume, overwrite=cfg.overwrite)
+    committed = output.prepare(fingerprint(cfg, setup), resume=cfg.resume, overwrite=cfg.overwrite)
     shards = make_shards(samples, cfg.shard_size)
     todo = [s for s in shards if s.index not in committed]
     done_before = sum(len(s.samples) for s in shards if s.index in committed)
     if committed:
         log.info("resuming: %d of %d shards already committed", len(shards) - len(todo), len(shards))
 
-    work = dispatch(cfg, todo, output, adapter, len(samples), done_before, len(shards))
+    work = dispatch(cfg, setup, todo, output, len(samples), done_before, len(shards))
 
     errors = output.gather_errors()
     unfinished = sum(len(s.samples) for s in work.stage.unfinished) if work.stage else 0
     if unfinished:
-        run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), None, errors.num_rows)
+        run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), None, errors.num_rows)
         output.write_json("run.json", run)
         log.error("%d samples in %d shards were not run (no inference actor is left alive) and are not "
                   "committed; rerun with --resume to run them", unfinished, len(work.stage.unfinished))
         return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
-    evaluation = evaluate_saved(cfg.task, output.root, cfg.data_root, depth_options=cfg.depth)
-    for name, obj in dataset.exports(output.predictions).items():
+    evaluation = setup.task.evaluate_saved(output.root, cfg.data_root, options=setup.options)
+    for name, obj in setup.dataset.exports(output.predictions).items():
         output.write_json(name, obj)
     output.write_json("metrics.json", evaluation.metrics)
 
-    run = run_record(cfg, work, t_start, len(samples), done_before, len(shards), evaluation.rows, errors.num_rows)
+    run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), evaluation.rows,
+                     errors.num_rows)
     output.write_json("run.json", run)
     if cfg.report:
-        from rayinfer.jobs.report import REPORT_FILES, write_report
+        from rayinfer.jobs.report import report_files, write_report
 
-        output.record(*REPORT_FILES)
+        output.record(*report_files(setup.task))
         try:
-            write_report(output.root, evaluation, Path(cfg.data_root), run, cfg.depth)
+            write_report(output.root, evaluation, setup.task, Path(cfg.data_root), run, setup.options)
         except OSError as exc:
             raise writing(Path(exc.filename or output.root), exc) from None
     return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows)
@@ -184,13 +198,13 @@ class Work:
     stage: LoaderStage | None = None
 
 
-def dispatch(cfg: JobConfig, todo: list[Any], output: RunOutput, adapter: Adapter, total: int,
+def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, total: int,
              done_before: int, shards: int) -> Work:
     """Start the actors, run every shard through the loader stage, commit each result."""
     import ray
 
     work = Work(shards_todo=len(todo))
-    schema = records_schema(adapter.schema)
+    schema = records_schema(setup.adapter.schema)
     if not todo:
         output.start(shards)
         return work
@@ -198,7 +212,7 @@ def dispatch(cfg: JobConfig, todo: list[Any], output: RunOutput, adapter: Adapte
     actors: list[Any] = []
     try:
         t_setup = time.time()
-        actors, names, work.infos = start_actors(cfg, adapter)
+        actors, names, work.infos = start_actors(cfg, setup.dataset, setup.adapter)
         output.start(shards)  # the manifest: only now, so a failed setup leaves the folder as it was
         t_work = time.time()
         work.setup_s = t_work - t_setup
@@ -206,7 +220,7 @@ def dispatch(cfg: JobConfig, todo: list[Any], output: RunOutput, adapter: Adapte
                                  shard_timeout_s=cfg.request_timeout_s * (cfg.shard_size + 2),
                                  restart_wait_s=cfg.actor_restart_timeout_s,
                                  max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts)
-        running = _RunningMetric()
+        running = setup.task.running_metric()
         with _progress(cfg, total, done_before) as bar:
             for result in work.stage.run(todo):
                 if isinstance(result, FailedShard):
@@ -236,7 +250,7 @@ def dispatch(cfg: JobConfig, todo: list[Any], output: RunOutput, adapter: Adapte
     return work
 
 
-def run_record(cfg: JobConfig, work: Work, t_start: float, samples: int, done_before: int, shards: int,
+def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples: int, done_before: int, shards: int,
                predictions: int | None, errors: int) -> dict[str, Any]:
     """run.json: config, versions, timings, memory, throughput, counts, and per actor."""
     per_actor = []
@@ -248,6 +262,8 @@ def run_record(cfg: JobConfig, work: Work, t_start: float, samples: int, done_be
     return {
         "complete": not (work.stage and work.stage.unfinished),
         "config": cfg.to_dict(),
+        # the task's options as the job used them (a declared depth profile in place of auto)
+        "task_options": options_record(setup.options),
         "versions": versions(),
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
@@ -286,29 +302,6 @@ def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - a dead actor has no stats
             out.append({"error": f"{type(exc).__name__}"})
     return out
-
-
-class _RunningMetric:
-    """A figure for the progress bar that costs nothing to keep up: the mean abs_rel so
-    far (depth), or detections per image (detection; a running AP would need COCOeval)."""
-
-    def __init__(self) -> None:
-        self.total, self.count, self.kind = 0.0, 0, ""
-
-    def add(self, records: pa.Table) -> None:
-        if "abs_rel" in records.column_names and "valid_pixels" in records.column_names:
-            values = [v for v, n in zip(records.column("abs_rel").to_pylist(), records.column("valid_pixels").to_pylist()) if n]
-            self.kind, self.total, self.count = "abs_rel", self.total + sum(values), self.count + len(values)
-        elif "score" in records.column_names:
-            self.kind = "det/img"
-            self.total += sum(len(v) for v in records.column("score").to_pylist())
-            self.count += records.num_rows
-
-    def text(self) -> str:
-        if not self.count:
-            return ""
-        value = self.total / self.count
-        return f"{self.kind} {value:.4f}" if self.kind == "abs_rel" else f"{self.kind} {value:.1f}"
 
 
 class _progress:

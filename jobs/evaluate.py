@@ -1,15 +1,16 @@
 """Offline evaluation: dataset accuracy from saved predictions, without Ray or the model.
 
-`rayinfer eval coco|nyu --predictions O --data-root D` reads `O/predictions/*.parquet`
-(and `O/errors.parquet`, whose samples count as misses, as in the job), so the numbers
-are the job's to the last digit. For COCO, `--predictions` may also be a results JSON
-from another tool (e.g. Ultralytics `save_json`), to compare models on one evaluator.
+`rayinfer eval TASK --predictions O --data-root D` opens `O` as a `SavedRun` (its
+`predictions/*.parquet` and `errors.parquet`, whose samples count as misses, as in the job)
+and hands it to the task's `evaluate` hook (`Task.evaluate_saved`), the very call the job
+makes, so the numbers are the job's to the last digit. A task may also
+read another tool's results file (COCO: a results JSON, e.g. Ultralytics `save_json`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,27 +20,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayinfer.datasets.base import SetupError
-from rayinfer.datasets.cocoeval import CocoScores
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.output import iter_shards, read_shards
 
 
 @dataclass
 class Evaluation:
-    """Metrics plus the slices that the report and the CLI show."""
+    """Metrics, plus what the report and the CLI show. A task that has more to show (per-class
+    tables, the COCO arrays) returns a subclass with those fields."""
 
     task: str
+    #: metrics.json
     metrics: dict[str, Any]
-    per_class: list[dict[str, Any]] = field(default_factory=list)
-    depth_bins: list[dict[str, Any]] = field(default_factory=list)
-    #: the whole predictions table, for tasks whose evaluation holds it (NYU: recomputed
-    #: metrics; null); COCO streams its shards and keeps none
-    predictions: pa.Table | None = None
     #: the first prediction rows in saved order, for the report's example images
     head: pa.Table | None = None
     #: prediction rows evaluated
     rows: int = 0
-    coco_scores: CocoScores | None = None
     sample_ids: list[str] = field(default_factory=list)
 
 
@@ -54,7 +50,7 @@ def load_run_config(output: Path) -> JobConfig | None:
     return JobConfig.from_dict(json.loads(path.read_text())["config"])
 
 
-def _select(ids: list[str], wanted: Sequence[str] | None, limit: int | None) -> list[str]:
+def select_ids(ids: list[str], wanted: Sequence[str] | None, limit: int | None) -> list[str]:
     if wanted:
         missing = set(wanted) - set(ids)
         if missing:
@@ -64,59 +60,31 @@ def _select(ids: list[str], wanted: Sequence[str] | None, limit: int | None) -> 
     return ids[:limit] if limit else ids
 
 
-def evaluate_saved(task: str, predictions: str | Path, data_root: str | Path,
-                   sample_ids: Sequence[str] | None = None, limit: int | None = None,
-                   depth_options: Any = None) -> Evaluation:
-    """Recompute the metrics of a saved run (a folder) or of a COCO results JSON."""
-    path = Path(predictions)
-    if task == "coco":
-        from rayinfer.datasets.coco import CocoDataset, coco_metrics, per_class_table, results_to_array
+@dataclass
+class SavedRun:
+    """A saved run's predictions, narrowed to the samples evaluated (`ids`: predicted, then
+    failed, in saved order)."""
 
-        dataset = CocoDataset(data_root)
-        head = None
-        if path.is_file() and path.suffix == ".json":
-            results = results_to_array(_load_results_json(path))
-            ids = _select([str(i) for i in sorted(dataset.coco.getImgIds())], sample_ids, limit)
-            ev, evaluated, n = dataset.cocoeval(results, ids)  # only the results of `ids` count
-            rows = n
-        else:
-            # Shard by shard into the evaluator's compact arrays: memory stays flat with the
-            # number of detections (datasets/cocoeval.py).
-            ids = _saved_ids(path, sample_ids, limit)
-            evaluator = dataset.evaluator(ids)
-            rows = 0
-            for table in _saved_tables(path, ids):
-                evaluator.add(dataset.results_array(table), table.column("image_id").to_pylist())
-                head = _head(head, table)
-                rows += table.num_rows
-            scores = evaluator.finish()
-            evaluated, n = evaluator.params.imgIds, scores.detections
-            ev = scores if n else None  # nothing to score: the metrics say 0, as for no results
-        per_class = per_class_table(ev, dataset.category_names) if ev is not None else []
-        metrics = coco_metrics(ev, evaluated, n, per_class)
-        return Evaluation("coco", metrics, per_class=per_class, head=head, rows=rows, coco_scores=ev, sample_ids=ids)
-    if task == "nyu":
-        from rayinfer.datasets.nyu import NyuDataset, recompute
+    path: Path
+    ids: list[str]
+    config: JobConfig | None
 
-        ids = _saved_ids(path, sample_ids, limit)
-        table = _concat(_saved_tables(path, ids))
-        cfg = load_run_config(path)
-        options = depth_options or (cfg.depth if cfg else None)
-        if options is None:
-            raise SetupError(f"{path}/run.json is missing: pass the depth options used by the job")
-        dataset = NyuDataset(data_root)
-        fresh, bins = recompute(dataset, table, options)
-        metrics = dataset.evaluate(fresh, ids)
-        return Evaluation("nyu", metrics, depth_bins=bins, predictions=fresh, head=fresh.slice(0, HEAD_ROWS),
-                          rows=fresh.num_rows, sample_ids=ids)
-    if task == "null":
-        from rayinfer.datasets.null import NullDataset
+    @classmethod
+    def open(cls, path: Path, sample_ids: Sequence[str] | None = None, limit: int | None = None) -> SavedRun:
+        return cls(path, _saved_ids(path, sample_ids, limit), load_run_config(path))
 
-        ids = _saved_ids(path, sample_ids, limit)
-        table = _concat(_saved_tables(path, ids))
-        return Evaluation("null", NullDataset(data_root, len(ids)).evaluate(table, ids), predictions=table,
-                          head=table.slice(0, HEAD_ROWS), rows=table.num_rows, sample_ids=ids)
-    raise SetupError(f"unknown task {task!r}")
+    def tables(self) -> Iterator[pa.Table]:
+        """The predictions of `ids`, a shard at a time (memory flat with the run's size)."""
+        return _saved_tables(self.path, self.ids)
+
+    def table(self) -> pa.Table:
+        """All the predictions of `ids` in one table."""
+        return pa.concat_tables(list(self.tables()), promote_options="default")
+
+    def options(self) -> dict[str, Any] | None:
+        """The task options the job resolved (run.json `task_options`), as plain data."""
+        path = self.path / "run.json"
+        return json.loads(path.read_text()).get("task_options") if path.is_file() else None
 
 
 def _saved_ids(output: Path, sample_ids: Sequence[str] | None, limit: int | None) -> list[str]:
@@ -128,7 +96,7 @@ def _saved_ids(output: Path, sample_ids: Sequence[str] | None, limit: int | None
     ids = read_shards(output / "predictions", ["sample_id"]).column("sample_id").to_pylist()
     if (output / "errors.parquet").exists():
         ids += pq.read_table(output / "errors.parquet", columns=["sample_id"]).column("sample_id").to_pylist()
-    return _select(ids, sample_ids, limit)
+    return select_ids(ids, sample_ids, limit)
 
 
 def _saved_tables(output: Path, ids: Sequence[str]) -> Iterator[pa.Table]:
@@ -138,26 +106,13 @@ def _saved_tables(output: Path, ids: Sequence[str]) -> Iterator[pa.Table]:
         yield table.filter(pc.is_in(table.column("sample_id"), value_set=keep))
 
 
-def _concat(tables: Iterable[pa.Table]) -> pa.Table:
-    return pa.concat_tables(list(tables), promote_options="default")
-
-
-def _head(head: pa.Table | None, table: pa.Table) -> pa.Table:
+def head_rows(head: pa.Table | None, table: pa.Table) -> pa.Table:
+    """The first HEAD_ROWS rows of a run read a shard at a time: `head` so far plus `table`."""
     if head is None:
         return table.slice(0, HEAD_ROWS)
     if head.num_rows >= HEAD_ROWS:
         return head
     return pa.concat_tables([head, table.slice(0, HEAD_ROWS - head.num_rows)], promote_options="default")
-
-
-def _load_results_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"{path}: not a JSON results file ({exc})") from None
-    if not isinstance(results, list) or (results and not {"image_id", "bbox", "score", "category_id"} <= set(results[0])):
-        raise SetupError(f"{path}: expected COCO results: a list of {{image_id, category_id, bbox, score}}")
-    return results
 
 
 def compare(a: Path, b: Path) -> list[tuple[str, float | None, float | None, float | None]]:

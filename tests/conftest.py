@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def inference_actor(cfg: Any, name: str = "actor-0", actor_class: Any = None) -> Any:
+    """An InferenceActor in this process, with the dataset and adapter the driver would give it."""
+    from rayinfer.actors.actor import InferenceActor
+    from rayinfer.jobs.driver import check_setup
+
+    setup = check_setup(cfg)
+    return (actor_class or InferenceActor)(cfg, name, setup.dataset, setup.adapter)
+
+
 def shared_dir() -> Path:
     return Path(os.environ.get("RAYINFER_SHARED", ROOT.parent / "shared")).resolve()
 

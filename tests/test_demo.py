@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rayinfer.jobs.demo import DEMO_MODELS
+from rayinfer.jobs.demo import demo_models
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,7 +25,7 @@ def _demo(task: str, tmp_path) -> dict:
 
 
 def test_demo_models_are_small_and_committed():
-    sizes = [p.stat().st_size for p in DEMO_MODELS.values()]
+    sizes = [p.stat().st_size for p in demo_models().values()]
     assert all(sizes) and sum(sizes) < 5 * 1024 * 1024
 
 

@@ -13,8 +13,8 @@ import pytest
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.cli import main
 from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.tasks import get_task
 from rayinfer.jobs.driver import run_job
-from rayinfer.jobs.evaluate import evaluate_saved
 from tests.conftest import make_const_depth, make_const_detector
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,12 +61,12 @@ def test_offline_coco_eval_is_the_job_to_the_last_digit(coco_run, capsys):
 def test_results_json_from_another_tool_and_subsets(coco_run):
     root, out = coco_run
     job = json.loads((out / "metrics.json").read_text())
-    other = evaluate_saved("coco", out / "coco_results.json", root)  # the standard results format
+    other = get_task("coco").evaluate_saved(out / "coco_results.json", root)  # the standard results format
     assert other.metrics["AP"] == pytest.approx(job["AP"], abs=1e-3)
     first = sorted(other.sample_ids)[0]
-    only = evaluate_saved("coco", out, root, sample_ids=[first])
+    only = get_task("coco").evaluate_saved(out, root, sample_ids=[first])
     assert only.metrics["images"] == 1 and only.metrics["AP"] > job["AP"]
-    assert evaluate_saved("coco", out, root, limit=4).metrics["images"] == 4
+    assert get_task("coco").evaluate_saved(out, root, limit=4).metrics["images"] == 4
     table = {r["class"]: r for r in only.per_class}
     assert set(table) == {"square", "disc", "triangle"}
     assert all({"AP", "AP50", "APs", "APm", "APl", "objects"} <= set(r) for r in only.per_class)
@@ -75,7 +75,7 @@ def test_results_json_from_another_tool_and_subsets(coco_run):
 def test_offline_nyu_eval_recomputes_from_the_saved_maps(nyu_run):
     root, out = nyu_run
     job = json.loads((out / "metrics.json").read_text())
-    ev = evaluate_saved("nyu", out, root)
+    ev = get_task("nyu").evaluate_saved(out, root)
     assert ev.metrics == job
     assert ev.metrics["abs_rel"] > 0
     bins = {tuple(b["range_m"]): b for b in ev.depth_bins}

@@ -15,7 +15,7 @@ from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
-from tests.conftest import make_const_depth, make_const_detector, need_shared
+from tests.conftest import inference_actor, make_const_depth, make_const_detector, need_shared
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -94,14 +94,12 @@ def test_samples_are_prepared_in_the_request_on_cpu_and_ahead_of_it_for_a_device
     the next input is ready when a request finishes."""
     import threading
 
-    from rayinfer.actors.actor import InferenceActor
-
     root, model = coco_set
     sim = "sim://?latency_ms=1&capacity=2&input=1x3x64x64&output=1x7x8"
     for model_uri, expected, thread_prefix in [(str(model), "request", "infer-request-"),
                                                (sim, "loader", "actor-loader")]:
-        actor = InferenceActor(coco_cfg(root, Path(model_uri) if "://" not in model_uri else model_uri,
-                                        tmp_path / "out"), "actor")
+        actor = inference_actor(coco_cfg(root, Path(model_uri) if "://" not in model_uri else model_uri,
+                                         tmp_path / "out"), "actor")
         readers: set[str] = set()
         load = actor.dataset.load
 

@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rayinfer.actors.actor import InferenceActor
 from rayinfer.datasets.base import SampleError, SetupError
 from rayinfer.datasets.images import read_image
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from rayinfer.jobs.reaper import alive, descendants
+from tests.conftest import inference_actor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,7 +239,7 @@ def test_a_read_that_never_returns_fails_only_its_sample_within_the_load_deadlin
     that sample alone; the rest of its shard is predicted; a fresh thread replaces the stuck one."""
     root = write_coco(tmp_path / "coco", n_images=8, seed=7)
     cfg = cfg_for(root, tmp_path / "out", SIM.format(ms=5), load_timeout_s=1.0, preprocess_in="loader")
-    actor = InferenceActor(cfg, "actor-0")
+    actor = inference_actor(cfg)
     samples = actor.dataset.samples()
     stuck = threading.Event()
     real_load = actor.dataset.load

@@ -29,11 +29,13 @@ import json, sys
 from rayinfer.actors.actor import InferenceActor
 from rayinfer.datasets.base import Sample
 from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.driver import check_setup
 
 
 cfg = JobConfig(task="null", data_root=".", model="sim://?latency_ms=0&capacity=2&input=1x1&output=1x1",
                 output="unused", limit=8)
-actor = InferenceActor(cfg, "a")
+setup = check_setup(cfg)
+actor = InferenceActor(cfg, "a", setup.dataset, setup.adapter)
 before = set(sys.modules)
 result = actor.process(0, [Sample(f"{i}", "") for i in range(8)])
 actor.close()
@@ -111,15 +113,16 @@ def test_an_actor_under_ray_never_imports_pandas(ray_session, tmp_path):
 
     from rayinfer.datasets.synthetic import write_coco
     from rayinfer.jobs.config import JobConfig
-    from rayinfer.actors.tasks import build_dataset
+    from rayinfer.jobs.driver import check_setup
     from tests.conftest import make_const_detector
 
     root = write_coco(tmp_path / "coco", n_images=4, seed=5)
     model = make_const_detector(tmp_path / "det.onnx", 64, np.array([[32, 32, 20, 10, 0, 0.9]]))
     cfg = JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / "out"))
-    actor = ray.remote(_ModuleProbe).options(num_cpus=1).remote(cfg, "probe")
+    setup = check_setup(cfg)
+    actor = ray.remote(_ModuleProbe).options(num_cpus=1).remote(cfg, "probe", setup.dataset, setup.adapter)
     try:
-        result = ray.get(actor.process.remote(0, build_dataset(cfg).samples()), timeout=120)
+        result = ray.get(actor.process.remote(0, setup.samples), timeout=120)
         assert result.records.num_rows == 4 and result.errors.num_rows == 0
         assert result.records.column("bbox").to_pylist()[0], "the rows carry list columns"
         assert "pandas" not in ray.get(actor.imported.remote(), timeout=60)

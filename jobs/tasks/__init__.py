@@ -1,0 +1,32 @@
+"""The tasks a job can run, by name. A task is one module of hooks (see `base.Task`);
+adding one is that module plus one line in `REGISTRY`."""
+
+from __future__ import annotations
+
+import importlib
+
+from rayinfer.datasets.base import SetupError
+from rayinfer.jobs.tasks.base import RunningMetric, Table, Task
+
+#: task name -> "module:attribute" of its Task object, imported when first asked for.
+REGISTRY: dict[str, str] = {
+    "coco": "rayinfer.jobs.tasks.coco:TASK",   # COCO detection: YOLOv8/YOLO11, YOLOX
+    "nyu": "rayinfer.jobs.tasks.nyu:TASK",     # NYU Depth V2: monocular depth
+    "null": "rayinfer.jobs.tasks.null:TASK",   # N empty samples, for benchmarks
+}
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name`; a setup error naming the known ones otherwise."""
+    target = REGISTRY.get(name)
+    if target is None:
+        raise SetupError(f"unknown task {name!r}: one of {task_names()}")
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+__all__ = ["REGISTRY", "RunningMetric", "Table", "Task", "get_task", "task_names"]

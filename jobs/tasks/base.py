@@ -1,0 +1,161 @@
+"""What a task is: the hooks the pipeline calls, and their defaults.
+
+A task (COCO detection, NYU depth, ...) is one module with one `Task` subclass; the
+pipeline (driver, offline evaluation, CLI, report, demo) calls these hooks and never
+asks which task it runs. The template is Ultralytics' `BaseValidator`: one base class,
+a task is a file of hooks.
+
+    class Classification(Task):
+        name = "toy"
+
+        def dataset(self, cfg):                 # the reader: samples, load, ground truth
+            return ToyDataset(cfg.data_root)
+
+        def adapter(self, cfg, dataset, model): # model family: inputs and one record per sample
+            return ToyAdapter(model.inputs)
+
+        def evaluate(self, run, data_root, options):
+            table = run.table()
+            return Evaluation(self.name, {"top1": ...}, head=table.slice(0, 16), rows=table.num_rows,
+                              sample_ids=run.ids)
+
+and one line in `rayinfer.jobs.tasks.REGISTRY`.
+
+Per-sample objects (the dataset reader, the adapter) travel to the inference actors
+pickled: they hold paths and options, never loaded annotations (see CocoDataset.__getstate__).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from rayinfer.datasets.base import Adapter, Dataset, SetupError
+
+from rayinfer.jobs.evaluate import Evaluation, SavedRun
+
+if TYPE_CHECKING:
+    from rayinfer.actors.model import Model
+
+
+@dataclasses.dataclass
+class Table:
+    """A summary table: shown by `rayinfer eval` and in the report."""
+
+    title: str
+    header: list[str]
+    rows: list[list[Any]]
+
+
+class RunningMetric:
+    """A figure for the progress bar that costs nothing to keep up. The default shows none."""
+
+    def add(self, records: pa.Table) -> None:
+        """Called with each committed shard's predictions."""
+
+    def text(self) -> str:
+        return ""
+
+
+class Task:
+    """The hooks of one task. Subclasses set `name` and implement `dataset`, `adapter` and
+    `evaluate`; the rest have defaults."""
+
+    #: the name on the command line (`rayinfer run NAME`) and in run.json
+    name: str = ""
+    #: the JobConfig field holding this task's options, and their type (a dataclass), or None
+    options_key: str | None = None
+    options_type: type | None = None
+    #: the metrics shown first, in this order (default: every number in metrics.json)
+    summary_keys: tuple[str, ...] = ()
+    #: the report's figure names (report/NAME.png), recorded in the run's manifest before writing
+    figure_names: tuple[str, ...] = ()
+    #: the built-in demo model (with `write_demo`), or None when the task has no demo
+    demo_model: Path | None = None
+
+    # -- the job ----------------------------------------------------------------------------
+    def dataset(self, cfg: Any) -> Dataset:
+        """The reader for `cfg.data_root` (cheap: annotations load on first use)."""
+        raise NotImplementedError
+
+    def adapter(self, cfg: Any, dataset: Dataset, model: Model) -> Adapter:
+        """The model-family adapter for this dataset, checked against the model's signature."""
+        raise NotImplementedError
+
+    def options(self, cfg: Any) -> Any:
+        """This task's options as configured (None for a task without options)."""
+        return getattr(cfg, self.options_key) if self.options_key else None
+
+    def resolved_options(self, cfg: Any, adapter: Adapter) -> Any:
+        """The options the job really uses, once the model is known (a declared preprocessing
+        profile replaces `auto`, say): in the fingerprint, run.json and the evaluation."""
+        return self.options(cfg)
+
+    def saved_options(self, run: SavedRun) -> Any:
+        """The options a saved job used: run.json's `task_options`, else its config's section
+        (runs written before `task_options`), else None."""
+        if self.options_type is None:
+            return None
+        recorded = run.options()
+        if recorded is not None:
+            return self.options_type(**recorded)
+        return self.options(run.config) if run.config is not None else None
+
+    def running_metric(self) -> RunningMetric:
+        return RunningMetric()
+
+    # -- the results ------------------------------------------------------------------------
+    def evaluate_saved(self, predictions: str | Path, data_root: str | Path, sample_ids: Sequence[str] | None = None,
+                       limit: int | None = None, options: Any = None) -> Evaluation:
+        """The metrics of a saved run (a folder), or of another tool's results file where the
+        task reads one. `options`: the task's options (default: the run's own). The job and
+        `rayinfer eval` both call this."""
+        path, root = Path(predictions), Path(data_root)
+        if path.is_file():
+            return self.evaluate_file(path, root, sample_ids, limit, options)
+        return self.evaluate(SavedRun.open(path, sample_ids, limit), root, options)
+
+    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> Evaluation:
+        """Dataset metrics of a saved run (its samples without a row count as misses)."""
+        raise NotImplementedError
+
+    def evaluate_file(self, path: Path, data_root: Path, sample_ids: Any, limit: int | None,
+                      options: Any) -> Evaluation:
+        """Metrics of a results file of another tool; tasks that read none refuse."""
+        raise SetupError(f"{path}: task {self.name!r} evaluates rayinfer output folders only")
+
+    def tables(self, ev: Evaluation) -> list[Table]:
+        """Sliced metrics (per class, per depth range, ...)."""
+        return []
+
+    def figures(self, ev: Evaluation, data_root: Path, folder: Path, options: Any) -> list[tuple[str, bytes]]:
+        """(name, PNG bytes) for the report, each also written to folder/NAME.png."""
+        return []
+
+    # -- the demo ---------------------------------------------------------------------------
+    def write_demo(self, dest: Path) -> None:
+        """Write the demo dataset into `dest` (an empty folder)."""
+        raise SetupError(f"task {self.name!r} has no built-in demo: pass --data-root and --model")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def options_with(self, base: Any, changes: dict[str, Any]) -> Any:
+        """`base` (the run's options, or the defaults) with `changes` applied; a change this
+        task's options do not have is a setup error naming it."""
+        if base is None and self.options_type is not None:
+            base = self.options_type()
+        if not changes:
+            return base
+        known = {f.name for f in dataclasses.fields(base)} if dataclasses.is_dataclass(base) else set()
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SetupError(f"task {self.name!r} has no option {', '.join(unknown)}")
+        return dataclasses.replace(base, **changes)
+
+
+def options_record(options: Any) -> Any:
+    """Options as plain data (run.json, the fingerprint)."""
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options

@@ -1,0 +1,111 @@
+"""Tasks are modules of hooks behind one registry: a toy classification task added here (its
+module tests/toy_classification.py plus one registry line) runs the whole pipeline, and no
+module outside the registry asks which task it runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayinfer.jobs.tasks import REGISTRY, get_task, task_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_toy_set(root: Path, n: int = 12, wrong: int = 2, seed: int = 3) -> Path:
+    """n 8x8 images whose brightest channel is their class; the last `wrong` labels are wrong."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    labels = {}
+    for i in range(n):
+        k = i % 3
+        image = rng.integers(0, 60, (8, 8, 3), dtype=np.uint8)
+        image[..., k] += 150
+        np.save(root / "images" / f"{i:03d}.npy", image)
+        labels[f"{i:03d}"] = (k + 1) % 3 if i >= n - wrong else k
+    (root / "labels.json").write_text(json.dumps(labels))
+    return root
+
+
+def write_channel_classifier(path: Path) -> Path:
+    """[1, 3, 8, 8] -> [1, 3]: the mean of each channel (argmax: the brightest channel)."""
+    from onnx import TensorProto, helper
+
+    from tests.conftest import save_graph
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["m"]), helper.make_node("Flatten", ["m"], ["y"])],
+        "channels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    return save_graph(graph, path, 13)
+
+
+@pytest.fixture()
+def toy(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "toy", "tests.toy_classification:TASK")  # the one registry line
+
+
+def test_a_toy_classification_task_runs_the_whole_pipeline_with_its_report(ray_session, toy, tmp_path):
+    from rayinfer.jobs.cli import main
+    from rayinfer.jobs.config import JobConfig
+    from rayinfer.jobs.driver import EXIT_OK, run_job
+
+    root = write_toy_set(tmp_path / "toy")
+    model = write_channel_classifier(tmp_path / "classifier.onnx")
+    out = tmp_path / "out"
+    outcome = run_job(JobConfig(task="toy", data_root=str(root), model=str(model), output=str(out),
+                                shard_size=4, quiet=True))
+    assert outcome.exit_code == EXIT_OK
+    assert outcome.metrics == {"top1": 10 / 12, "images": 12}
+    assert json.loads((out / "metrics.json").read_text())["top1"] == pytest.approx(10 / 12)
+    page = (out / "report.html").read_text()
+    assert 'id="fig-confusion"' in page and "<h2>Per class</h2>" in page and (out / "report/confusion.png").is_file()
+    # offline, through the CLI: the same number
+    assert main(["eval", "toy", "--predictions", str(out), "--data-root", str(root)]) == 0
+    # --resume with everything committed evaluates again to the same metrics
+    again = run_job(JobConfig(task="toy", data_root=str(root), model=str(model), output=str(out), resume=True,
+                              shard_size=4, quiet=True, report=False))
+    assert again.metrics == outcome.metrics
+
+
+def test_an_unknown_task_is_a_setup_error_naming_the_known_ones():
+    from rayinfer.datasets.base import SetupError
+
+    with pytest.raises(SetupError, match=r"unknown task 'classify': one of \('coco', 'nyu', 'null'\)"):
+        get_task("classify")
+
+
+def _task_name_comparisons(path: Path, names: set[str]) -> list[str]:
+    """`x == "coco"`, `x in ("coco", ...)` and `d["coco"]` in a module: branches on a task name."""
+    where = path.relative_to(ROOT) if ROOT in path.parents else path.name
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for operand in operands:
+                values = ([operand] if isinstance(operand, ast.Constant)
+                          else operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [])
+                hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in names]
+                found += [f"{where}:{node.lineno}: {h!r}" for h in hits]
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in names:
+            found.append(f"{where}:{node.lineno}: [{node.slice.value!r}]")
+    return found
+
+
+def test_no_module_outside_the_task_modules_branches_on_a_task_name():
+    names = set(task_names())
+    outside = [p for folder in ("jobs", "actors", "datasets") for p in (ROOT / folder).rglob("*.py")
+               if "tasks" not in p.relative_to(ROOT).parts]
+    assert len(outside) > 30
+    found = [hit for p in outside for hit in _task_name_comparisons(p, names)]
+    assert not found, found
+
+
+def test_the_task_name_check_finds_a_branch(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text('def f(cfg):\n    return 1 if cfg.task == "nyu" else 2\n\n\nX = {}["coco"]\nY = "null" in ("a",)\n')
+    assert len(_task_name_comparisons(probe, set(task_names()))) == 3
