@@ -15,7 +15,8 @@ import numpy as np
 
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SetupError
-from rayinfer.datasets.depth import DepthOptions, depth_schema, eval_mask, evaluate_prediction, transform
+from rayinfer.datasets.depth import (DepthOptions, bin_metrics, depth_schema, eval_mask, evaluate_prediction,
+                                     transform)
 
 
 class DepthAdapter:
@@ -70,4 +71,5 @@ class DepthAdapter:
         }
         if aligned is not None:
             record.update({f"aligned_{k}": v for k, v in aligned.items()})
+        record.update(bin_metrics(pred16, gt, mask, self.options))  # the report's metrics by depth range
         return record

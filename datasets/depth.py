@@ -178,6 +178,45 @@ def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, opti
     return raw, aligned, n
 
 
+#: Ground-truth depth ranges (metres) of the sliced metrics: [lo, hi) each.
+DEPTH_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
+
+
+def bin_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
+                ) -> dict[str, list[float] | list[int]]:
+    """One image's metrics by ground-truth depth range, one entry per DEPTH_BINS range:
+    `bin_pixels` (its valid pixels) and `bin_<metric>` (NaN where it has none)."""
+    pred = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
+    valid = valid_pixels(gt, mask, options)
+    out: dict[str, list] = {"bin_pixels": [], **{f"bin_{m}": [] for m in METRIC_NAMES}}
+    for lo, hi in zip(DEPTH_BINS[:-1], DEPTH_BINS[1:]):
+        sel = valid & (gt >= lo) & (gt < hi)
+        n = int(sel.sum())
+        values = depth_metrics(pred[sel], gt[sel]) if n else dict.fromkeys(METRIC_NAMES, float("nan"))
+        out["bin_pixels"].append(n)
+        for m in METRIC_NAMES:
+            out[f"bin_{m}"].append(values[m])
+    return out
+
+
+def summarize_bins(predictions: pa.Table) -> list[dict]:
+    """Metrics by depth range over a run's rows (`bin_*` columns, as `bin_metrics` writes
+    them): per range, `range_m` [lo, hi], `images` with pixels in it, `pixels` summed, and
+    each metric averaged over those images."""
+    n_bins = len(DEPTH_BINS) - 1
+    pixels = np.asarray(predictions.column("bin_pixels").to_pylist(), np.int64).reshape(-1, n_bins)
+    has = pixels > 0
+    summary = []
+    for b, (lo, hi) in enumerate(zip(DEPTH_BINS[:-1], DEPTH_BINS[1:])):
+        entry: dict = {"range_m": [lo, hi], "images": int(has[:, b].sum()), "pixels": int(pixels[:, b].sum())}
+        summary.append(entry)
+    for m in METRIC_NAMES:
+        values = np.asarray(predictions.column(f"bin_{m}").to_pylist(), np.float64).reshape(-1, n_bins)
+        for b, entry in enumerate(summary):
+            entry[m] = float(np.mean(values[has[:, b], b])) if has[:, b].any() else float("nan")
+    return summary
+
+
 def depth_schema(aligned: bool) -> pa.Schema:
     fields = [
         pa.field("height", pa.int32()),
@@ -189,6 +228,9 @@ def depth_schema(aligned: bool) -> pa.Schema:
     fields += [pa.field(m, pa.float64()) for m in METRIC_NAMES]
     if aligned:
         fields += [pa.field(f"aligned_{m}", pa.float64()) for m in METRIC_NAMES]
+    n_bins = len(DEPTH_BINS) - 1
+    fields += [pa.field("bin_pixels", pa.list_(pa.int64(), n_bins))]
+    fields += [pa.field(f"bin_{m}", pa.list_(pa.float64(), n_bins)) for m in METRIC_NAMES]
     return pa.schema(fields)
 
 

@@ -119,25 +119,19 @@ class NyuDataset:
         return metrics
 
 
-#: Depth-range bins (metres) for the sliced metrics.
-DEPTH_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
+def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any) -> pa.Table:
+    """Every per-image metric again, from the saved float16 maps and the ground truth under
+    `options`: for an evaluation with other options than the job's (a job's own rows
+    already hold them, computed in the actor on the same float16 maps).
 
-
-def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
-              bins: Sequence[float] = DEPTH_BINS) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Recompute every per-image metric from the saved float16 maps and the ground truth.
-
-    Returns the predictions table with freshly computed metric columns, and metrics by
-    depth-range bin (pixels whose ground truth falls in [lo, hi), averaged per image,
-    then over the images that have such pixels).
+    Returns the predictions table with freshly computed metric columns (aligned ones if
+    `options` align, `bin_*` ones for the metrics by depth range).
     """
-    from rayinfer.datasets.depth import (decode_depth, depth_metrics, eval_mask, evaluate_prediction, transform,
-                                valid_pixels)
+    from rayinfer.datasets.depth import (bin_metrics, decode_depth, depth_schema, eval_mask, evaluate_prediction,
+                                         transform)
 
     profile = options.resolved_profile()
     rows = predictions.to_pylist()
-    per_bin: list[list[dict[str, float]]] = [[] for _ in range(len(bins) - 1)]
-    pixels = [0] * (len(bins) - 1)
     for row in rows:
         _, depth = dataset.load(Sample(row["sample_id"], row["file"]))
         size = (row["height"], row["width"])
@@ -148,18 +142,8 @@ def recompute(dataset: NyuDataset, predictions: pa.Table, options: Any,
         row.update(raw, valid_pixels=n)
         if aligned is not None:
             row.update({f"aligned_{k}": v for k, v in aligned.items()})
-        clipped = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
-        valid = valid_pixels(gt, mask, options)
-        for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
-            sel = valid & (gt >= lo) & (gt < hi)
-            if sel.any():
-                per_bin[b].append(depth_metrics(clipped[sel], gt[sel]))
-                pixels[b] += int(sel.sum())
-    table = pa.Table.from_pylist(rows, schema=predictions.schema)
-    sliced = []
-    for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
-        entry: dict[str, Any] = {"range_m": [lo, hi], "images": len(per_bin[b]), "pixels": pixels[b]}
-        for m in METRIC_NAMES:
-            entry[m] = float(np.mean([x[m] for x in per_bin[b]])) if per_bin[b] else math.nan
-        sliced.append(entry)
-    return table, sliced
+        row.update(bin_metrics(pred, gt, mask, options))
+    computed = depth_schema(options.align != "none")
+    schema = pa.schema([f for f in predictions.schema if not f.name.startswith("aligned_") or options.align != "none"]
+                       + [f for f in computed if f.name not in predictions.schema.names])
+    return pa.Table.from_pylist(rows, schema=schema)

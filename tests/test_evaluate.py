@@ -8,13 +8,17 @@ import shutil
 import subprocess
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from rayinfer.datasets.base import SampleError
+from rayinfer.datasets.depth import summarize_bins
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.cli import main
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.tasks import get_task
 from rayinfer.jobs.driver import run_job
+from rayinfer.jobs.evaluate import SavedRun
 from tests.conftest import make_const_depth, make_const_detector
 
 pytestmark = pytest.mark.timeout(300)
@@ -72,17 +76,54 @@ def test_results_json_from_another_tool_and_subsets(coco_run):
     assert all({"AP", "AP50", "APs", "APm", "APl", "objects"} <= set(r) for r in only.per_class)
 
 
-def test_offline_nyu_eval_recomputes_from_the_saved_maps(nyu_run):
+def test_offline_nyu_eval_reads_the_rows_and_goes_back_to_the_files_only_for_other_options(nyu_run, tmp_path):
+    from dataclasses import replace
+
+    from rayinfer.datasets.depth import DepthOptions
+    from rayinfer.datasets.nyu import NyuDataset, recompute
+
     root, out = nyu_run
     job = json.loads((out / "metrics.json").read_text())
-    ev = get_task("nyu").evaluate_saved(out, root)
-    assert ev.metrics == job
-    assert ev.metrics["abs_rel"] > 0
+    task = get_task("nyu")
+    # the job's options: from the actor's per-image rows alone (no frame is read: none exists here)
+    ev = task.evaluate_saved(out, tmp_path / "no-frames-here")
+    assert ev.metrics == job and ev.metrics["abs_rel"] > 0
     bins = {tuple(b["range_m"]): b for b in ev.depth_bins}
     assert sum(b["pixels"] for b in bins.values()) > 0
     assert all(np.isnan(b["abs_rel"]) == (b["images"] == 0) for b in bins.values())
     # a box at 1-2 m is predicted at 3 m: its bin has the large relative error
     assert bins[(1.0, 2.0)]["abs_rel"] > bins[(2.0, 3.0)]["abs_rel"]
+    # the actor's figures are the ones a second pass over the frames computes
+    saved = task.saved_options(SavedRun.open(out))
+    again = recompute(NyuDataset(root), SavedRun.open(out).table(), saved)
+    assert NyuDataset(root).evaluate(again) == NyuDataset(root).evaluate(SavedRun.open(out).table())
+    assert _same_bins(summarize_bins(again), ev.depth_bins)
+    # other options go back to the frames (and need them)
+    closer = task.evaluate_saved(out, root, options=replace(saved, max_depth=2.5))
+    assert closer.metrics["abs_rel"] != job["abs_rel"]
+    assert all(b["images"] == 0 for b in closer.depth_bins if b["range_m"][0] >= 2.5)
+    with pytest.raises(SampleError, match="file not found"):
+        task.evaluate_saved(out, tmp_path / "no-frames-here", options=replace(saved, max_depth=2.5))
+    aligned = task.evaluate_saved(out, root, options=replace(saved, align="median"))
+    assert set(aligned.metrics["aligned"]) == set(job) - {"images", "evaluated_images"}
+    assert isinstance(saved, DepthOptions)
+
+
+def _same_bins(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(x[k] == y[k] or (x[k] != x[k] and y[k] != y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_a_run_saved_before_rows_held_depth_ranges_is_evaluated_from_the_files(nyu_run, tmp_path):
+    root, out = nyu_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for shard in (old / "predictions").glob("shard-*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("bin_")]), shard)
+    ev = get_task("nyu").evaluate_saved(old, root)
+    assert ev.metrics == json.loads((out / "metrics.json").read_text())
+    assert _same_bins(ev.depth_bins, get_task("nyu").evaluate_saved(out, root).depth_bins)
 
 
 def test_compare_prints_deltas(coco_run, tmp_path, capsys):

@@ -62,16 +62,22 @@ class NyuDepth(Task):
         return MeanAbsRel()
 
     def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> DepthEvaluation:
+        """From the rows: the actor computed every per-image metric on the saved float16 map.
+        Only options other than the job's (`rayinfer eval nyu --max-depth 8`, say) or a run
+        written before the rows held metrics by depth range go back to the HDF5 files."""
+        from rayinfer.datasets.depth import summarize_bins
         from rayinfer.datasets.nyu import NyuDataset, recompute
 
-        options = options or self.saved_options(run)
+        saved = self.saved_options(run)
+        options = options or saved
         if options is None:
             raise SetupError(f"{run.path}/run.json is missing: pass the depth options used by the job")
         dataset = NyuDataset(data_root)
-        fresh, bins = recompute(dataset, run.table(), options)
-        metrics = dataset.evaluate(fresh, run.ids)
-        return DepthEvaluation(self.name, metrics, head=fresh.slice(0, HEAD_ROWS), rows=fresh.num_rows,
-                               sample_ids=run.ids, depth_bins=bins)
+        rows = run.table()
+        if options != saved or "bin_pixels" not in rows.column_names:
+            rows = recompute(dataset, rows, options)
+        return DepthEvaluation(self.name, dataset.evaluate(rows, run.ids), head=rows.slice(0, HEAD_ROWS),
+                               rows=rows.num_rows, sample_ids=run.ids, depth_bins=summarize_bins(rows))
 
     def tables(self, ev: Any) -> list[Table]:
         return [Table("By depth range", ["range (m)", "images", "pixels", "abs_rel", "rmse", "delta1"],
