@@ -162,7 +162,8 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Any) -> dict[str, np.ndarr
     return feed
 
 
-def _spec(node: Any) -> TensorSpec:
+def tensor_spec(node: Any) -> TensorSpec:
+    """An ONNX Runtime input or output (NodeArg) as a TensorSpec: dynamic dims are None."""
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (node.shape or ()))
     dtype = np.dtype(_ORT_DTYPES.get(node.type, np.float32))
     return TensorSpec(node.name, shape, dtype)
@@ -214,8 +215,8 @@ class OnnxModel:
         except Exception as exc:
             raise ModelError(f"cannot load model {self.path}: {exc}") from exc
         self.intra_op_threads = threads
-        self.inputs = tuple(_spec(i) for i in self.session.get_inputs())
-        self.outputs = tuple(_spec(o) for o in self.session.get_outputs())
+        self.inputs = tuple(tensor_spec(i) for i in self.session.get_inputs())
+        self.outputs = tuple(tensor_spec(o) for o in self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
         self.providers = tuple(self.session.get_providers())
         self.device = "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"

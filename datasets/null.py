@@ -1,4 +1,4 @@
-"""The `null` task: N empty samples, for benchmarks (the pass-through adapter is actors/null.py).
+"""The `null` task: N empty samples, for benchmarks (the pass-through adapter is actors/families/null.py).
 
 It runs the whole pipeline (loader stage, actors, request queue, driver, Parquet)
 with trivial host work, so what is measured is the pipeline's own overhead and the

@@ -21,7 +21,7 @@ from typing import Any
 
 from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.depth import DepthOptions
-from rayinfer.actors.yolo import DetectionOptions
+from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.tasks import task_names
 from rayinfer.jobs.options import NEGATIVE_SWITCHES, OPTIONS, csv_list

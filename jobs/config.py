@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rayinfer.actors.yolo import DetectionOptions
+from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.depth import DepthOptions
 
 PREPROCESS_IN = ("auto", "request", "loader")

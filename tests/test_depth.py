@@ -8,7 +8,7 @@ import pytest
 
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SampleError, SetupError
-from rayinfer.actors.depth import DepthAdapter
+from rayinfer.actors.families.depth import DepthAdapter
 from rayinfer.datasets.depth import (
     DepthOptions,
     PROFILES,

@@ -14,7 +14,10 @@ from rayinfer.datasets.base import Sample, SampleError, SetupError, safe_join
 from rayinfer.datasets.coco import STAT_NAMES, CocoDataset
 from rayinfer.datasets.images import letterbox, read_image, to_blob
 from rayinfer.datasets.synthetic import write_coco
-from rayinfer.actors.yolo import DetectionOptions, YoloAdapter, batched_nms, class_names, detect_family
+from rayinfer.actors.families import choose_family
+from rayinfer.actors.families.detection import DetectionOptions, batched_nms
+from rayinfer.actors.families.yolov8 import YoloV8
+from rayinfer.actors.families.yolox import YoloX
 
 
 def greedy_nms_reference(xyxy, scores, classes, iou):
@@ -128,19 +131,36 @@ def _spec(shape):
     return TensorSpec("images", shape, np.dtype(np.float32))
 
 
-def test_family_detection_and_input_checks():
-    assert detect_family([TensorSpec("o", (1, 84, 8400), np.dtype(np.float32))]) == "yolov8"
-    assert detect_family([TensorSpec("o", (1, 3549, 85), np.dtype(np.float32))]) == "yolox"
-    with pytest.raises(SetupError, match="model-family"):
-        detect_family([TensorSpec("o", (1, 10), np.dtype(np.float32))])
+def _out(*shape):
+    return [TensorSpec("o", shape, np.dtype(np.float32))]
+
+
+def test_a_family_is_chosen_by_its_signature_and_refused_rather_than_guessed():
+    image640, image416 = [_spec((1, 3, 640, 640))], [_spec((1, 3, 416, 416))]
+    assert choose_family("auto", image640, _out(1, 84, 8400)) is YoloV8
+    assert choose_family("auto", image416, _out(1, 3549, 85)) is YoloX
+    assert YoloV8.num_classes(_out(1, 84, 8400)) == 80 and YoloX.num_classes(_out(1, 3549, 85)) == 80
+    # an NMS-free detector (RT-DETR / YOLOv10 style: 300 queries) is neither, and is refused saying why
+    for shape in ((1, 300, 6), (1, 300, 84)):
+        with pytest.raises(SetupError, match=r"no detection family matches .*yolov8: .*not \[1, 4\+nc, N\].*"
+                                             r"yolox: .*300 anchors, not the 8400 cells"):
+            choose_family("auto", image640, _out(*shape))
+    with pytest.raises(SetupError, match="not a yolox detector: .*3549 anchors, not the 8400 cells"):
+        choose_family("yolox", image640, _out(1, 3549, 85))
+    with pytest.raises(SetupError, match="not a yolov8 detector"):
+        choose_family("yolov8", image416, _out(1, 3549, 85))
+    with pytest.raises(SetupError, match="expects one 3-D output"):
+        choose_family("yolov8", image640, _out(1, 10))
+    with pytest.raises(SetupError, match=r"could be any of \['yolov8', 'yolox'\].*set --model-family"):
+        choose_family("auto", image640, _out(1, None, 85))  # dynamic anchors: either layout
+    with pytest.raises(SetupError, match="unknown model family 'rtdetr'"):
+        choose_family("rtdetr", image640, _out(1, 300, 6))
     with pytest.raises(SetupError, match="not an image tensor"):
-        YoloAdapter("yolov8", [_spec((1, 80))], DetectionOptions(), [1])
-    assert class_names({"names": "{0: 'person', 1: 'bicycle'}"}) == {0: "person", 1: "bicycle"}
-    assert class_names({"names": "__import__('os').system('echo hi')"}) == {}
+        YoloV8([_spec((1, 80))], DetectionOptions(), [1])
 
 
 def test_yolov8_decoding_multi_label_nms_and_mapping():
-    adapter = YoloAdapter("yolov8", [_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3, 7])
+    adapter = YoloV8([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3, 7])
     pred = np.zeros((4 + 3, 8), np.float32)
     pred[:4, 0] = (32, 32, 20, 10)  # best box, class 0 (0.9) and class 2 (0.5): multi-label keeps both
     pred[4, 0], pred[6, 0] = 0.9, 0.5
@@ -153,12 +173,12 @@ def test_yolov8_decoding_multi_label_nms_and_mapping():
     assert record["category_id"].tolist() == [1, 7]
     assert np.allclose(record["score"], [0.9, 0.5])
     assert np.allclose(record["bbox"][0], [22, 19, 20, 10])  # xywh in the 64x48 image
-    single = YoloAdapter("yolov8", [_spec((1, 3, 64, 64))], DetectionOptions(multi_label=False), [1, 3, 7])
+    single = YoloV8([_spec((1, 3, 64, 64))], DetectionOptions(multi_label=False), [1, 3, 7])
     assert single.postprocess([pred[None]], lb, Sample("5", "x.jpg", {"image_id": 5}))["category_id"].tolist() == [1]
 
 
 def test_yolox_grid_decode():
-    adapter = YoloAdapter("yolox", [_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3])
+    adapter = YoloX([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3])
     n = (8 * 8) + (4 * 4) + (2 * 2)
     pred = np.zeros((n, 5 + 2), np.float32)
     cell = 2 * 8 + 3  # stride-8 grid: row 2, column 3

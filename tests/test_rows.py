@@ -16,7 +16,7 @@ import pytest
 from rayinfer.actors.rows import to_table
 from rayinfer.datasets.base import ERROR_SCHEMA, records_schema
 from rayinfer.datasets.depth import METRIC_NAMES, depth_schema
-from rayinfer.actors.yolo import DETECTION_SCHEMA
+from rayinfer.actors.families.detection import DETECTION_SCHEMA
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ import json, sys
 import numpy as np
 from rayinfer.actors.rows import to_table
 from rayinfer.datasets.base import records_schema
-from rayinfer.actors.yolo import DETECTION_SCHEMA
+from rayinfer.actors.families.detection import DETECTION_SCHEMA
 from tests.test_rows import detection
 
 rows = [detection(i, 5, np.random.default_rng(i)) for i in range(4)]

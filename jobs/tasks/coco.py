@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rayinfer.actors.yolo import DetectionOptions
+from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.datasets.cocoeval import CocoScores
 from rayinfer.jobs.evaluate import Evaluation, SavedRun, head_rows, select_ids
@@ -57,15 +57,16 @@ class CocoDetection(Task):
         return CocoDataset(cfg.data_root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels)
 
     def adapter(self, cfg: Any, dataset: Any, model: Any) -> Adapter:
-        from rayinfer.actors.yolo import FAMILIES, YoloAdapter, detect_family, image_input_size
+        from rayinfer.actors.families import choose_family
+        from rayinfer.actors.families.detection import image_input_size
 
         image_input_size(model.inputs)  # a model that does not take an image fails here, saying so
-        family = detect_family(model.outputs) if cfg.model_family == "auto" else cfg.model_family
-        if family not in FAMILIES:
-            raise SetupError(f"--model-family {family!r} is not a detection family: {FAMILIES}")
-        adapter = YoloAdapter(family, model.inputs, cfg.detection, dataset.category_ids)
-        _check_class_count(family, model, len(dataset.category_ids))
-        return adapter
+        family = choose_family(cfg.model_family, model.inputs, model.outputs)
+        classes = family.num_classes(model.outputs)
+        if classes is not None and classes != len(dataset.category_ids):
+            raise SetupError(f"the model predicts {classes} classes but the dataset has "
+                             f"{len(dataset.category_ids)} categories")
+        return family(model.inputs, cfg.detection, dataset.category_ids)
 
     def running_metric(self) -> RunningMetric:
         return DetectionsPerImage()
@@ -150,15 +151,6 @@ class CocoDetection(Task):
 
 
 TASK = CocoDetection()
-
-
-def _check_class_count(family: str, model: Any, categories: int) -> None:
-    shape: Any = model.outputs[0].shape
-    classes = (shape[1] - 4) if family == "yolov8" else (shape[2] - 5)
-    if isinstance(classes, int) and classes != categories:
-        raise SetupError(
-            f"the model predicts {classes} classes but the dataset has {categories} categories"
-        )
 
 
 def _load_results_json(path: Path) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ class NullTask(Task):
         return NullDataset(cfg.data_root, cfg.limit or 1000)
 
     def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
-        from rayinfer.actors.null import NullAdapter
+        from rayinfer.actors.families.null import NullAdapter
 
         return NullAdapter(model.inputs)
 

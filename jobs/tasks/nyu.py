@@ -51,7 +51,7 @@ class NyuDepth(Task):
         return NyuDataset(cfg.data_root, sample_ids=cfg.sample_ids, limit=cfg.limit)
 
     def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
-        from rayinfer.actors.depth import DepthAdapter
+        from rayinfer.actors.families.depth import DepthAdapter
 
         return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
 

@@ -1,4 +1,5 @@
-"""Detection adapters: YOLOv8/YOLO11 (Ultralytics export) and YOLOX, on the COCO dataset.
+"""What every detection family shares: the options, the rows' schema, NMS, and the
+template (`DetectionFamily`) whose hooks a family module fills (yolov8.py, yolox.py).
 
 Decoding follows Ultralytics' `val` protocol: candidates above `conf_thres`
 (multi-label: every class score above it), class-aware NMS at `iou_thres`, at most
@@ -9,7 +10,6 @@ Ultralytics' `max_wh` offset), so there is no per-box Python loop.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +20,7 @@ import pyarrow as pa
 
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SetupError
-from rayinfer.datasets.images import Letterbox, letterbox, to_blob
-
-FAMILIES = ("yolov8", "yolox")
-
+from rayinfer.datasets.images import Letterbox
 
 @dataclass(frozen=True)
 class DetectionOptions:
@@ -77,19 +74,6 @@ def batched_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_t
     return np.asarray(keep, np.int64).reshape(-1)[:max_det]
 
 
-def detect_family(outputs: Sequence[TensorSpec]) -> str:
-    """'yolov8' for [1, 4+nc, N] (N anchors last), 'yolox' for [1, N, 5+nc]."""
-    if len(outputs) != 1 or len(outputs[0].shape) != 3:
-        raise SetupError(
-            f"cannot tell the detection family from outputs {[o.describe() for o in outputs]}: "
-            "expected one [1, 4+nc, N] (YOLOv8) or [1, N, 5+nc] (YOLOX) tensor; set --model-family"
-        )
-    _, a, b = outputs[0].shape
-    if a is not None and b is not None:
-        return "yolov8" if a < b else "yolox"
-    return "yolov8" if b is None else "yolox"
-
-
 def image_input_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
     """(H, W) of a single NCHW 3-channel image input with static spatial dims."""
     if len(inputs) != 1:
@@ -102,46 +86,52 @@ def image_input_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
     return int(spec.shape[2]), int(spec.shape[3])  # type: ignore[arg-type]
 
 
-def class_names(metadata: dict[str, str]) -> dict[int, str]:
-    """Class names from Ultralytics ONNX metadata (a dict literal; parsed, never eval'd)."""
-    raw = metadata.get("names")
-    if not raw:
-        return {}
-    try:
-        names = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return {}
-    return {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+class DetectionFamily:
+    """Letterbox in, boxes out: the template. A family module subclasses it and fills the
+    hooks `matches`, `num_classes`, `preprocess` and `candidates`; thresholds, multi-label
+    selection, NMS and the mapping back to image pixels are common.
 
+    Args:
+        inputs: the model's inputs (one [N, 3, H, W] image tensor with fixed H, W).
+        options: decoding thresholds.
+        category_ids: the dataset's category id of each class index the model predicts.
+    """
 
-class YoloAdapter:
-    """Letterbox in, boxes out. One class for both families; they differ in
-    preprocessing (RGB/255 centre pad vs BGR/0-255 corner pad) and in decoding."""
-
+    #: the name on the command line (`--model-family NAME`) and in run.json
+    name = ""
     schema = DETECTION_SCHEMA
+    #: multi-label decoding unless `DetectionOptions.multi_label` says otherwise
+    multi_label = True
 
-    def __init__(self, family: str, inputs: Sequence[TensorSpec], options: DetectionOptions,
-                 category_ids: Sequence[int]) -> None:
-        if family not in FAMILIES:
-            raise SetupError(f"unknown model family {family!r}; expected one of {FAMILIES}")
-        self.family = family
+    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int]) -> None:
         self.size = image_input_size(inputs)
         self.input_name = inputs[0].name
         self.options = options
-        self.multi_label = options.multi_label if options.multi_label is not None else family == "yolov8"
+        if options.multi_label is not None:
+            self.multi_label = options.multi_label
         self.category_ids = np.asarray(category_ids, np.int32)
-        if family == "yolox":
-            self._grid, self._strides = _yolox_grid(self.size)
+
+    # -- hooks ------------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+        """None when the model has this family's signature, else why it does not (one phrase)."""
+        raise NotImplementedError
+
+    @classmethod
+    def num_classes(cls, outputs: Sequence[TensorSpec]) -> int | None:
+        """Classes the model predicts, from its output shape (None if dynamic)."""
+        raise NotImplementedError
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        if self.family == "yolov8":
-            image, lb = letterbox(raw, self.size, center=True)
-            blob = to_blob(image, 1.0 / 255.0, swap_rb=True)
-        else:
-            image, lb = letterbox(raw, self.size, center=False, exact_ratio=True)
-            blob = to_blob(image)
-        return {self.input_name: blob}, lb
+        """An HxWx3 BGR image -> the model's feed, and the letterbox to map boxes back."""
+        raise NotImplementedError
 
+    def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image's raw output -> (boxes [n, 4] cx, cy, w, h in model pixels, class scores
+        [n, nc]) for the n anchors whose best class score clears `conf_thres`."""
+        raise NotImplementedError
+
+    # -- common -----------------------------------------------------------------------------
     def postprocess(self, outputs: Sequence[np.ndarray], lb: Letterbox, sample: Sample) -> dict[str, Any]:
         xyxy, scores, classes = self.decode(outputs[0][0])
         xyxy = lb.to_image(xyxy)
@@ -161,19 +151,7 @@ class YoloAdapter:
     def decode(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw output for one image -> (xyxy in model pixels, scores, class indices)."""
         o = self.options
-        if self.family == "yolov8":
-            # Anchors whose best class clears the threshold first (Ultralytics' `xc`): the
-            # full [N, nc] score matrix is never built for the rest.
-            keep = np.flatnonzero(pred[4:].max(axis=0) > o.conf_thres)
-            boxes, cls_scores = pred[:4, keep].T, pred[4:, keep].T  # [n, 4], [n, nc]
-        else:
-            boxes = np.empty((pred.shape[0], 4), np.float32)
-            boxes[:, :2] = (pred[:, :2] + self._grid) * self._strides
-            boxes[:, 2:] = np.exp(pred[:, 2:4]) * self._strides
-            cls_scores = pred[:, 5:] * pred[:, 4:5]
-        if self.family == "yolox":
-            keep = np.flatnonzero(cls_scores.max(axis=1) > o.conf_thres)
-            boxes, cls_scores = boxes[keep], cls_scores[keep]
+        boxes, cls_scores = self.candidates(pred)
         if self.multi_label:
             rows, cols = np.nonzero(cls_scores > o.conf_thres)
             scores = cls_scores[rows, cols]
@@ -190,11 +168,8 @@ class YoloAdapter:
         return xyxy[keep], scores[keep], cols[keep]
 
 
-def _yolox_grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    grids, strides = [], []
-    for stride in (8, 16, 32):
-        h, w = size[0] // stride, size[1] // stride
-        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        grids.append(np.stack([xs, ys], -1).reshape(-1, 2))
-        strides.append(np.full((h * w, 1), stride))
-    return np.concatenate(grids).astype(np.float32), np.concatenate(strides).astype(np.float32)
+def one_3d_output(outputs: Sequence[TensorSpec]) -> str | None:
+    """None for one [1, a, b] output, else why not (the families' first check)."""
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return f"expects one 3-D output, the model has {[o.describe() for o in outputs]}"
+    return None

@@ -1,0 +1,48 @@
+"""YOLOv8 / YOLO11 (Ultralytics ONNX export): output [1, 4+nc, N], boxes already decoded
+(cx, cy, w, h in model pixels) and class scores without objectness; input RGB / 255,
+letterboxed to the centre with grey (114) borders, as Ultralytics `val` does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rayinfer.actors.families.detection import DetectionFamily, one_3d_output
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample
+from rayinfer.datasets.images import Letterbox, letterbox, to_blob
+
+
+class YoloV8(DetectionFamily):
+    name = "yolov8"
+    multi_label = True  # as Ultralytics val
+
+    @classmethod
+    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+        wrong = one_3d_output(outputs)
+        if wrong:
+            return wrong
+        _, channels, anchors = outputs[0].shape
+        if channels is not None and channels < 5:
+            return f"output {outputs[0].describe()} has {channels} channels, not 4 box + at least 1 class"
+        if channels is not None and anchors is not None and channels >= anchors:
+            return f"output {outputs[0].describe()} is not [1, 4+nc, N] with N anchors last"
+        if channels is None and anchors is None:
+            return f"output {outputs[0].describe()} is all dynamic: set --model-family"
+        return None
+
+    @classmethod
+    def num_classes(cls, outputs: Sequence[TensorSpec]) -> int | None:
+        channels = outputs[0].shape[1]
+        return channels - 4 if channels is not None else None
+
+    def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
+        image, lb = letterbox(raw, self.size, center=True)
+        return {self.input_name: to_blob(image, 1.0 / 255.0, swap_rb=True)}, lb
+
+    def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Anchors whose best class clears the threshold first (Ultralytics' `xc`): the full
+        # [N, nc] score matrix is never built for the rest.
+        keep = np.flatnonzero(pred[4:].max(axis=0) > self.options.conf_thres)
+        return pred[:4, keep].T, pred[4:, keep].T  # [n, 4], [n, nc]

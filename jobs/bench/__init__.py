@@ -1,0 +1,32 @@
+"""Benchmarks that print figures (never timed asserts). Each prints a table and, as
+its last line, one JSON object.
+
+`python -m rayinfer.jobs.bench runtime --model M [--seconds S]`
+    One model, no Ray: one request at a time vs the request queue with 1, 2, 4 and the
+    automatic number of requests; `limit` = cores x single-thread rate. Keys: sync,
+    jobs1, jobs2, jobs4, auto, limit (img/s).
+`python -m rayinfer.jobs.bench pipeline --data-root D --model M --images N [--repeat K]`
+    The whole COCO job vs a naive loop and Ray Data on the same N images (the set
+    repeated). rayinfer runs K times (default 3), each between two measurements of the
+    limits; medians are reported. `limit` adds up single-thread costs measured one image
+    at a time; `limit_loaded` measures the same costs with every core running them at
+    once. Keys: sync, raydata_default, raydata_best, rayinfer, rayinfer_steady, limit,
+    limit_loaded (img/s).
+`python -m rayinfer.jobs.bench accel --data-root D`
+    Real JPEG decode + letterbox feeding simulated devices (Ray custom resource
+    `sim_device`): Ray Data map_batches (best batch size) vs rayinfer, and the bound
+    min(devices x C / latency, CPU preprocessing limit). Keys: raydata, rayinfer, bound.
+`python -m rayinfer.jobs.bench scale`
+    1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
+    samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
+`python -m rayinfer.jobs.bench memory --data-root D --model M [--sizes 1000,5000]`
+    The whole COCO job (evaluation, coco_results.json and the report included) on the set
+    repeated to each size, each in a fresh process: peak RSS of the driver process (its
+    own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
+    driver_mb_5k, actor_mb_1k, actor_mb_5k (sizes named in thousands), driver_growth,
+    actor_growth (5k / 1k - 1).
+
+Each mode (and each Ray Data grid point) gets a freshly started Ray, so nothing one
+leaves behind slows the next. Throughput of a Ray mode counts from the start of its
+actors to its last result; rayinfer's metrics evaluation after inference is not counted.
+"""

@@ -1,0 +1,81 @@
+"""`python -m rayinfer.jobs.bench NAME ...`: one benchmark (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rayinfer.jobs import bench
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rayinfer.jobs.bench", description=bench.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    rt = sub.add_parser("runtime", help="request queue vs one-at-a-time, no Ray")
+    rt.add_argument("--model", type=Path, required=True)
+    rt.add_argument("--seconds", type=float, default=5.0)
+    rt.add_argument("--providers", default="cpu", help="comma-separated, e.g. cuda,cpu")
+    pl = sub.add_parser("pipeline", help="the whole job vs a naive loop and Ray Data")
+    pl.add_argument("--data-root", type=Path, required=True)
+    pl.add_argument("--model", type=Path, required=True)
+    pl.add_argument("--images", type=int, default=240)
+    pl.add_argument("--quick", action="store_true", help="Ray Data grid at batch 4 only")
+    pl.add_argument("--repeat", type=int, default=3,
+                    help="rayinfer runs, each between two measurements of the limits; medians are reported")
+    ac = sub.add_parser("accel", help="simulated devices: Ray Data vs rayinfer")
+    ac.add_argument("--data-root", type=Path, required=True)
+    ac.add_argument("--images", type=int, default=5000,
+                    help="default: the size of COCO val2017, so actor start-up is amortised as in a real job")
+    ac.add_argument("--devices", type=int, default=2)
+    ac.add_argument("--latency-ms", type=float, default=20.0)
+    ac.add_argument("--capacity", type=int, default=4)
+    sc = sub.add_parser("scale", help="1..N simulated devices, trivial host work")
+    sc.add_argument("--max-devices", type=int, default=64)
+    sc.add_argument("--latency-ms", type=float, default=200.0)
+    sc.add_argument("--capacity", type=int, default=4)
+    sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
+    sc.add_argument("--memory-sizes", default="1000,20000")
+    me = sub.add_parser("memory", help="peak RSS of the whole COCO job at two dataset sizes")
+    me.add_argument("--data-root", type=Path, required=True)
+    me.add_argument("--model", type=Path, required=True)
+    me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    if args.bench == "runtime":
+        from rayinfer.jobs.bench.runtime import run_runtime_bench
+
+
+        result = run_runtime_bench(args.model, args.seconds, args.providers.split(","))
+    elif args.bench == "pipeline":
+        from rayinfer.jobs.bench.pipeline import run_pipeline_bench
+
+        result = run_pipeline_bench(args.data_root, args.model, args.images, grid=not args.quick,
+                                    repeat=max(1, args.repeat))
+    elif args.bench == "accel":
+        from rayinfer.jobs.bench.accel import run_accel_bench
+
+        result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+    elif args.bench == "memory":
+        from rayinfer.jobs.bench.memory import run_memory_bench
+
+        result = run_memory_bench(args.data_root, args.model, [int(v) for v in args.sizes.split(",")])
+    else:
+        from rayinfer.jobs.bench.scale import run_scale_bench
+
+        a, b = (int(v) for v in args.memory_sizes.split(","))
+        result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b))
+    print(json.dumps(result))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

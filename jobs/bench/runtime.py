@@ -1,0 +1,103 @@
+"""`runtime`: one model, no Ray: one request at a time vs the request queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rayinfer.actors.model import OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.queue import AsyncInferQueue
+from rayinfer.jobs.format import format_table
+
+
+def _dummy_feed(model: OnnxModel) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        s.name: rng.random(tuple(d or 1 for d in s.shape)).astype(s.dtype) for s in model.inputs
+    }
+
+
+def _timed_loop(step: Callable[[], None], seconds: float, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def bench_sync(path: Path, seconds: float) -> float:
+    """One request at a time on a default ONNX Runtime session (what most scripts do)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    feed = _dummy_feed(OnnxModel(path, RuntimeOptions(intra_op_threads=1)))
+    return _timed_loop(lambda: sess.run(names, feed), seconds)
+
+
+def bench_single_thread(path: Path, seconds: float) -> float:
+    model = OnnxModel(path, RuntimeOptions(intra_op_threads=1))
+    feed = _dummy_feed(model)
+    return _timed_loop(lambda: model.run(feed), seconds)
+
+
+def bench_queue(path: Path, jobs: int, seconds: float, options: RuntimeOptions) -> tuple[float, int, int]:
+    """Keep every request busy for `seconds`; returns (img/s, jobs, threads per request)."""
+    q = AsyncInferQueue(path, jobs=jobs, options=options)
+    feed = _dummy_feed(q.model)  # type: ignore[arg-type]
+    done = 0
+    lock = threading.Lock()
+
+    def count(request, _):
+        nonlocal done
+        with lock:
+            done += 1
+
+    q.set_callback(count)
+    for _ in range(2 * len(q)):
+        q.start_async(feed)
+    q.wait_all()
+    with lock:
+        done = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        q.start_async(feed)
+    q.wait_all()
+    elapsed = time.perf_counter() - t0
+    rate = done / elapsed
+    threads = q.model.intra_op_threads  # type: ignore[attr-defined]
+    n = len(q)
+    q.close()
+    return rate, n, threads
+
+
+def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> dict[str, float]:
+    cpus = available_cpus()
+    options = RuntimeOptions(providers=tuple(providers))
+    rows: list[list[object]] = []
+    results: dict[str, float] = {}
+
+    results["sync"] = bench_sync(model, seconds)
+    rows.append(["sync", 1, "default", results["sync"]])
+    for jobs in (1, 2, 4):
+        rate, n, threads = bench_queue(model, jobs, seconds, options)
+        results[f"jobs{jobs}"] = rate
+        rows.append([f"jobs{jobs}", n, threads, rate])
+    rate, n, threads = bench_queue(model, 0, seconds, options)
+    results["auto"] = rate
+    rows.append([f"auto (jobs=0 -> {n})", n, threads, rate])
+    single = bench_single_thread(model, seconds)
+    results["limit"] = cpus * single
+    rows.append([f"limit ({cpus} cores x 1-thread {single:.1f})", "-", 1, results["limit"]])
+
+    print(f"model {model.name}, {cpus} CPUs, providers {list(providers)}, {seconds:.0f}s per mode")
+    print(format_table(["mode", "requests", "threads/request", "img/s"], rows))
+    best = max(results["jobs1"], results["jobs2"], results["jobs4"])
+    print(f"auto / sync = {results['auto'] / results['sync']:.2f}x; auto / best fixed = {results['auto'] / best:.2f}x")
+    return {k: round(v, 2) for k, v in results.items()}
