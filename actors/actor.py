@@ -32,8 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from rayinfer.actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
-from rayinfer.actors.queue import AsyncInferQueue, InferRequest, optimal_requests
+from rayinfer.actors.backends import open_model
+from rayinfer.actors.model import available_cpus
+from rayinfer.actors.queue import AsyncInferQueue, InferRequest
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SampleError, records_schema
 
@@ -172,17 +173,6 @@ class _ShardState:
         return True
 
 
-def build_model(cfg: Any, threads_per_request: int) -> Model:
-    """The runtime model for a job config: ONNX Runtime, or a simulated device (`sim://`)."""
-    if str(cfg.model).startswith("sim://"):
-        from rayinfer.actors.simulated import SimulatedModel
-
-        return SimulatedModel.from_uri(cfg.model)
-    options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
-                             intra_op_threads=threads_per_request)
-    return OnnxModel(cfg.model, options)
-
-
 class InferenceActor:
     """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
     returning one table per shard."""
@@ -194,15 +184,11 @@ class InferenceActor:
         self.cfg = cfg
         self.name = name
         self.cpus = available_cpus()
-        device = "gpu" if cfg.uses_gpu else "cpu"
-        plan = optimal_requests(device, self.cpus, cfg.hint)
-        if cfg.jobs:
-            plan = plan._replace(jobs=cfg.jobs, threads_per_request=max(1, self.cpus // cfg.jobs) if device == "cpu" else 1)
         self.dataset = dataset
-        self.model = build_model(cfg, plan.threads_per_request)
+        self.model, plan = open_model(cfg, self.cpus)  # planned for the device the model really got
         self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)
-        jobs = cfg.jobs or getattr(self.model, "optimal_requests", None) or plan.jobs
+        jobs = plan.jobs
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
             self.preprocess_in = "request" if self.model.device == "cpu" else "loader"

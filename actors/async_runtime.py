@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from rayinfer.actors.model import Model, RuntimeOptions
+from rayinfer.actors.backends.onnxruntime import RuntimeOptions
+from rayinfer.actors.model import Model
 from rayinfer.actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError
 
 

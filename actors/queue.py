@@ -18,52 +18,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from rayinfer.actors.model import Model, OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
+from rayinfer.actors.devices import Hint, optimal_requests, plan_requests
+from rayinfer.actors.model import Model, available_cpus
 
 log = logging.getLogger(__name__)
 
 
-class Hint(str, Enum):
-    """Performance hint, as in OpenVINO: many requests for throughput, one for latency."""
-
-    THROUGHPUT = "throughput"
-    LATENCY = "latency"
-
-
 class QueueClosedError(RuntimeError):
     """The queue was closed before this request could start."""
-
-
-class Plan(NamedTuple):
-    """Requests in flight and intra-op threads per request."""
-
-    jobs: int
-    threads_per_request: int
-
-
-def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT) -> Plan:
-    """The rule behind `jobs=0` (OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS).
-
-    - LATENCY: one request that may use every core.
-    - THROUGHPUT on CPU: one single-threaded request per core. A small model's
-      operators scale poorly across threads (thread sync per op), while independent
-      requests scale almost linearly until the cores are full.
-    - THROUGHPUT on an accelerator: 4 requests (two computing while two are in copy or
-      host post-processing), each driven by one host thread.
-    `python -m rayinfer.jobs.bench runtime` measures jobs 1/2/4 against this choice.
-    """
-    hint = Hint(hint)
-    cpus = max(1, cpus)
-    if hint is Hint.LATENCY:
-        return Plan(1, cpus if device == "cpu" else 1)
-    if device == "cpu":
-        return Plan(cpus, 1)
-    return Plan(4, 1)
 
 
 class InferRequest:
@@ -107,12 +74,7 @@ class AsyncInferQueue:
         cpus = cpus or available_cpus()
         if isinstance(model, (str, os.PathLike)):
             options = options or RuntimeOptions()
-            device = "cpu" if options.resolved_providers()[0][0] == "CPUExecutionProvider" else "gpu"
-            plan = optimal_requests(device, cpus, hint)
-            if jobs > 0 and device == "cpu":
-                plan = Plan(jobs, max(1, cpus // jobs))
-            elif jobs > 0:
-                plan = Plan(jobs, 1)
+            plan = plan_requests("gpu" if options.wants_gpu else "cpu", cpus, hint, jobs)
             if not options.intra_op_threads:
                 options = RuntimeOptions(**{**options.__dict__, "intra_op_threads": plan.threads_per_request})
             model = OnnxModel(model, options)

@@ -96,10 +96,6 @@ class JobConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite: choose one")
 
-    @property
-    def uses_gpu(self) -> bool:
-        return any(p.lower() in ("cuda", "tensorrt", "trt") or "CUDA" in p or "Tensorrt" in p for p in self.providers)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -163,7 +159,9 @@ def _check_types(data: dict[str, Any], known: dict[str, dataclasses.Field[Any]])
 
 def resolve_paths(cfg: JobConfig) -> JobConfig:
     """Absolute paths, so actors on any node and the Jobs API see the same files."""
-    model = cfg.model if cfg.model.startswith("sim://") else str(Path(cfg.model).expanduser().resolve())
+    from rayinfer.actors.backends import backend_for
+
+    model = backend_for(cfg.model).resolve(cfg.model)
     return dataclasses.replace(
         cfg,
         data_root=str(Path(cfg.data_root).expanduser().resolve()),

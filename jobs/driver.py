@@ -21,7 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from rayinfer.actors.actor import ShardResult, build_model, peak_rss_mb
+from rayinfer.actors.actor import ShardResult, peak_rss_mb
+from rayinfer.actors.backends import backend_for
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
@@ -52,13 +53,6 @@ class JobOutcome:
         return EXIT_PARTIAL if self.errors else EXIT_OK
 
 
-def file_digest(path: str) -> dict[str, Any]:
-    if path.startswith("sim://"):
-        return {"uri": path}
-    p = Path(path)
-    return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
-
-
 def samples_digest(root: str, samples: Sequence[Sample], content: bool = False) -> dict[str, Any]:
     """A hash of the sample list: ids, files, and each file's size and mtime (and, with
     `content`, its bytes). Reads no image by default: 5,000 stat calls, not 5,000 reads."""
@@ -82,7 +76,7 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
         "task": cfg.task,
         "data": setup.dataset.fingerprint(),
         "samples": samples_digest(cfg.data_root, setup.samples, cfg.hash_samples),
-        "model": file_digest(cfg.model),
+        "model": backend_for(cfg.model).digest(cfg.model),
         "model_family": cfg.model_family,
         "shard_size": cfg.shard_size,
         # under the config section's name, so a refusal names the option as the user set it
@@ -90,15 +84,14 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
+def versions(model: str) -> dict[str, str]:
     import numpy
-    import onnxruntime
     import ray
 
     return {
         "python": platform.python_version(),
         "ray": ray.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        **backend_for(model).versions(),  # the runtime's own (onnxruntime for an .onnx file)
         "numpy": numpy.__version__,
         "pyarrow": pa.__version__,
         "platform": platform.platform(),
@@ -128,10 +121,12 @@ def check_setup(cfg: JobConfig) -> Setup:
     samples = dataset.samples()
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
-    if not cfg.model.startswith("sim://") and not Path(cfg.model).is_file():
-        raise SetupError(f"model file not found: {cfg.model}")
+    backend = backend_for(cfg.model)
+    wrong = backend.check(cfg.model)
+    if wrong:
+        raise SetupError(wrong)
     try:
-        model = build_model(cfg, 1)
+        model = backend.build(cfg, 1)
     except SetupError:
         raise
     except Exception as exc:
@@ -264,7 +259,7 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         "config": cfg.to_dict(),
         # the task's options as the job used them (a declared depth profile in place of auto)
         "task_options": options_record(setup.options),
-        "versions": versions(),
+        "versions": versions(cfg.model),
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
             "total_s": round(time.time() - t_start, 3),

@@ -26,7 +26,7 @@ def parse(argv):
 def test_flags_build_a_typed_config():
     cfg = parse(BASE + ["--actors", "3", "--conf-thres", "0.25", "--providers", "cuda,cpu", "--no-eigen-crop"])
     assert cfg.actors == 3 and cfg.detection.conf_thres == 0.25
-    assert cfg.providers == ("cuda", "cpu") and cfg.uses_gpu
+    assert cfg.providers == ("cuda", "cpu")
     assert cfg.depth.eigen_crop is False
     assert JobConfig.from_dict(cfg.to_dict()) == cfg  # run.json round trip
 

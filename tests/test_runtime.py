@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import logging
 import threading
@@ -342,7 +344,7 @@ def test_parallel_2_prepares_in_a_separate_thread():
 def test_simulated_device_runs_capacity_at_once_and_queues_the_rest():
     """Two streams, six requests at once: waves end at 1, 2 and 3 latencies (a device
     queue, not host threads, starts each queued request)."""
-    from rayinfer.actors.simulated import SimulatedModel
+    from rayinfer.actors.backends.simulated import SimulatedModel
 
     device = SimulatedModel(latency_ms=60, capacity=2, input_shape=(1, 1), output_shape=(1, 1))
     assert device.optimal_requests == 4
@@ -393,12 +395,34 @@ def test_providers_resolve_with_cpu_fallback_and_options(scale_model, caplog):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         model = OnnxModel(scale_model, RuntimeOptions(providers=("cuda",)))
-        assert model.providers[0] == "CUDAExecutionProvider" and model.device == "cuda"
+        assert model.providers[0] == "CUDAExecutionProvider" and model.device == "gpu"
     else:
         with caplog.at_level(logging.WARNING):
             model = OnnxModel(scale_model, RuntimeOptions(providers=("cuda",)))
         assert model.providers == ("CPUExecutionProvider",)
         assert "not available" in caplog.text
+
+
+def test_requests_are_planned_for_the_device_the_model_really_got(scale_model, caplog):
+    """CUDA asked for: GPU-style requests (4, one thread each) when the session got CUDA;
+    when it fell back to the CPU, the CPU's plan (one single-thread request per core)."""
+    import onnxruntime as ort
+
+    from rayinfer.actors.backends import open_model
+    from rayinfer.jobs.config import JobConfig
+
+    cfg = JobConfig(task="null", data_root=".", model=str(scale_model), output="o", providers=("cuda", "cpu"))
+    with caplog.at_level(logging.WARNING):
+        model, plan = open_model(cfg, cpus=3)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert model.device == "gpu" and tuple(plan) == (4, 1)
+    else:
+        assert model.device == "cpu" and tuple(plan) == (3, 1) and model.intra_op_threads == 1
+        assert "asked for gpu but the model runs on cpu" in caplog.text
+    cpu, cpu_plan = open_model(dataclasses.replace(cfg, providers=("cpu",), jobs=1), cpus=3)
+    assert cpu.device == "cpu" and tuple(cpu_plan) == (1, 3) and cpu.intra_op_threads == 3
+    sim, sim_plan = open_model(dataclasses.replace(cfg, model="sim://?latency_ms=1&capacity=3"), cpus=3)
+    assert sim.device == "sim" and tuple(sim_plan) == (6, 1)  # the device's own optimal count
 
 
 def test_model_file_errors(tmp_path):

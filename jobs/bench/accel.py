@@ -18,7 +18,7 @@ class SimDeviceUDF:
     """Ray Data stage owning one simulated device: batch-1 requests, one after another."""
 
     def __init__(self, latency_ms: float, capacity: int) -> None:
-        from rayinfer.actors.simulated import SimulatedModel
+        from rayinfer.actors.backends.simulated import SimulatedModel
 
         self.device = SimulatedModel(latency_ms, capacity)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rayinfer.actors.model import OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
+from rayinfer.actors.model import available_cpus
 from rayinfer.jobs.bench.common import _bench_set, _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
@@ -25,7 +26,7 @@ class DetectorUDF:
     def __init__(self, model: str, threads: int) -> None:
         import onnxruntime as ort
 
-        from rayinfer.actors.model import tensor_spec
+        from rayinfer.actors.backends.onnxruntime import tensor_spec
         from rayinfer.actors.families import choose_family
         from rayinfer.actors.families.detection import DetectionOptions
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rayinfer.actors.model import OnnxModel, RuntimeOptions, available_cpus
+from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
+from rayinfer.actors.model import available_cpus
 from rayinfer.actors.queue import AsyncInferQueue
 from rayinfer.jobs.format import format_table
 

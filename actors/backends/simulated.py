@@ -1,4 +1,4 @@
-"""A simulated accelerator behind the same small interface as `OnnxModel`.
+"""The simulated-device backend: a fixed-latency accelerator behind the `Model` protocol.
 
 Each request takes a fixed latency during which it holds neither the GIL nor a core
 (it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
@@ -107,3 +107,44 @@ class SimulatedModel:
 
     def __repr__(self) -> str:
         return f"SimulatedModel(latency={self.latency_s * 1000:.0f}ms, capacity={self.capacity})"
+
+
+class SimulatedBackend:
+    """Models named by a `sim://` URI."""
+
+    name = "simulated"
+
+    @staticmethod
+    def handles(model: str) -> bool:
+        return model.startswith("sim://")
+
+    @staticmethod
+    def resolve(model: str) -> str:
+        return model
+
+    @staticmethod
+    def check(model: str) -> str | None:
+        try:
+            SimulatedModel.from_uri(model)
+        except ValueError as exc:
+            return f"{model}: {exc}"
+        return None
+
+    @staticmethod
+    def digest(model: str) -> dict[str, Any]:
+        return {"uri": model}
+
+    @staticmethod
+    def device(cfg: Any) -> str:
+        return SimulatedModel.device
+
+    @staticmethod
+    def build(cfg: Any, threads_per_request: int) -> SimulatedModel:
+        return SimulatedModel.from_uri(cfg.model)
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {}
+
+
+BACKEND = SimulatedBackend()
