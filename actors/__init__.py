@@ -10,7 +10,7 @@ actor that owns exactly one runtime per accelerator.
 - `actor`: `InferenceActor`, which glues a model family's adapter to a runtime.
 """
 
-from rayinfer.actors.async_runtime import AsyncRuntime, Task
+from rayinfer.actors.async_runtime import AsyncResult, AsyncRuntime
 from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
 from rayinfer.actors.devices import Hint, optimal_requests
 from rayinfer.actors.model import InputError, ModelError, TensorSpec
@@ -18,6 +18,7 @@ from rayinfer.actors.queue import AsyncInferQueue, InferRequest, QueueClosedErro
 
 __all__ = [
     "AsyncInferQueue",
+    "AsyncResult",
     "AsyncRuntime",
     "Hint",
     "InferRequest",
@@ -26,7 +27,6 @@ __all__ = [
     "OnnxModel",
     "QueueClosedError",
     "RuntimeOptions",
-    "Task",
     "TensorSpec",
     "optimal_requests",
 ]

@@ -79,7 +79,7 @@ class _SampleFailed(Exception):
         self.stage = stage
 
 
-class _Job:
+class _InFlight:
     """One sample on its way through the actor: the queue's userdata."""
 
     __slots__ = ("meta", "ready", "sample", "state", "timing")
@@ -188,12 +188,11 @@ class InferenceActor:
         self.model, plan = open_model(cfg, self.cpus)  # planned for the device the model really got
         self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)
-        jobs = plan.jobs
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
             self.preprocess_in = "request" if self.model.device == "cpu" else "loader"
         prepare = self._prepare if self.preprocess_in == "request" else None
-        self.queue = AsyncInferQueue(self.model, jobs=jobs, hint=cfg.hint, cpus=self.cpus, prepare=prepare)
+        self.queue = AsyncInferQueue(self.model, jobs=plan.requests, hint=cfg.hint, cpus=self.cpus, prepare=prepare)
         self.queue.set_callback(self._on_done)
         # Decoding is CPU-bound: one reader per CPU plus one to cover file reads. More only
         # contend for the GIL and memory bandwidth (measured: 2 > 5 > 8 threads on one CPU).
@@ -247,7 +246,7 @@ class InferenceActor:
         t0 = time.perf_counter()
         state = _ShardState(shard, samples, self.name)
         for sample in samples:
-            self.loader.submit(self._start, _Job(sample, state))
+            self.loader.submit(self._start, _InFlight(sample, state))
         timeout, load_timeout = self.cfg.request_timeout_s, self.cfg.load_timeout_s
         while not state.done.wait(min(1.0, timeout, load_timeout)):
             for sample in state.overdue_loads(load_timeout):
@@ -279,7 +278,7 @@ class InferenceActor:
         self.queue.close()
 
     # -- per sample ------------------------------------------------------------
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: _InFlight) -> None:
         """Queue one sample for inference (a loader thread; blocks while every request is busy)."""
         if job.state.closed:
             return
@@ -295,7 +294,7 @@ class InferenceActor:
         except Exception as exc:  # noqa: BLE001 - input mismatch, closed queue
             job.state.fail(job.sample, "infer", f"{job.sample.file}: {type(exc).__name__}: {exc}")
 
-    def _prepare(self, job: _Job) -> Any:
+    def _prepare(self, job: _InFlight) -> Any:
         """Read and preprocess one sample: the model's input. Raises `_SampleFailed`."""
         sample = job.sample
         if job.state.closed:
@@ -318,7 +317,7 @@ class InferenceActor:
         job.timing = {"load_ms": (t1 - t0) * 1000, "preprocess_ms": (job.ready - t1) * 1000}
         return feed
 
-    def _on_done(self, request: InferRequest, job: _Job) -> None:
+    def _on_done(self, request: InferRequest, job: _InFlight) -> None:
         sample, state = job.sample, job.state
         t0 = time.perf_counter()
         if isinstance(request.error, _SampleFailed):

@@ -1,7 +1,7 @@
 """`AsyncRuntime`: RBLN's asynchronous runtime shape over `AsyncInferQueue`.
 
 - `await runtime.async_run(x)` for asyncio code (gather hundreds at once);
-- `task = runtime.run(x); task.wait()` for threads or any other event loop;
+- `result = runtime.run(x); result.wait()` for threads or any other event loop;
 - `parallel=2` is double buffering: a separate thread prepares the next input
   (the `preprocess` function) while the current one computes. With `parallel=1`
   preparation runs in the request's own thread, so it does not overlap compute.
@@ -21,7 +21,7 @@ From an asyncio program (every input in flight at once, results in order):
     with AsyncRuntime("model.onnx", parallel=2) as runtime:
         outputs = asyncio.run(main(runtime, [np.zeros((1, 3, 640, 640), np.float32)] * 8))
 
-From threads: `task = runtime.run(x)`, then `task.wait()`.
+From threads: `result = runtime.run(x)`, then `result.wait()`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from rayinfer.actors.model import Model
 from rayinfer.actors.queue import AsyncInferQueue, Hint, InferRequest, QueueClosedError
 
 
-class Task:
+class AsyncResult:
     """One submitted input. `wait` returns the outputs or raises the request's error."""
 
     def __init__(self) -> None:
@@ -67,7 +67,7 @@ class AsyncRuntime:
         model: Model | str | os.PathLike[str],
         parallel: int = 1,
         preprocess: Callable[[Any], Any] | None = None,
-        jobs: int = 1,
+        requests: int = 1,
         hint: Hint | str = Hint.THROUGHPUT,
         options: RuntimeOptions | None = None,
     ) -> None:
@@ -76,7 +76,7 @@ class AsyncRuntime:
         self.parallel = parallel
         self._preprocess = preprocess
         inline = preprocess if parallel == 1 else None
-        self._queue = AsyncInferQueue(model, jobs=jobs, hint=hint, options=options, prepare=inline)
+        self._queue = AsyncInferQueue(model, jobs=requests, hint=hint, options=options, prepare=inline)
         self._queue.set_callback(self._finish)
         self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -92,12 +92,12 @@ class AsyncRuntime:
     def queue(self) -> AsyncInferQueue:
         return self._queue
 
-    def run(self, x: Any) -> Task:
+    def run(self, x: Any) -> AsyncResult:
         """Submit one input and return at once. Without `preprocess`, the input is
         checked against the model here and a mismatch raises `InputError`."""
         if self._preprocess is None:
             x = self._queue.model.prepare(x)
-        task = Task()
+        task = AsyncResult()
         with self._lock:
             if self._closed:
                 raise QueueClosedError("AsyncRuntime is closed")
@@ -141,7 +141,7 @@ class AsyncRuntime:
                 task.future.set_exception(exc)
 
     @staticmethod
-    def _finish(request: InferRequest, task: Task) -> None:
+    def _finish(request: InferRequest, task: AsyncResult) -> None:
         task.latency = request.latency
         if request.error is not None:
             task.future.set_exception(request.error)

@@ -22,12 +22,12 @@ class Hint(str, Enum):
 class Plan(NamedTuple):
     """Requests in flight and intra-op threads per request."""
 
-    jobs: int
+    requests: int
     threads_per_request: int
 
 
 def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT) -> Plan:
-    """The rule behind `jobs=0` (OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS).
+    """The rule behind `AsyncInferQueue(jobs=0)` (OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS).
 
     - LATENCY: one request that may use every core.
     - THROUGHPUT on CPU: one single-threaded request per core. A small model's
@@ -46,9 +46,9 @@ def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT)
     return Plan(4, 1)
 
 
-def plan_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT, jobs: int = 0) -> Plan:
-    """`optimal_requests`, or `jobs` requests when given: on the CPU they share its cores
-    (cpus // jobs threads each), on an accelerator each has one host thread."""
-    if jobs <= 0:
+def plan_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT, requests: int = 0) -> Plan:
+    """`optimal_requests`, or `requests` when given: on the CPU they share its cores
+    (cpus // requests threads each), on an accelerator each has one host thread."""
+    if requests <= 0:
         return optimal_requests(device, cpus, hint)
-    return Plan(jobs, max(1, max(1, cpus) // jobs) if device == "cpu" else 1)
+    return Plan(requests, max(1, max(1, cpus) // requests) if device == "cpu" else 1)

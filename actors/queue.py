@@ -78,7 +78,7 @@ class AsyncInferQueue:
             if not options.intra_op_threads:
                 options = RuntimeOptions(**{**options.__dict__, "intra_op_threads": plan.threads_per_request})
             model = OnnxModel(model, options)
-            jobs = plan.jobs
+            jobs = plan.requests
         elif jobs <= 0:
             threads = getattr(model, "intra_op_threads", 1) or 1
             if getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
@@ -86,7 +86,7 @@ class AsyncInferQueue:
             elif model.device == "cpu":
                 jobs = 1 if Hint(hint) is Hint.LATENCY else max(1, cpus // threads)
             else:
-                jobs = optimal_requests(model.device, cpus, hint).jobs
+                jobs = optimal_requests(model.device, cpus, hint).requests
         self.model: Model = model
         self.hint = Hint(hint)
         self._prepare = prepare

@@ -38,7 +38,7 @@ class JobConfig:
     # runtime
     providers: tuple[str, ...] = ("cpu",)
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    jobs: int = 0  # requests in flight per actor; 0: optimal_requests()
+    requests: int = 0  # requests in flight per actor; 0: optimal_requests()
     hint: str = "throughput"
     loader_threads: int = 0  # per actor; 0: CPUs + 1
     # where a sample is read and preprocessed: "request" (in the request's own thread, RBLN
@@ -77,7 +77,7 @@ class JobConfig:
         for name in ("shard_size", "shards_in_flight", "max_shard_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("actors", "jobs", "loader_threads"):
+        for name in ("actors", "requests", "loader_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
@@ -103,6 +103,8 @@ class JobConfig:
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
         """Build from plain data (YAML, run.json), naming unknown or mistyped keys."""
         data = dict(data)
+        if "jobs" in data and "requests" not in data:  # its earlier name (the run.json of older runs)
+            data["requests"] = data.pop("jobs")
         known = {f.name: f for f in fields(cls)}
         unknown = set(data) - set(known)
         if unknown:

@@ -56,7 +56,7 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
     ("--provider-options", "provider_options", _json_object,
      'per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\''),
     ("--resource", "resource", str, "a custom Ray resource per actor (an NPU, sim_device)"),
-    ("--jobs", "jobs", int, "requests in flight per actor; 0 = optimal for the device"),
+    ("--requests", "requests", int, "requests in flight per actor; 0 = optimal for the device"),
     ("--hint", "hint", str, "throughput | latency"),
     ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = its CPUs + 1"),
     ("--preprocess-in", "preprocess_in", str, ("auto | request | loader: read+preprocess in the request's thread "

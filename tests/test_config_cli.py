@@ -31,6 +31,14 @@ def test_flags_build_a_typed_config():
     assert JobConfig.from_dict(cfg.to_dict()) == cfg  # run.json round trip
 
 
+def test_requests_in_flight_are_requests_and_an_older_run_json_still_loads():
+    assert parse(BASE + ["--requests", "3"]).requests == 3
+    with pytest.raises(SystemExit):
+        parse(BASE + ["--jobs", "3"])  # "jobs" is OpenVINO's AsyncInferQueue parameter only
+    older = JobConfig.from_dict({"task": "coco", "data_root": "d", "model": "m.onnx", "output": "o", "jobs": 2})
+    assert older.requests == 2
+
+
 def test_yaml_then_flags_win(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("shard_size: 8\nactors: 2\ndetection:\n  iou_thres: 0.6\n  max_det: 100\n")

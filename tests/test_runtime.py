@@ -276,7 +276,7 @@ def test_close_under_load_finishes_or_cancels_everything():
 
 
 def test_runtime_close_cancels_pending_tasks_with_an_error():
-    rt = AsyncRuntime(SleepModel(0.01), jobs=1)
+    rt = AsyncRuntime(SleepModel(0.01), requests=1)
     tasks = [rt.run(np.ones(1, np.float32)) for _ in range(50)]
     time.sleep(0.05)
     rt.close()
@@ -299,7 +299,7 @@ def test_asyncio_gather_over_hundreds_of_inputs(scale_model):
         outs = await asyncio.gather(*(rt.async_run(x) for x in xs))
         return [float(o[0][0, 0]) for o in outs]
 
-    with AsyncRuntime(scale_model, jobs=2) as rt:
+    with AsyncRuntime(scale_model, requests=2) as rt:
         assert asyncio.run(main(rt)) == [2.0 * i for i in range(300)]
 
 
@@ -419,7 +419,7 @@ def test_requests_are_planned_for_the_device_the_model_really_got(scale_model, c
     else:
         assert model.device == "cpu" and tuple(plan) == (3, 1) and model.intra_op_threads == 1
         assert "asked for gpu but the model runs on cpu" in caplog.text
-    cpu, cpu_plan = open_model(dataclasses.replace(cfg, providers=("cpu",), jobs=1), cpus=3)
+    cpu, cpu_plan = open_model(dataclasses.replace(cfg, providers=("cpu",), requests=1), cpus=3)
     assert cpu.device == "cpu" and tuple(cpu_plan) == (1, 3) and cpu.intra_op_threads == 3
     sim, sim_plan = open_model(dataclasses.replace(cfg, model="sim://?latency_ms=1&capacity=3"), cpus=3)
     assert sim.device == "sim" and tuple(sim_plan) == (6, 1)  # the device's own optimal count

@@ -46,13 +46,13 @@ def open_model(cfg: Any, cpus: int) -> tuple[Model, Plan]:
     """
     backend = backend_for(cfg.model)
     wanted = backend.device(cfg)
-    plan = plan_requests(wanted, cpus, cfg.hint, cfg.jobs)
+    plan = plan_requests(wanted, cpus, cfg.hint, cfg.requests)
     model = backend.build(cfg, plan.threads_per_request)
     if model.device != wanted:
         log.warning("%s: asked for %s but the model runs on %s; planning requests for %s",
                     cfg.model, wanted, model.device, model.device)
-        plan = plan_requests(model.device, cpus, cfg.hint, cfg.jobs)
+        plan = plan_requests(model.device, cpus, cfg.hint, cfg.requests)
         model = backend.build(cfg, plan.threads_per_request)
-    if not cfg.jobs and getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
-        plan = plan._replace(jobs=1 if cfg.hint == "latency" else int(model.optimal_requests))  # type: ignore[attr-defined]
+    if not cfg.requests and getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
+        plan = plan._replace(requests=1 if cfg.hint == "latency" else int(model.optimal_requests))  # type: ignore[attr-defined]
     return model, plan
