@@ -11,7 +11,7 @@ abs_rel, sq_rel, rmse, rmse_log, log10, silog, delta1, delta2, delta3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -56,13 +56,19 @@ PROFILES = {
 class DepthOptions:
     """Depth job options: a named profile plus overrides, alignment and the valid range."""
 
-    profile: str = "auto"  # auto: the model's declared profile (ONNX metadata), else fastdepth
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    align: str = "none"
-    eigen_crop: bool = True
-    min_depth: float = 1e-3
-    max_depth: float = 10.0
+    # metadata: "help" for the command line (jobs/options.py builds the flags); "eval": the
+    # option also applies to `rayinfer eval` (it changes the metrics, not the predictions)
+    profile: str = field(default="auto", metadata={  # auto: the model's declared profile (ONNX metadata), else fastdepth
+        "help": "depth preprocessing: auto (the model's declared profile) | fastdepth | resize | unet"})
+    mean: tuple[float, float, float] | None = field(default=None, metadata={
+        "help": "depth input mean R,G,B after /255 (overrides the profile)"})
+    std: tuple[float, float, float] | None = field(default=None, metadata={
+        "help": "depth input std R,G,B after /255 (overrides the profile)"})
+    align: str = field(default="none", metadata={
+        "help": "depth alignment for relative models: none | median | lsq", "eval": True})
+    eigen_crop: bool = field(default=True, metadata={"help": "evaluate every pixel, not the Eigen crop", "eval": True})
+    min_depth: float = field(default=1e-3, metadata={"help": "smallest valid ground-truth depth (m)", "eval": True})
+    max_depth: float = field(default=10.0, metadata={"help": "largest valid ground-truth depth (m)", "eval": True})
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES and self.profile != "auto":

@@ -20,35 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.datasets.base import SetupError
-from rayinfer.datasets.depth import DepthOptions
-from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.jobs.config import ConfigError, JobConfig
-from rayinfer.jobs.tasks import task_names
-from rayinfer.jobs.options import NEGATIVE_SWITCHES, OPTIONS, csv_list
+from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
+from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given
+from rayinfer.jobs.tasks import get_task, task_names
 
 log = logging.getLogger("rayinfer")
-
-
-def _defaults() -> dict[str, Any]:
-    base = {f.name: f.default for f in dataclasses.fields(JobConfig) if f.default is not dataclasses.MISSING}
-    base.update({f"detection.{k}": v for k, v in dataclasses.asdict(DetectionOptions()).items()})
-    base.update({f"depth.{k}": v for k, v in dataclasses.asdict(DepthOptions()).items()})
-    return base
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=task_names(), help="which job")
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
-    defaults = _defaults()
-    for flag, key, kind, text in OPTIONS:
-        shown = defaults.get(key)
-        shown = ",".join(shown) if isinstance(shown, tuple) else shown
-        help_text = f"{text} (default: {shown})" if key in defaults else text
-        if kind is None:
-            parser.add_argument(flag, dest=key, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text,
-                                metavar=flag.lstrip("-").upper().replace("-", "_"))
+    add_flags(parser, flags())
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -64,19 +47,28 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of options")
         data.update(loaded)
-    flags = {k: v for k, v in vars(args).items() if k in {key for _, key, _, _ in OPTIONS}}
-    for key in NEGATIVE_SWITCHES:
-        if flags.pop(key, None):
-            flags[key] = False
-    for key, value in flags.items():
-        if "." in key:
-            section, sub = key.split(".", 1)
-            data.setdefault(section, {})[sub] = value
+    for key, value in given(args, flags()).items():
+        if isinstance(value, dict):
+            section = data.get(key)
+            data[key] = {**(section if isinstance(section, dict) else {}), **value}
         else:
             data[key] = value
     data["task"] = args.task
     _defaults_for_demo(data)
     return JobConfig.from_dict(data)
+
+
+def eval_flags() -> list[Flag]:
+    """The task options that change the metrics, not the predictions (`metadata["eval"]`),
+    of every task that has options; help says which task's."""
+    found: dict[str, Flag] = {}
+    for name in task_names():
+        kind = get_task(name).options_type
+        for f in flags(kind) if kind else []:
+            if f.eval and f.flag not in found:
+                found[f.flag] = dataclasses.replace(f, help=f"({name}) {f.help} (default: the job's own)",
+                                                    default=None)
+    return list(found.values())
 
 
 def _defaults_for_demo(data: dict[str, Any]) -> None:
@@ -129,12 +121,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rayinfer.jobs.evaluate import SavedRun, load_run_config
     from rayinfer.jobs.format import format_table
-    from rayinfer.jobs.tasks import get_task
 
     task = get_task(args.task)
     out = Path(args.predictions)
-    changes = {k: v for k, v in (("eigen_crop", False if args.no_eigen_crop else None),
-                                  ("min_depth", args.min_depth), ("max_depth", args.max_depth)) if v is not None}
+    changes = given(args, eval_flags())  # the job's own options, these changed
     saved = task.saved_options(SavedRun(out, [], load_run_config(out))) if out.is_dir() else None
     options = task.options_with(saved, changes)
     ev = task.evaluate_saved(out, args.data_root, sample_ids=args.image_ids, limit=args.limit, options=options)
@@ -173,7 +163,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         main_download(args.dataset, args.dest, args.mirror, args.manifest, args.keep_archives, args.quiet)
     except DownloadError as exc:
         sys.stderr.write(f"rayinfer: download failed: {exc}\n")
-        return 1
+        return EXIT_ERROR
     sys.stdout.write(f"{args.dataset} ready in {args.dest}\n")
     return 0
 
@@ -210,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-ids", type=csv_list, help="comma-separated sample ids to evaluate")
     ev.add_argument("--limit", type=int, help="only the first N samples")
     ev.add_argument("--report", action="store_true", help="(re)write PREDICTIONS/report.html")
-    ev.add_argument("--no-eigen-crop", action="store_true", help="(nyu) evaluate every pixel")
-    ev.add_argument("--min-depth", type=float, help="(nyu) smallest valid ground-truth depth")
-    ev.add_argument("--max-depth", type=float, help="(nyu) largest valid ground-truth depth")
+    add_flags(ev, eval_flags())
     ev.set_defaults(func=cmd_eval)
 
     cmp = sub.add_parser("compare", help="metric deltas between two runs")
@@ -250,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (SetupError, ConfigError) as exc:
         sys.stderr.write(f"rayinfer: error: {exc}\n")
-        return 2
+        return EXIT_SETUP
     except KeyboardInterrupt:
         sys.stderr.write("rayinfer: interrupted; rerun with --resume to continue\n")
         return 130

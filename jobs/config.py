@@ -7,6 +7,8 @@ into run.json, and shipped to every actor. No module-level settings exist.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,55 +23,76 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+           factory: Any = dataclasses.MISSING) -> Any:
+    """A JobConfig field with its command-line help (and its flag, where it is not
+    `--field-name`, or `--no-field-name` for a switch that is on by default)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {})}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class JobConfig:
-    """Everything a run depends on. Defaults are the automatic, tuned choices."""
+    """Everything a run depends on. Defaults are the automatic, tuned choices.
 
-    task: str
-    data_root: str
-    model: str
-    output: str
-    model_family: str = "auto"
+    Each field carries its command-line help; `rayinfer run` and `submit` build their flags
+    from the fields and their types (jobs/options.py), option sections (`detection`,
+    `depth`) included, so a field added here is a flag without another table to edit.
+    """
+
+    task: str = field(metadata={"positional": True})
+    data_root: str = option(help="dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5); "
+                                 "leave out with --model for the built-in demo")
+    model: str = option(help="ONNX model file (or sim://... for a simulated device)")
+    output: str = option(help="output folder (default: runs/TASK, numbered if taken)")
+    model_family: str = option("auto", "auto | yolov8 | yolox (detection); auto takes the one family whose "
+                                       "output signature the model has")
     # Ray and placement
-    address: str | None = None
-    actors: int = 0  # 0: one per GPU, else one per node's CPUs (cpus_per_actor)
-    cpus_per_actor: float = 0.0  # 0: all CPUs of a node (CPU), or its CPUs per GPU (GPU)
-    gpus_per_actor: float = 1.0  # used when the providers include a GPU one
+    address: str | None = option(None, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here")
+    actors: int = option(0, "inference actors; 0 = one per GPU, or one per node's CPUs")
+    cpus_per_actor: float = option(0.0, "CPUs reserved per actor; 0 = automatic (all of a node's, or its CPUs per GPU)")
+    gpus_per_actor: float = option(1.0, "GPUs per actor when a GPU provider is chosen")
     # runtime
-    providers: tuple[str, ...] = ("cpu",)
-    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: int = 0  # requests in flight per actor; 0: optimal_requests()
-    hint: str = "throughput"
-    loader_threads: int = 0  # per actor; 0: CPUs + 1
-    # where a sample is read and preprocessed: "request" (in the request's own thread, RBLN
-    # parallel=1), "loader" (loader threads prepare the next inputs while the device computes,
-    # parallel=2) or "auto" (request when the model runs on the CPU, loader otherwise)
-    preprocess_in: str = "auto"
+    providers: tuple[str, ...] = option(("cpu",), "execution providers in order: cpu, cuda, tensorrt")
+    provider_options: dict[str, dict[str, Any]] = option(
+        help='per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\'', factory=dict)
+    requests: int = option(0, "requests in flight per actor; 0 = optimal for the device")
+    hint: str = option("throughput", "throughput | latency")
+    loader_threads: int = option(0, "read+preprocess threads per actor; 0 = its CPUs + 1")
+    # "request": in the request's own thread (RBLN parallel=1); "loader": loader threads
+    # prepare the next inputs while the device computes (parallel=2)
+    preprocess_in: str = option("auto", "auto | request | loader: read+preprocess in the request's thread "
+                                        "(auto on CPU) or in loader threads ahead of the device (auto otherwise)")
     # work units
-    shard_size: int = 16
-    shards_in_flight: int = 2  # per actor
-    limit: int | None = None
-    sample_ids: tuple[str, ...] | None = None
+    shard_size: int = option(16, "samples per work unit (committed together)")
+    shards_in_flight: int = option(2, "outstanding shards per actor")
+    limit: int | None = option(None, "only the first N samples")
+    sample_ids: tuple[str, ...] | None = option(None, "comma-separated sample ids (COCO image ids)")
     # reliability
-    resume: bool = False
-    overwrite: bool = False
-    max_shard_attempts: int = 3
-    max_actor_restarts: int = 3
-    request_timeout_s: float = 120.0
-    load_timeout_s: float = 60.0  # per sample: reading + preprocessing
-    actor_restart_timeout_s: float = 120.0  # how long a lost actor Ray may restart is waited for
+    resume: bool = option(False, "continue a crashed run in --output, skipping committed shards")
+    overwrite: bool = option(False, "replace a previous run in --output")
+    max_shard_attempts: int = option(3, "tries per shard before its samples become errors")
+    max_actor_restarts: int = option(3, "restarts Ray may give each actor")
+    request_timeout_s: float = option(120.0, "seconds per sample before its shard is retried elsewhere",
+                                      flag="--request-timeout")
+    load_timeout_s: float = option(60.0, "seconds to read + preprocess one sample before it is an error",
+                                   flag="--load-timeout")
+    actor_restart_timeout_s: float = option(
+        120.0, "seconds a lost actor that Ray may restart is waited for before it is retired",
+        flag="--actor-restart-timeout")
     # bad input
-    max_image_pixels: int = 100_000_000  # larger images are error rows, refused before decoding
-    hash_samples: bool = False  # --resume fingerprint also hashes every sample file's content
-    # a custom Ray resource, one unit per actor (e.g. "sim_device"; NPUs registered as resources)
-    resource: str | None = None
-    # task options
+    max_image_pixels: int = option(100_000_000, "images with more pixels are errors, refused before decoding")
+    hash_samples: bool = option(False, "the --resume fingerprint hashes every sample file's content too")
+    resource: str | None = option(None, "a custom Ray resource per actor (an NPU, sim_device)")
+    # task options: sections whose fields carry their own help
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     depth: DepthOptions = field(default_factory=DepthOptions)
     # presentation
-    quiet: bool = False
-    progress: bool = True
-    report: bool = True  # OUTPUT/report.html at the end
+    quiet: bool = option(False, "no progress bar; only warnings and the summary")
+    progress: bool = option(True, "no progress bar (it only shows on a terminal anyway)")
+    report: bool = option(True, "skip OUTPUT/report.html")
 
     def __post_init__(self) -> None:
         if not self.task:
@@ -105,58 +128,67 @@ class JobConfig:
         data = dict(data)
         if "jobs" in data and "requests" not in data:  # its earlier name (the run.json of older runs)
             data["requests"] = data.pop("jobs")
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
-        try:
-            if isinstance(data.get("detection"), dict):
-                data["detection"] = _nested(DetectionOptions, data["detection"], "detection")
-            if isinstance(data.get("depth"), dict):
-                data["depth"] = _nested(DepthOptions, data["depth"], "depth")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        for key in ("providers", "sample_ids"):
-            if isinstance(data.get(key), list):
-                data[key] = tuple(str(v) for v in data[key])
-            elif isinstance(data.get(key), str) and key == "providers":
-                data[key] = tuple(p.strip() for p in data[key].split(",") if p.strip())
-        for key in ("data_root", "model", "output"):
-            if key in data and isinstance(data[key], Path):
-                data[key] = str(data[key])
-        missing = [n for n, f in known.items()
-                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in data]
-        if missing:
-            raise ConfigError(f"missing required configuration: {missing}")
-        _check_types(data, known)
-        return cls(**data)
+        return from_data(cls, data, "")
 
 
-def _nested(kind: type, data: dict[str, Any], prefix: str) -> Any:
-    known = {f.name for f in fields(kind)}
-    unknown = set(data) - known
+def from_data(kind: type, data: Any, prefix: str) -> Any:
+    """A config dataclass from plain data, each value checked (and converted: a list to a
+    tuple, "a,b" to a tuple of strings, a section's mapping to its dataclass) against its
+    field's type; errors name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: expected a mapping, got {data!r}")
+    known = {f.name: f for f in fields(kind)}
+    unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"unknown keys under {prefix}: {sorted(unknown)}")
+        raise ConfigError(f"unknown keys under {prefix.rstrip('.')}: {sorted(unknown)}" if prefix
+                          else f"unknown configuration keys: {sorted(unknown)}")
+    missing = [n for n, f in known.items()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in data]
+    if missing:
+        raise ConfigError(f"missing required configuration: {[prefix + n for n in missing]}")
+    hints = typing.get_type_hints(kind)
+    values = {name: _value(prefix + name, value, hints[name]) for name, value in data.items()}
     try:
-        return kind(**data)
+        return kind(**values)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix}: {exc}") from None
+        raise ConfigError(f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
 
 
-def _check_types(data: dict[str, Any], known: dict[str, dataclasses.Field[Any]]) -> None:
-    simple = {"int": int, "float": (int, float), "str": str, "bool": bool}
-    for key, value in data.items():
-        t = str(known[key].type).replace(" ", "")
-        base = t.split("|")[0]
-        if value is None and "None" in t:
-            continue
-        expected = simple.get(base)
-        if expected is None:
-            continue
-        if base in ("int", "float") and isinstance(value, bool):
-            raise ConfigError(f"{key}: expected {base}, got {value!r}")
-        if not isinstance(value, expected):
-            raise ConfigError(f"{key}: expected {base}, got {type(value).__name__} {value!r}")
+def _value(key: str, value: Any, hint: Any) -> Any:
+    """`value` checked against the type `hint` (the resolved annotation)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint) or hint
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_data(hint, value, key + ".")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        if args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {list(value)}")
+        return tuple(_value(key, v, item) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is str and isinstance(value, Path):
+        return str(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
 
 
 def resolve_paths(cfg: JobConfig) -> JobConfig:

@@ -27,13 +27,12 @@ from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, Setup
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
+from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
 from rayinfer.jobs.output import RunOutput, writing
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_ERROR, EXIT_SETUP, EXIT_PARTIAL, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 
 
 @dataclass

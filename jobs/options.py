@@ -1,15 +1,95 @@
-"""The command-line spelling of JobConfig's fields: flag, config key, parser, help.
+"""The command line, generated from JobConfig: each field's flag, parser and help come from
+the field itself (its type, and `metadata["help"]`), option sections included.
 
-`rayinfer run` builds its flags from `OPTIONS` (jobs/cli.py) and `rayinfer submit` writes a
-config back as the same flags (jobs/submit.py), so both read this one table.
+    >>> [f.flag for f in flags()][:3]
+    ['--data-root', '--model', '--output']
+
+`rayinfer run` and `submit` add these flags (jobs/cli.py), `rayinfer submit` writes a config
+back as the same flags (jobs/submit.py), and `rayinfer eval` takes the section fields marked
+`metadata["eval"]` (the ones that change the metrics, not the predictions).
+
+Spelling: `--field-name` (`metadata["flag"]` where it differs); a bool that is off by default is
+a switch, one that is on by default a `--no-field-name` switch, and `bool | None` takes
+true/false. Section fields keep their own names (`--conf-thres` sets `detection.conf_thres`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from rayinfer.jobs.config import JobConfig
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line option of a config field."""
+
+    flag: str  # "--conf-thres"
+    key: str  # "detection.conf_thres": where the value goes
+    parse: Callable[[str], Any] | None  # None: a switch
+    help: str
+    default: Any
+    #: a switch that sets the field to False (`--no-report`)
+    negative: bool = False
+    #: the field also applies to `rayinfer eval`
+    eval: bool = False
+
+    @property
+    def metavar(self) -> str:
+        return self.flag.lstrip("-").upper().replace("-", "_")
+
+
+def flags(kind: type = JobConfig, prefix: str = "") -> list[Flag]:
+    """The flags of a config dataclass, its option sections' fields included."""
+    return list(_flags(kind, prefix))
+
+
+def _flags(kind: type, prefix: str) -> Iterator[Flag]:
+    hints = typing.get_type_hints(kind)
+    for f in dataclasses.fields(kind):
+        hint = hints[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("positional"):
+            continue
+        if dataclasses.is_dataclass(hint):
+            yield from _flags(hint, f"{prefix}{f.name}.")
+            continue
+        spelled = f.name.replace("_", "-")
+        negative = hint is bool and default is True
+        yield Flag(
+            flag=f.metadata.get("flag") or (f"--no-{spelled}" if negative else f"--{spelled}"),
+            key=prefix + f.name,
+            parse=None if hint is bool else parser_for(hint),
+            help=f.metadata.get("help", ""),
+            default=None if default is dataclasses.MISSING else default,
+            negative=negative,
+            eval=bool(f.metadata.get("eval")),
+        )
+
+
+def parser_for(hint: Any) -> Callable[[str], Any]:
+    """How one command-line word becomes a value of type `hint`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = args
+        args = list(typing.get_args(hint))
+    origin = typing.get_origin(hint) or hint
+    if hint is bool:
+        return _bool
+    if origin is tuple:
+        item = parser_for(args[0]) if args else str
+        count = None if not args or args[-1] is Ellipsis else len(args)
+        return _listed(item, count)
+    if origin is dict:
+        return _json_object
+    return hint  # int, float, str
 
 
 def _bool(text: str) -> bool:
@@ -24,11 +104,15 @@ def csv_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _floats3(text: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in csv_list(text))
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers (R,G,B), got {text!r}")
-    return values  # type: ignore[return-value]
+def _listed(item: Callable[[str], Any], count: int | None) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        values = tuple(item(v) for v in csv_list(text))
+        if count is not None and len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated values, got {text!r}")
+        return values
+
+    parse.__name__ = "list"  # argparse names the type in its errors
+    return parse
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -41,57 +125,26 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-#: (flag, config key, type, help). Nested keys use "section.key".
-OPTIONS: list[tuple[str, str, Callable[[str], Any] | None, str]] = [
-    ("--data-root", "data_root", str, "dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5); "
-                                      "leave out with --model for the built-in demo"),
-    ("--model", "model", str, "ONNX model file (or sim://... for a simulated device)"),
-    ("--output", "output", str, "output folder (default: runs/TASK, numbered if taken)"),
-    ("--model-family", "model_family", str, "auto | yolov8 | yolox (detection); auto reads the output signature"),
-    ("--address", "address", str, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here"),
-    ("--actors", "actors", int, "inference actors; 0 = one per GPU, or one per node's CPUs"),
-    ("--cpus-per-actor", "cpus_per_actor", float, "CPUs reserved per actor; 0 = automatic"),
-    ("--gpus-per-actor", "gpus_per_actor", float, "GPUs per actor when a GPU provider is chosen"),
-    ("--providers", "providers", csv_list, "execution providers in order: cpu, cuda, tensorrt"),
-    ("--provider-options", "provider_options", _json_object,
-     'per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\''),
-    ("--resource", "resource", str, "a custom Ray resource per actor (an NPU, sim_device)"),
-    ("--requests", "requests", int, "requests in flight per actor; 0 = optimal for the device"),
-    ("--hint", "hint", str, "throughput | latency"),
-    ("--loader-threads", "loader_threads", int, "read+preprocess threads per actor; 0 = its CPUs + 1"),
-    ("--preprocess-in", "preprocess_in", str, ("auto | request | loader: read+preprocess in the request's thread "
-                                               "(auto on CPU) or in loader threads ahead of the device (auto otherwise)")),
-    ("--shard-size", "shard_size", int, "samples per work unit (committed together)"),
-    ("--shards-in-flight", "shards_in_flight", int, "outstanding shards per actor"),
-    ("--limit", "limit", int, "only the first N samples"),
-    ("--sample-ids", "sample_ids", csv_list, "comma-separated sample ids (COCO image ids)"),
-    ("--resume", "resume", None, "continue a crashed run in --output, skipping committed shards"),
-    ("--overwrite", "overwrite", None, "replace a previous run in --output"),
-    ("--max-shard-attempts", "max_shard_attempts", int, "tries per shard before its samples become errors"),
-    ("--max-actor-restarts", "max_actor_restarts", int, "restarts Ray may give each actor"),
-    ("--request-timeout", "request_timeout_s", float, "seconds per sample before its shard is retried elsewhere"),
-    ("--load-timeout", "load_timeout_s", float, "seconds to read + preprocess one sample before it is an error"),
-    ("--actor-restart-timeout", "actor_restart_timeout_s", float,
-     "seconds a lost actor that Ray may restart is waited for before it is retired"),
-    ("--max-image-pixels", "max_image_pixels", int, "images with more pixels are errors, refused before decoding"),
-    ("--hash-samples", "hash_samples", None, "the --resume fingerprint hashes every sample file's content too"),
-    ("--conf-thres", "detection.conf_thres", float, "detection confidence threshold"),
-    ("--iou-thres", "detection.iou_thres", float, "class-aware NMS IoU threshold"),
-    ("--max-det", "detection.max_det", int, "detections kept per image"),
-    ("--multi-label", "detection.multi_label", _bool, "every class above the threshold is a candidate (default: by family)"),
-    ("--max-nms", "detection.max_nms", int, "candidates kept (best scores) before NMS"),
-    ("--max-wh", "detection.max_wh", float, "class offset for class-aware NMS (pixels)"),
-    ("--profile", "depth.profile", str, "depth preprocessing: auto (the model's declared profile) | fastdepth | resize | unet"),
-    ("--mean", "depth.mean", _floats3, "depth input mean R,G,B after /255 (overrides the profile)"),
-    ("--std", "depth.std", _floats3, "depth input std R,G,B after /255 (overrides the profile)"),
-    ("--align", "depth.align", str, "depth alignment for relative models: none | median | lsq"),
-    ("--no-eigen-crop", "depth.eigen_crop", None, "evaluate every pixel, not the Eigen crop"),
-    ("--min-depth", "depth.min_depth", float, "smallest valid ground-truth depth (m)"),
-    ("--max-depth", "depth.max_depth", float, "largest valid ground-truth depth (m)"),
-    ("--quiet", "quiet", None, "no progress bar; only warnings and the summary"),
-    ("--no-report", "report", None, "skip OUTPUT/report.html"),
-    ("--no-progress", "progress", None, "no progress bar (it only shows on a terminal anyway)"),
-]
+def add_flags(parser: argparse.ArgumentParser, options: list[Flag]) -> None:
+    """Each flag, its default shown in its help; unset flags leave no attribute (YAML fills in)."""
+    for o in options:
+        shown = ",".join(map(str, o.default)) if isinstance(o.default, tuple) else o.default
+        text = f"{o.help} (default: {shown})" if o.default not in (None, {}) and not o.negative else o.help
+        if o.parse is None:
+            parser.add_argument(o.flag, dest=o.key, action="store_true", default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(o.flag, dest=o.key, type=o.parse, default=argparse.SUPPRESS, help=text,
+                                metavar=o.metavar)
 
-#: Switches that turn a default-on option off.
-NEGATIVE_SWITCHES = {"depth.eigen_crop", "report", "progress"}
+
+def given(args: argparse.Namespace, options: list[Flag]) -> dict[str, Any]:
+    """The flags given on the command line as nested config data (switches as booleans)."""
+    data: dict[str, Any] = {}
+    values = vars(args)
+    for o in options:
+        if o.key not in values:
+            continue
+        value = (not values[o.key]) if o.negative else values[o.key]
+        section, _, name = o.key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    return data

@@ -28,16 +28,16 @@ log = logging.getLogger(__name__)
 
 def entrypoint(cfg: JobConfig) -> str:
     """The `python -m rayinfer.jobs run ...` command line equivalent to `cfg`."""
-    from rayinfer.jobs.options import OPTIONS
+    from rayinfer.jobs.options import flags
 
     default = JobConfig(task=cfg.task, data_root="", model="", output="")
     words = ["python", "-m", "rayinfer.jobs", "run", cfg.task]
-    for flag, key, kind, _ in OPTIONS:
-        value, base = _get(cfg, key), _get(default, key)
-        if value == base or key == "address":
+    for o in flags():
+        value, base = _get(cfg, o.key), _get(default, o.key)
+        if value == base or o.key == "address":
             continue
-        if kind is None:  # a switch: present when the value differs from the default
-            words.append(flag)
+        if o.parse is None:  # a switch: present when the value differs from the default
+            words.append(o.flag)
             continue
         if isinstance(value, dict):
             text = json.dumps(value, separators=(",", ":"))
@@ -45,16 +45,16 @@ def entrypoint(cfg: JobConfig) -> str:
             text = ",".join(map(str, value))
         else:
             text = str(value)
-        words += [flag, text]
+        words += [o.flag, text]
     words.append("--quiet")
     return " ".join(shlex.quote(w) for w in words)
 
 
 def _get(cfg: JobConfig, key: str) -> object:
-    if "." in key:
-        section, sub = key.split(".", 1)
-        return getattr(getattr(cfg, section), sub)
-    return getattr(cfg, key)
+    value: object = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def auth_headers() -> dict[str, str]:

@@ -55,6 +55,11 @@ def test_yaml_then_flags_win(tmp_path):
         ("actors: two\n", "actors: expected int, got str 'two'"),
         ("detection:\n  conf_thres: 2\n", "conf_thres must be in"),
         ("depth:\n  align: scale\n", "align must be one of"),
+        ("detection:\n  max_det: many\n", "detection.max_det: expected int, got str 'many'"),
+        ("depth:\n  mean: [0.5, 0.5]\n", r"depth.mean: expected 3 values, got 2"),
+        ("depth:\n  colour: red\n", r"unknown keys under depth: \['colour'\]"),
+        ("resume: yes please\n", "resume: expected bool, got str 'yes please'"),
+        ("provider_options: cuda\n", "provider_options: expected a mapping"),
         ("preprocess_in: gpu\n", "preprocess_in: must be one of \\('auto', 'request', 'loader'\\)"),
         ("- a list\n", "expected a mapping"),
     ],
@@ -82,14 +87,12 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 0.7)" in text and "(default: 16)" in text and "(default: cpu)" in text
 
 
-def test_every_config_field_has_a_flag():
+def test_the_flags_are_generated_from_the_config_fields_each_with_its_help():
     """So --help lists everything, and `submit` can rebuild any configuration as flags."""
     import dataclasses
 
-    from rayinfer.jobs.options import OPTIONS
-    from rayinfer.jobs.config import JobConfig
+    from rayinfer.jobs.options import flags
 
-    keys = {key for _, key, _, _ in OPTIONS}
     expected = set()
     for f in dataclasses.fields(JobConfig):
         if f.name in ("detection", "depth"):
@@ -97,7 +100,33 @@ def test_every_config_field_has_a_flag():
             expected |= {f"{f.name}.{g.name}" for g in dataclasses.fields(default)}
         elif f.name != "task":
             expected.add(f.name)
-    assert expected == keys
+    generated = flags()
+    assert {o.key for o in generated} == expected
+    assert all(o.help for o in generated), [o.key for o in generated if not o.help]
+    spelled = {o.key: o.flag for o in generated}
+    assert spelled["detection.conf_thres"] == "--conf-thres" and spelled["depth.eigen_crop"] == "--no-eigen-crop"
+    assert spelled["request_timeout_s"] == "--request-timeout" and spelled["report"] == "--no-report"
+
+
+def test_a_field_added_to_the_config_is_a_typed_flag_without_another_table(tmp_path):
+    import argparse
+    from dataclasses import dataclass, field
+
+    from rayinfer.jobs.options import add_flags, flags, given
+
+    @dataclass(frozen=True)
+    class Section:
+        ratio: float = field(default=0.5, metadata={"help": "a ratio"})
+        sizes: tuple[int, int] | None = field(default=None, metadata={"help": "two sizes"})
+        strict: bool | None = field(default=None, metadata={"help": "true or false"})
+        on: bool = field(default=True, metadata={"help": "turn it off"})
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, flags(Section))
+    args = parser.parse_args(["--ratio", "0.25", "--sizes", "3,4", "--strict", "false", "--no-on"])
+    assert given(args, flags(Section)) == {"ratio": 0.25, "sizes": (3, 4), "strict": False, "on": False}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sizes", "3"])
 
 
 def test_submit_entrypoint_round_trips_options_without_a_simple_form():

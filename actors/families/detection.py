@@ -11,7 +11,7 @@ Ultralytics' `max_wh` offset), so there is no per-box Python loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -27,12 +27,14 @@ class DetectionOptions:
     """Decoding thresholds. `multi_label=None` takes the family's default
     (YOLOv8: multi-label as Ultralytics val; YOLOX: single label, score = obj x cls)."""
 
-    conf_thres: float = 0.001
-    iou_thres: float = 0.7
-    max_det: int = 300
-    multi_label: bool | None = None
-    max_nms: int = 30000
-    max_wh: float = 7680.0
+    # metadata["help"]: the command line's help for the field (jobs/options.py builds the flags)
+    conf_thres: float = field(default=0.001, metadata={"help": "detection confidence threshold"})
+    iou_thres: float = field(default=0.7, metadata={"help": "class-aware NMS IoU threshold"})
+    max_det: int = field(default=300, metadata={"help": "detections kept per image"})
+    multi_label: bool | None = field(default=None, metadata={
+        "help": "every class above the threshold is a candidate (default: by family)"})
+    max_nms: int = field(default=30000, metadata={"help": "candidates kept (best scores) before NMS"})
+    max_wh: float = field(default=7680.0, metadata={"help": "class offset for class-aware NMS (pixels)"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_thres < 1.0:
