@@ -10,6 +10,8 @@ errors.parquet and the job goes on.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import logging
 import platform
@@ -158,6 +160,9 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         log.error("%d samples in %d shards were not run (no inference actor is left alive) and are not "
                   "committed; rerun with --resume to run them", unfinished, len(work.stage.unfinished))
         return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
+    # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
+    # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
+    setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     evaluation = setup.task.evaluate_saved(output.root, cfg.data_root, options=setup.options)
     for name, obj in setup.dataset.exports(output.predictions).items():

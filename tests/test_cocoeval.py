@@ -32,6 +32,16 @@ def noisy_results(coco, seed: int, clutter: int = 150) -> np.ndarray:
     return np.array(rows, np.float64).reshape(-1, 7)
 
 
+def plain_coco(dataset: CocoDataset):
+    """pycocotools' own COCO over the same file: the reference ground truth."""
+    from pycocotools.coco import COCO
+
+    from rayinfer.datasets.cocoeval import quiet
+
+    with quiet():
+        return COCO(str(dataset.annotations))
+
+
 def assert_same(streamed, reference) -> None:
     for key in ("precision", "recall", "scores"):
         assert np.array_equal(streamed.eval[key], reference.eval[key]), key
@@ -56,12 +66,12 @@ def test_streaming_equals_pycocotools_on_the_shared_coco_mini(per_add, batch_ima
     order = list(np.random.default_rng(batch_images).permutation(ids))  # shards arrive in any order
     skipped = set(order[10:15])  # never added: their objects are misses, as failed samples
     streamed = stream(coco, results, ids, order, per_add, batch_images, skip=skipped)
-    reference = reference_cocoeval(coco, results[~np.isin(results[:, 0], list(skipped))], ids)
+    reference = reference_cocoeval(plain_coco(dataset), results[~np.isin(results[:, 0], list(skipped))], ids)
     assert_same(streamed, reference)
     assert 0.1 < streamed.stats[0] < 0.9
     assert streamed.detections == int((~np.isin(results[:, 0], list(skipped))).sum())
     crowd_free = {}
-    for a in coco.dataset["annotations"]:
+    for a in plain_coco(dataset).dataset["annotations"]:
         crowd_free[a["category_id"]] = crowd_free.get(a["category_id"], 0) + (0 if a["iscrowd"] else 1)
     assert {c: n for c, n in streamed.gt_counts.items() if n} == crowd_free
 
@@ -72,7 +82,7 @@ def test_streaming_equals_pycocotools_on_synthetic_data_and_through_the_dataset(
     ids = sorted(coco.getImgIds())
     results = noisy_results(coco, seed=9, clutter=30)
     subset = ids[2:9]
-    reference = reference_cocoeval(coco, results[np.isin(results[:, 0], subset)], subset)
+    reference = reference_cocoeval(plain_coco(dataset), results[np.isin(results[:, 0], subset)], subset)
     scores, evaluated, n = dataset.cocoeval(results, subset)  # rows of other images are left out
     assert evaluated == subset and n == int(np.isin(results[:, 0], subset).sum())
     assert_same(scores, reference)
@@ -105,3 +115,27 @@ def test_per_detection_memory_is_compact():
     detections = sum(len(piece[0]) for piece in pieces)
     assert detections > 5000
     assert kept / detections <= 26  # 20 with float32 scores; these are float64
+
+
+@pytest.mark.parametrize("which", ["shared", "synthetic"])
+def test_the_compact_ground_truth_answers_as_pycocotools_does(tmp_path, which):
+    root = need_shared("data", "coco-val2017-mini") if which == "shared" else write_coco(tmp_path, n_images=12, seed=5)
+    dataset = CocoDataset(root)
+    compact, plain = dataset.coco, plain_coco(dataset)
+    assert len(compact) == len(plain.dataset["annotations"]) > 0
+    ids, cats = sorted(plain.getImgIds()), sorted(plain.getCatIds())
+    assert sorted(compact.getImgIds()) == ids and sorted(compact.getCatIds()) == cats
+    queries = [dict(), dict(imgIds=ids[:7]), dict(imgIds=ids[::-3], catIds=cats[:3]), dict(catIds=cats[1]),
+               dict(imgIds=ids[5], iscrowd=None), dict(imgIds=ids, iscrowd=False), dict(areaRng=[32 ** 2, 96 ** 2]),
+               dict(imgIds=[-1])]
+    for q in queries:
+        ann_ids = compact.getAnnIds(**q)
+        assert ann_ids == plain.getAnnIds(**q), q
+        fields = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+        assert [{k: a[k] for k in fields} for a in compact.loadAnns(ann_ids)] == [
+            {k: a[k] for k in fields} for a in plain.loadAnns(ann_ids)], q
+    assert compact.getImgIds(catIds=cats[0])  # the images with every category given
+    for some in (cats[:1], cats[:2], cats[-2:]):
+        assert sorted(compact.getImgIds(catIds=some)) == sorted(plain.getImgIds(catIds=some))
+    with pytest.raises(KeyError, match="not in the file"):
+        compact.loadAnns([10 ** 12])

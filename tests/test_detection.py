@@ -223,3 +223,26 @@ def test_coco_setup_errors(tmp_path):
         CocoDataset(root, image_ids=[42]).samples()
     assert [s.sample_id for s in CocoDataset(root, image_ids=[1001]).samples()] == ["1001"]
     assert len(CocoDataset(root, limit=1).samples()) == 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"images": [], "categories": []}', "needs images, annotations, categories"),
+    ('[1, 2]', "needs images, annotations, categories"),
+    ('{"images": [], "categories": [], "annotations": 7}', "'annotations' is not a list"),
+    ('{"images": [], "categories": [], "annotations": [3]}', r"annotations\[0\]: not an object"),
+    ('{"images": [], "categories": [], "annotations": [{"id": 1}', "not a JSON file"),
+])
+def test_annotation_files_read_as_a_stream_refuse_what_is_not_coco(tmp_path, text, expected):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations/instances_val2017.json").write_text(text)
+    with pytest.raises(SetupError, match=expected):
+        CocoDataset(tmp_path).coco
+
+
+def test_an_annotation_file_without_objects_is_valid(tmp_path):
+    root = write_coco(tmp_path / "c", n_images=2)
+    path = root / "annotations/instances_val2017.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(data, annotations=[])))
+    coco = CocoDataset(root).coco
+    assert len(coco) == 0 and len(coco.getImgIds()) == 2 and coco.getAnnIds(imgIds=coco.getImgIds()) == []

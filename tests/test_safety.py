@@ -142,6 +142,10 @@ def test_a_failed_setup_leaves_no_manifest_behind(coco_set, tmp_path):
     (lambda d: d["images"][1].update(height="abc"), "'height' is 'abc', expected a positive integer"),
     (lambda d: d["images"][2].pop("file_name"), "images[2]"),
     (lambda d: d["images"].append(dict(d["images"][3])), "duplicate image ids"),
+    (lambda d: d["annotations"][0].update(image_id="3"), "annotations[0] (id 1): 'image_id' is '3', expected an integer"),
+    (lambda d: d["annotations"][1].pop("area"), "annotations[1] (id 2): missing 'area'"),
+    (lambda d: d["annotations"][2].update(bbox=[1, 2, 3]), "'bbox' is [1, 2, 3], expected [x, y, w, h]"),
+    (lambda d: d["annotations"][3].update(iscrowd=True), "'iscrowd' is True, expected 0 or 1"),
 ])
 def test_bad_annotation_fields_are_one_line_setup_errors(coco_set, tmp_path, edit, expected):
     path = coco_set / "annotations/instances_val2017.json"

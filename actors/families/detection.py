@@ -171,7 +171,10 @@ class DetectionFamily:
 
 
 def one_3d_output(outputs: Sequence[TensorSpec]) -> str | None:
-    """None for one [1, a, b] output, else why not (the families' first check)."""
+    """None for one [1, a, b] output with a or b known, else why not (the families' first
+    check: with both dynamic, no signature tells the layouts apart)."""
     if len(outputs) != 1 or len(outputs[0].shape) != 3:
         return f"expects one 3-D output, the model has {[o.describe() for o in outputs]}"
+    if outputs[0].shape[1] is None and outputs[0].shape[2] is None:
+        return f"output {outputs[0].describe()} is all dynamic: set --model-family"
     return None

@@ -28,8 +28,6 @@ class YoloV8(DetectionFamily):
             return f"output {outputs[0].describe()} has {channels} channels, not 4 box + at least 1 class"
         if channels is not None and anchors is not None and channels >= anchors:
             return f"output {outputs[0].describe()} is not [1, 4+nc, N] with N anchors last"
-        if channels is None and anchors is None:
-            return f"output {outputs[0].describe()} is all dynamic: set --model-family"
         return None
 
     @classmethod

@@ -45,8 +45,6 @@ class YoloX(DetectionFamily):
         if anchors is not None and anchors != cells:
             return (f"output {outputs[0].describe()} has {anchors} anchors, not the {cells} cells of the "
                     f"stride {'/'.join(map(str, STRIDES))} grid for its input")
-        if channels is None and anchors is None:
-            return f"output {outputs[0].describe()} is all dynamic: set --model-family"
         return None
 
     @classmethod

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader"):
+    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader", "rayinfer.jobs.cluster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.bench == "runtime":
