@@ -1,7 +1,7 @@
 """`rayinfer` command line (also `python -m rayinfer.jobs`).
 
     rayinfer run coco|nyu --data-root D --model M --output O [--actors N] [--address ADDR]
-    rayinfer submit coco|nyu --address http://127.0.0.1:8265 --data-root D ...
+    rayinfer submit coco|nyu --dashboard http://127.0.0.1:8265 --data-root D ...
 
 Every `run` option can also come from a YAML file (`--config job.yaml`); flags win.
 Exit codes: 0 success, 1 unexpected error, 2 setup/config error, 3 partial success
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import ConfigError, JobConfig
@@ -28,8 +29,31 @@ from rayinfer.jobs.tasks import get_task, task_names
 log = logging.getLogger("rayinfer")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors in one line (not the usage first), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_SETUP, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _task(name: str) -> str:
+    """A task name, or an error naming the closest one."""
+    names = task_names()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=1)
+    raise argparse.ArgumentTypeError(f"unknown task {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                                     f"one of {', '.join(names)}")
+
+
+def add_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", type=_task, metavar="TASK",
+                        help="coco (detection, COCO mAP), nyu (depth, NYU metrics) or null (empty samples, "
+                             "for benchmarking the pipeline)")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=task_names(), help="which job")
+    add_task(parser)
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
     add_flags(parser, flags())
 
@@ -177,7 +201,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayinfer", description=__doc__,
+    parser = _Parser(prog="rayinfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     ev = sub.add_parser("eval", help="dataset metrics from saved predictions, without Ray or the model")
-    ev.add_argument("task", choices=task_names())
+    add_task(ev)
     ev.add_argument("--predictions", required=True, type=Path,
                     help="a rayinfer output folder, or (COCO) a results JSON from any tool")
     ev.add_argument("--data-root", required=True, type=Path, help="the dataset folder with the ground truth")

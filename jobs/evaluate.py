@@ -116,12 +116,36 @@ def head_rows(head: pa.Table | None, table: pa.Table) -> pa.Table:
 
 
 def compare(a: Path, b: Path) -> list[tuple[str, float | None, float | None, float | None]]:
-    """(metric, value in a, value in b, b - a) for every scalar metric of two runs."""
-    ma = json.loads((a / "metrics.json").read_text())
-    mb = json.loads((b / "metrics.json").read_text())
+    """(metric, value in a, value in b, b - a) for every scalar metric of two runs of the
+    same task (runs of different tasks, or a folder without metrics, are a setup error)."""
+    ma, mb = _metrics_of(a), _metrics_of(b)
+    ta, tb = _task_of(a), _task_of(b)
+    if ta and tb and ta != tb:
+        raise SetupError(f"cannot compare a {ta} run ({a}) with a {tb} run ({b}): their metrics mean different things")
     rows = []
     for key in [k for k in ma if isinstance(ma[k], (int, float))] + [k for k in mb if k not in ma and isinstance(mb[k], (int, float))]:
         va, vb = ma.get(key), mb.get(key)
         delta = vb - va if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else None
         rows.append((key, va, vb, delta))
     return rows
+
+
+def _metrics_of(run: Path) -> dict[str, Any]:
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        raise SetupError(f"{path} not found: is {run} a finished rayinfer run?")
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SetupError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise SetupError(f"{path}: expected an object of metrics")
+    return metrics
+
+
+def _task_of(run: Path) -> str | None:
+    """The task a run was made by (run.json's config), if it says."""
+    try:
+        return json.loads((Path(run) / "run.json").read_text())["config"]["task"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

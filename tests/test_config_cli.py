@@ -39,6 +39,16 @@ def test_requests_in_flight_are_requests_and_an_older_run_json_still_loads():
     assert older.requests == 2
 
 
+def test_a_mistyped_task_is_one_line_naming_the_closest(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "cocoo", "--data-root", "d", "--model", "m.onnx"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "unknown task 'cocoo' (did you mean 'coco'?); one of coco, nyu, null" in err
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    assert "null (empty samples, for benchmarking the pipeline)" in text
+
+
 def test_yaml_then_flags_win(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("shard_size: 8\nactors: 2\ndetection:\n  iou_thres: 0.6\n  max_det: 100\n")

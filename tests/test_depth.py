@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import subprocess
 import h5py
 import numpy as np
 import pytest
@@ -82,6 +84,30 @@ def test_profiles_and_options_validation():
     assert feed["x"].shape == (1, 512, 512, 3) and gt.shape == (512, 512)
     with pytest.raises(SetupError, match="image input"):
         DepthAdapter([TensorSpec("x", (1, 3), np.dtype(np.float32))], DepthOptions())
+
+
+def test_a_depth_model_is_one_map_per_image_and_a_detector_is_refused(tmp_path):
+    def spec(*shape):
+        return [TensorSpec("t", shape, np.dtype(np.float32))]
+
+    image = spec(1, 3, 224, 224)
+    for ok in ((1, 1, 224, 224), (1, 112, 112), (1, 224, 224, 1), (1, 1, None, None)):
+        assert DepthAdapter.matches(image, spec(*ok)) is None, ok
+    assert DepthAdapter.matches(spec(1, 480, 640, 3), spec(1, 240, 320)) is None  # NHWC input
+    assert "not shaped like its 640x640 image input" in DepthAdapter.matches(spec(1, 3, 640, 640), spec(1, 84, 8400))
+    assert "not one map per image" in DepthAdapter.matches(image, spec(1, 3, 224, 224))
+    assert "2 outputs" in DepthAdapter.matches(image, spec(1, 1, 8, 8) + spec(1, 1, 8, 8))
+    # through the command line: a detector given to the depth task is one line, exit 2, nothing run
+    from tests.conftest import make_const_detector
+
+    detector = make_const_detector(tmp_path / "det.onnx", 64, np.zeros((0, 6)), nc=80)  # [1, 84, 8] output
+    root = write_nyu(tmp_path / "nyu", n_frames=2, size=(48, 64), seed=1)
+    proc = subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", "nyu", "--data-root", str(root), "--model",
+                           str(detector), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "the model is not a depth model" in lines[0] and "rayinfer run coco" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_adapter_saves_float16_and_metrics_match_the_saved_map():

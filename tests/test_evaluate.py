@@ -139,6 +139,17 @@ def test_compare_prints_deltas(coco_run, tmp_path, capsys):
     assert re.search(r"^AP50\s+\S+\s+\S+\s+\+0\.0000$", text, re.M)
 
 
+def test_compare_refuses_runs_of_different_tasks_and_folders_without_metrics(coco_run, nyu_run, tmp_path, capsys):
+    _, coco_out = coco_run
+    _, nyu_out = nyu_run
+    assert main(["compare", str(coco_out), str(nyu_out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot compare a coco run" in err and "with a nyu run" in err
+    assert main(["compare", str(coco_out), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json not found" in err
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -41,6 +41,29 @@ class DepthAdapter:
         self._mean = np.asarray(self.profile.mean, np.float32)
         self._std = np.asarray(self.profile.std, np.float32)
 
+    @staticmethod
+    def matches(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+        """None when the model outputs one depth map per image ([N, 1, H, W], [N, H, W, 1] or
+        [N, H, W], shaped about like its image input), else why not: a detector's [1, 84, 8400]
+        would otherwise be read as an 84 x 8400 'map' and scored."""
+        if len(outputs) != 1:
+            return f"it has {len(outputs)} outputs ({[o.describe() for o in outputs]}), not one depth map"
+        shape = outputs[0].shape
+        if len(shape) == 4 and 1 in (shape[1], shape[3]):
+            dims = (shape[2], shape[3]) if shape[1] == 1 else (shape[1], shape[2])
+        elif len(shape) == 3:
+            dims = (shape[1], shape[2])
+        else:
+            return (f"its output {outputs[0].describe()} is not one map per image "
+                    "([N, 1, H, W], [N, H, W, 1] or [N, H, W])")
+        image = inputs[0].shape if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
+        if image is not None and None not in dims:
+            h, w = (image[1], image[2]) if image[3] == 3 and image[1] != 3 else (image[2], image[3])
+            if h and w and not 0.5 <= (dims[0] / dims[1]) / (h / w) <= 2.0:
+                return (f"its output {outputs[0].describe()} is not shaped like its {h}x{w} image input "
+                        f"(a {dims[0]}x{dims[1]} 'map')")
+        return None
+
     def preprocess(self, raw: tuple[np.ndarray, np.ndarray], sample: Sample
                    ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         rgb, depth = raw

@@ -53,6 +53,9 @@ class NyuDepth(Task):
     def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
         from rayinfer.actors.families.depth import DepthAdapter
 
+        wrong = DepthAdapter.matches(model.inputs, model.outputs)
+        if wrong:
+            raise SetupError(f"the model is not a depth model: {wrong}; a detector runs as `rayinfer run coco`")
         return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
 
     def resolved_options(self, cfg: Any, adapter: Any) -> DepthOptions:
