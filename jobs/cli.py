@@ -152,8 +152,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     saved = task.saved_options(SavedRun(out, [], load_run_config(out))) if out.is_dir() else None
     options = task.options_with(saved, changes)
     ev = task.evaluate_saved(out, args.data_root, sample_ids=args.image_ids, limit=args.limit, options=options)
-    sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
+    if args.json:  # every metric, at full precision, and nothing else
+        sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
+        return 0
+    keys = list(task.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
+    counts = [k for k, v in ev.metrics.items() if isinstance(v, int) and not isinstance(v, bool) and k not in keys]
+    sys.stdout.write(format_table(["metric", "value"], [[k, _cell(ev.metrics.get(k))] for k in keys + counts]) + "\n")
     for table in task.tables(ev):
+        sys.stdout.write(f"\n{table.title}\n")
         sys.stdout.write(format_table(table.header, [[_cell(v) for v in row] for row in table.rows]) + "\n")
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
@@ -167,15 +173,18 @@ def _cell(v: Any) -> Any:
     return _f(v) if isinstance(v, float) or v is None else v
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _f(v: float | int | None) -> str:
+    if v is None:
+        return "-"
+    return str(v) if isinstance(v, int) else f"{v:.4f}"  # counts as counts
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from rayinfer.jobs.format import format_table
     from rayinfer.jobs.evaluate import compare
 
-    rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+.4f}"] for k, a, b, d in compare(args.a, args.b)]
+    rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+d}" if isinstance(d, int) else f"{d:+.4f}"]
+            for k, a, b, d in compare(args.a, args.b)]
     sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
     return 0
 
@@ -224,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-ids", type=csv_list, help="comma-separated sample ids to evaluate")
     ev.add_argument("--limit", type=int, help="only the first N samples")
     ev.add_argument("--report", action="store_true", help="(re)write PREDICTIONS/report.html")
+    ev.add_argument("--json", action="store_true", help="print every metric as JSON (metrics.json), nothing else")
     add_flags(ev, eval_flags())
     ev.set_defaults(func=cmd_eval)
 

@@ -55,9 +55,12 @@ def test_offline_coco_eval_is_the_job_to_the_last_digit(coco_run, capsys):
     root, out = coco_run
     job = json.loads((out / "metrics.json").read_text())
     assert 0 < job["AP"] < 1  # one image is predicted right, the others are not
+    assert main(["eval", "coco", "--predictions", str(out), "--data-root", str(root), "--json"]) == 0
+    offline = json.loads(capsys.readouterr().out)  # --json: the JSON alone
     assert main(["eval", "coco", "--predictions", str(out), "--data-root", str(root)]) == 0
-    printed = capsys.readouterr().out
-    offline = json.loads(printed[: printed.index("\n}\n") + 2])
+    printed = capsys.readouterr().out  # the summary people read: a table, rounded, counts as counts
+    assert "{" not in printed and re.search(r"^AP\s+\d\.\d{4}\s*$", printed, re.M)
+    assert re.search(rf"^images\s+{job['images']}\s*$", printed, re.M)
     assert offline == job
     assert re.search(r"^square\s+\d\.\d{4}", printed, re.M)  # the per-class table
 
@@ -137,6 +140,7 @@ def test_compare_prints_deltas(coco_run, tmp_path, capsys):
     text = capsys.readouterr().out
     assert re.search(r"^AP\s+\S+\s+\S+\s+\+0\.0125$", text, re.M)
     assert re.search(r"^AP50\s+\S+\s+\S+\s+\+0\.0000$", text, re.M)
+    assert re.search(rf"^images\s+{metrics['images']}\s+{metrics['images']}\s+\+0\s*$", text, re.M)  # not 12.0000
 
 
 def test_compare_refuses_runs_of_different_tasks_and_folders_without_metrics(coco_run, nyu_run, tmp_path, capsys):
