@@ -143,19 +143,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.evaluate import SavedRun, load_run_config
+    from rayinfer.jobs.evaluate import SavedRun, read_run_record
     from rayinfer.jobs.format import format_table
 
     task = get_task(args.task)
     out = Path(args.predictions)
+    run = read_run_record(out) if out.is_dir() else None
     changes = given(args, eval_flags())  # the job's own options, these changed
-    saved = task.saved_options(SavedRun(out, [], load_run_config(out))) if out.is_dir() else None
+    saved = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
     options = task.options_with(saved, changes)
     ev = task.evaluate_saved(out, args.data_root, sample_ids=args.image_ids, limit=args.limit, options=options)
     if args.json:  # every metric, at full precision, and nothing else
         sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
         return 0
-    keys = list(task.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
+    keys = task.summary(ev)
     counts = [k for k, v in ev.metrics.items() if isinstance(v, int) and not isinstance(v, bool) and k not in keys]
     sys.stdout.write(format_table(["metric", "value"], [[k, _cell(ev.metrics.get(k))] for k in keys + counts]) + "\n")
     for table in task.tables(ev):
@@ -164,7 +165,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
 
-        run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
         sys.stdout.write(f"report: {write_report(out, ev, task, Path(args.data_root), run, options)}\n")
     return 0
 

@@ -156,14 +156,21 @@ def from_data(kind: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.')}: {exc}" if prefix else str(exc)) from None
 
 
+def optional_of(hint: Any) -> tuple[Any, bool]:
+    """(the type inside `X | None`, True) for an optional annotation, else (hint, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and len(inner) < len(typing.get_args(hint)):
+            return inner[0], True
+    return hint, False
+
+
 def _value(key: str, value: Any, hint: Any) -> Any:
     """`value` checked against the type `hint` (the resolved annotation)."""
+    hint, optional = optional_of(hint)
+    if value is None and optional:
+        return None
     args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
     origin = typing.get_origin(hint) or hint
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else from_data(hint, value, key + ".")

@@ -11,7 +11,6 @@ errors.parquet and the job goes on.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import logging
 import platform

@@ -43,11 +43,10 @@ class Evaluation:
 HEAD_ROWS = 16
 
 
-def load_run_config(output: Path) -> JobConfig | None:
+def read_run_record(output: Path) -> dict[str, Any] | None:
+    """A saved run's run.json, or None where it has none."""
     path = output / "run.json"
-    if not path.is_file():
-        return None
-    return JobConfig.from_dict(json.loads(path.read_text())["config"])
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def select_ids(ids: list[str], wanted: Sequence[str] | None, limit: int | None) -> list[str]:
@@ -67,11 +66,18 @@ class SavedRun:
 
     path: Path
     ids: list[str]
-    config: JobConfig | None
+    #: its run.json (read once), or None
+    record: dict[str, Any] | None
 
     @classmethod
-    def open(cls, path: Path, sample_ids: Sequence[str] | None = None, limit: int | None = None) -> SavedRun:
-        return cls(path, _saved_ids(path, sample_ids, limit), load_run_config(path))
+    def open(cls, path: Path, sample_ids: Sequence[str] | None = None, limit: int | None = None,
+             record: dict[str, Any] | None = None) -> SavedRun:
+        """`record`: its run.json where the caller has read it already."""
+        return cls(path, _saved_ids(path, sample_ids, limit), record if record is not None else read_run_record(path))
+
+    @property
+    def config(self) -> JobConfig | None:
+        return JobConfig.from_dict(self.record["config"]) if self.record is not None else None
 
     def tables(self) -> Iterator[pa.Table]:
         """The predictions of `ids`, a shard at a time (memory flat with the run's size)."""
@@ -83,8 +89,7 @@ class SavedRun:
 
     def options(self) -> dict[str, Any] | None:
         """The task options the job resolved (run.json `task_options`), as plain data."""
-        path = self.path / "run.json"
-        return json.loads(path.read_text()).get("task_options") if path.is_file() else None
+        return self.record.get("task_options") if self.record is not None else None
 
 
 def _saved_ids(output: Path, sample_ids: Sequence[str] | None, limit: int | None) -> list[str]:
@@ -146,6 +151,6 @@ def _metrics_of(run: Path) -> dict[str, Any]:
 def _task_of(run: Path) -> str | None:
     """The task a run was made by (run.json's config), if it says."""
     try:
-        return json.loads((Path(run) / "run.json").read_text())["config"]["task"]
+        return read_run_record(Path(run))["config"]["task"]  # type: ignore[index]
     except (OSError, ValueError, KeyError, TypeError):
         return None

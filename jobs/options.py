@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rayinfer.jobs.config import JobConfig
+from rayinfer.jobs.config import JobConfig, optional_of
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,8 @@ def _flags(kind: type, prefix: str) -> Iterator[Flag]:
 
 def parser_for(hint: Any) -> Callable[[str], Any]:
     """How one command-line word becomes a value of type `hint`."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (hint,) = args
-        args = list(typing.get_args(hint))
+    hint, _ = optional_of(hint)
+    args = typing.get_args(hint)
     origin = typing.get_origin(hint) or hint
     if hint is bool:
         return _bool

@@ -92,7 +92,7 @@ def write_report(output: Path, ev: Evaluation, task: Any, data_root: Path, run: 
     folder = output / "report"
     folder.mkdir(parents=True, exist_ok=True)
     figures = task.figures(ev, Path(data_root), folder, options)
-    keys = list(task.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
+    keys = task.summary(ev)
     slices = "".join(f"<h2>{html.escape(t.title)}</h2>" + _table(t.header, t.rows) for t in task.tables(ev))
     title = f"rayinfer {ev.task} report"
     model = html.escape(str(run["config"]["model"])) if run else ""

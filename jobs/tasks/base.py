@@ -128,6 +128,10 @@ class Task:
         """Metrics of a results file of another tool; tasks that read none refuse."""
         raise SetupError(f"{path}: task {self.name!r} evaluates rayinfer output folders only")
 
+    def summary(self, ev: Evaluation) -> list[str]:
+        """The metrics shown first (`rayinfer eval`, the report): `summary_keys`, or every number."""
+        return list(self.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
+
     def tables(self, ev: Evaluation) -> list[Table]:
         """Sliced metrics (per class, per depth range, ...)."""
         return []
