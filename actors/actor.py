@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from rayinfer.actors.backends import open_model
 from rayinfer.actors.model import available_cpus
-from rayinfer.actors.queue import AsyncInferQueue, InferRequest
+from rayinfer.actors.queue import InferRequest, queue_for
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SampleError, records_schema
 
@@ -185,14 +185,18 @@ class InferenceActor:
         self.name = name
         self.cpus = available_cpus()
         self.dataset = dataset
-        self.model, plan = open_model(cfg, self.cpus)  # planned for the device the model really got
+        # the runtime (--runtime, or the faster one measured here), planned for the device it got
+        self.model, plan, self.runtime = open_model(cfg, self.cpus)
         self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
-            self.preprocess_in = "request" if self.model.device == "cpu" else "loader"
+            # a runtime with its own request pool (OpenVINO) computes in its own threads:
+            # loader threads prepare inputs for it, as for a device
+            own_pool = hasattr(self.model, "async_queue")
+            self.preprocess_in = "request" if self.model.device == "cpu" and not own_pool else "loader"
         prepare = self._prepare if self.preprocess_in == "request" else None
-        self.queue = AsyncInferQueue(self.model, jobs=plan.requests, hint=cfg.hint, cpus=self.cpus, prepare=prepare)
+        self.queue = queue_for(self.model, plan.requests, cfg.hint, self.cpus, prepare)
         self.queue.set_callback(self._on_done)
         # Decoding is CPU-bound: one reader per CPU plus one to cover file reads. More only
         # contend for the GIL and memory bandwidth (measured: 2 > 5 > 8 threads on one CPU).
@@ -217,6 +221,8 @@ class InferenceActor:
             "preprocess_in": self.preprocess_in,
             "providers": list(getattr(self.model, "providers", [])),
             "device": self.model.device,
+            # what the runtime chose for itself (OpenVINO: streams, precision), where it says
+            "runtime": {**self.runtime.record(), **getattr(self.model, "details", {})},
             # the rayinfer.actors this process imported: the shipped copy on a cluster
             "imported_from": os.path.dirname(os.path.abspath(__file__)),
         }

@@ -276,6 +276,17 @@ class AsyncInferQueue:
                 item = box.get()
 
 
+def queue_for(model: Model, jobs: int, hint: Hint | str = Hint.THROUGHPUT, cpus: int | None = None,
+              prepare: Callable[[Any], Any] | None = None) -> Any:
+    """The request pool for `model`: the runtime's own (`model.async_queue`: OpenVINO's
+    `AsyncInferQueue`), else this module's; this module's whenever inputs are prepared in
+    the requests' threads (`prepare`), which only it has."""
+    native = getattr(model, "async_queue", None)
+    if native is not None and prepare is None:
+        return native(jobs)
+    return AsyncInferQueue(model, jobs=jobs, hint=hint, cpus=cpus, prepare=prepare)
+
+
 class _Waiting:
     """An input whose `start_async` waits for a busy request to take it."""
 

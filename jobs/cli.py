@@ -130,6 +130,10 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
         f"metrics: {json.dumps(head)}\n"
         f"outputs: {run['config']['output']}\n"
     )
+    if run.get("runtime"):
+        from rayinfer.jobs.format import runtime_text
+
+        sys.stdout.write(f"runtime: {runtime_text(run['runtime'])}\n")
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
             sys.stdout.write(f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
-from rayinfer.actors.backends import backend_for
+from rayinfer.actors.backends import device_for
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.loader import first_line
@@ -151,7 +151,7 @@ def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
         actors = cfg.actors or int(units)
         per_node = -(-actors // len(nodes))
         return actors, cfg.cpus_per_actor or min(n["Resources"]["CPU"] for n in nodes) / per_node, 0.0
-    if backend_for(cfg.model).device(cfg) == "gpu":
+    if device_for(cfg) == "gpu":
         gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
         if gpus < cfg.gpus_per_actor or gpus == 0:
             raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rayinfer.actors.backends import RUNTIMES
+from rayinfer.actors.backends.openvino import PRECISIONS
 from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.depth import DepthOptions
 
@@ -55,11 +57,16 @@ class JobConfig:
     cpus_per_actor: float = option(0.0, "CPUs reserved per actor; 0 = automatic (all of a node's, or its CPUs per GPU)")
     gpus_per_actor: float = option(1.0, "GPUs per actor when a GPU provider is chosen")
     # runtime
+    runtime: str = option("auto", "auto | onnxruntime | openvino: auto measures the installed runtimes on the "
+                                  "model for a few seconds (cached) and takes the faster")
     providers: tuple[str, ...] = option(("cpu",), "execution providers in order: cpu, cuda, tensorrt")
     provider_options: dict[str, dict[str, Any]] = option(
         help='per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\'', factory=dict)
     requests: int = option(0, "requests in flight per actor; 0 = optimal for the device")
     hint: str = option("throughput", "throughput | latency")
+    openvino_device: str = option("CPU", "OpenVINO device: CPU, GPU, NPU or AUTO (GPU/NPU: with --runtime openvino)")
+    openvino_precision: str = option("auto", "OpenVINO inference precision: auto (the device's default: bf16 "
+                                             "on CPUs with bf16 units) | f32 | bf16 | f16")
     loader_threads: int = option(0, "read+preprocess threads per actor; 0 = its CPUs + 1")
     # "request": in the request's own thread (RBLN parallel=1); "loader": loader threads
     # prepare the next inputs while the device computes (parallel=2)
@@ -107,6 +114,11 @@ class JobConfig:
             raise ConfigError("cpus_per_actor / gpus_per_actor: must be >= 0")
         if self.preprocess_in not in PREPROCESS_IN:
             raise ConfigError(f"preprocess_in: must be one of {PREPROCESS_IN}, got {self.preprocess_in!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.openvino_precision not in PRECISIONS:
+            raise ConfigError(f"openvino_precision: must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.openvino_precision!r}")
         if self.hint not in ("throughput", "latency"):
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:
@@ -202,7 +214,7 @@ def resolve_paths(cfg: JobConfig) -> JobConfig:
     """Absolute paths, so actors on any node and the Jobs API see the same files."""
     from rayinfer.actors.backends import backend_for
 
-    model = backend_for(cfg.model).resolve(cfg.model)
+    model = backend_for(cfg.model, cfg.runtime).resolve(cfg.model)
     return dataclasses.replace(
         cfg,
         data_root=str(Path(cfg.data_root).expanduser().resolve()),

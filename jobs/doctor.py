@@ -57,11 +57,21 @@ def report(extra: list[Path]) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "numpy": numpy.__version__,
         "providers": ort.get_available_providers(),
+        "openvino": openvino_info(),
         "cpus_usable": available_cpus(),
         "cpus_total": os.cpu_count(),
         "gpus": gpus(),
         "datasets": [{"name": n, "path": str(p), "found": ok} for n, p, ok in datasets_found(extra)],
     }
+
+
+def openvino_info() -> dict[str, Any] | None:
+    """OpenVINO's version and devices, or None when it is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return {"version": ov.__version__.split("-")[0], "devices": list(ov.Core().available_devices)}
 
 
 def format_report(info: dict[str, Any]) -> str:
@@ -73,6 +83,8 @@ def format_report(info: dict[str, Any]) -> str:
         f"providers    CPU {'yes' if 'CPUExecutionProvider' in providers else 'NO'}, "
         f"CUDA {'yes' if 'CUDAExecutionProvider' in providers else 'no'}, "
         f"TensorRT {'yes' if 'TensorrtExecutionProvider' in providers else 'no'}",
+        "openvino     " + (f"{info['openvino']['version']} (devices: {', '.join(info['openvino']['devices'])})"
+                             if info.get("openvino") else "not installed (pip install 'rayinfer[openvino]')"),
         f"cpus         {info['cpus_usable']} usable of {info['cpus_total']}",
         f"gpus         {', '.join(info['gpus']) or 'none found (nvidia-smi)'}",
         "datasets and models:",

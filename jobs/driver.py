@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from rayinfer.actors.actor import ShardResult, peak_rss_mb
-from rayinfer.actors.backends import backend_for
+from rayinfer.actors.backends import backend_for, candidates
+from rayinfer.actors.devices import Plan
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
@@ -76,7 +77,7 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
         "task": cfg.task,
         "data": setup.dataset.fingerprint(),
         "samples": samples_digest(cfg.data_root, setup.samples, cfg.hash_samples),
-        "model": backend_for(cfg.model).digest(cfg.model),
+        "model": backend_for(cfg.model, cfg.runtime).digest(cfg.model),
         "model_family": cfg.model_family,
         "shard_size": cfg.shard_size,
         # under the config section's name, so a refusal names the option as the user set it
@@ -84,14 +85,17 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
     }
 
 
-def versions(model: str) -> dict[str, str]:
+def versions(cfg: JobConfig) -> dict[str, str]:
     import numpy
     import ray
 
+    runtimes: dict[str, str] = {}
+    for backend in candidates(cfg.model, cfg.runtime):  # each runtime that may run the model
+        runtimes.update(backend.versions())
     return {
         "python": platform.python_version(),
         "ray": ray.__version__,
-        **backend_for(model).versions(),  # the runtime's own (onnxruntime for an .onnx file)
+        **runtimes,
         "numpy": numpy.__version__,
         "pyarrow": pa.__version__,
         "platform": platform.platform(),
@@ -121,12 +125,12 @@ def check_setup(cfg: JobConfig) -> Setup:
     samples = dataset.samples()
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
-    backend = backend_for(cfg.model)
+    backend = backend_for(cfg.model, cfg.runtime)  # the model's signature, read by the first runtime
     wrong = backend.check(cfg.model)
     if wrong:
         raise SetupError(wrong)
     try:
-        model = backend.build(cfg, 1)
+        model = backend.build(cfg, Plan(1, 1), 1)
     except SetupError:
         raise
     except Exception as exc:
@@ -262,7 +266,8 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         "config": cfg.to_dict(),
         # the task's options as the job used them (a declared depth profile in place of auto)
         "task_options": options_record(setup.options),
-        "versions": versions(cfg.model),
+        "versions": versions(cfg),
+        "runtime": runtime_record(work.infos),
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
             "total_s": round(time.time() - t_start, 3),
@@ -288,6 +293,18 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         },
         "actors": per_actor,
     }
+
+
+def runtime_record(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """run.json's `runtime`: {"name", "version", "probe"} that the actors ran with (the
+    first actor's probe figures; `per_actor` when actors chose differently)."""
+    runtimes = [i["runtime"] for i in infos if i.get("runtime")]
+    if not runtimes:
+        return None
+    first = dict(runtimes[0])
+    if any(r["name"] != first["name"] for r in runtimes):
+        first["per_actor"] = {i["name"]: i["runtime"]["name"] for i in infos if i.get("runtime")}
+    return first
 
 
 def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
-"""Plain-text tables for the terminal (`rayinfer eval`, `compare`, the benchmarks)."""
+"""Plain text for the terminal and the report: tables (`rayinfer eval`, `compare`, the benchmarks), the runtime line."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -12,3 +13,14 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def runtime_text(runtime: dict[str, Any]) -> str:
+    """"openvino 2026.4.1 (measured, img/s: openvino 76.3, onnxruntime 24.7)" for run.json's runtime."""
+    text = f"{runtime['name']} {runtime.get('version', '')}".strip()
+    if runtime.get("precision"):
+        text += f", {runtime['precision']}"
+    if runtime.get("probe"):
+        figures = ", ".join(f"{k} {v:g}" for k, v in sorted(runtime["probe"].items(), key=lambda kv: -kv[1]))
+        text += f" (the faster measured, img/s: {figures}{'; cached' if runtime.get('probe_cached') else ''})"
+    return text

@@ -17,6 +17,7 @@ from typing import Any
 
 
 from rayinfer.jobs.evaluate import Evaluation
+from rayinfer.jobs.format import runtime_text
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,15 @@ def write_report(output: Path, ev: Evaluation, task: Any, data_root: Path, run: 
     slices = "".join(f"<h2>{html.escape(t.title)}</h2>" + _table(t.header, t.rows) for t in task.tables(ev))
     title = f"rayinfer {ev.task} report"
     model = html.escape(str(run["config"]["model"])) if run else ""
+    runtime = (f"<br>runtime: {html.escape(runtime_text(run['runtime']))}"
+               if run and run.get("runtime") else "")
     figs = "".join(
         f'<figure id="fig-{name}"><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>"
         for name, data in figures
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
-<body><h1>{title}</h1><p>model: {model}<br>data: {html.escape(str(data_root))}<br>images: {ev.metrics.get('images')}</p>
+<body><h1>{title}</h1><p>model: {model}{runtime}<br>data: {html.escape(str(data_root))}<br>images: {ev.metrics.get('images')}</p>
 <h2>Metrics</h2>{_table(keys, [[ev.metrics.get(k) for k in keys]])}
 {slices}<h2>Figures</h2>{figs}
 <h2>Throughput and utilisation</h2>{_throughput_section(run)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# `--runtime auto` caches its probes; the tests keep theirs apart from the user's (set before
+# any Ray starts, so actors inherit it)
+os.environ.setdefault("RAYINFER_CACHE_DIR", tempfile.mkdtemp(prefix="rayinfer-test-cache-"))
 
 
 def inference_actor(cfg: Any, name: str = "actor-0", actor_class: Any = None) -> Any:

@@ -1,23 +1,26 @@
 """Runtime backends: what runs a model, one module each, behind the `Model` protocol.
 
-Each module has a `BACKEND` object: `handles(model)` (is this model reference mine?),
-`resolve` (the reference every node sees), `check` (can it be opened: None, or why not),
-`digest` (what `--resume` compares), `device(cfg)` (the device the configuration asks
-for), `build(cfg, threads_per_request)` (the `Model`) and `versions()` (for run.json).
-`open_model` is the one place that plans requests against the device a model really got.
+Each module has a `BACKEND` object: `handles(model)` (is this model reference one it can
+run?), `installed()` (None, or why its package is missing), `resolve` (the reference every
+node sees), `check` (can it be opened: None, or why not), `digest` (what `--resume`
+compares), `device(cfg)` (the device the configuration asks for), `build(cfg, plan, cpus)`
+(the `Model`) and `versions()` (for run.json).
 
-Adding a backend (OpenVINO, say): one module with its `BACKEND`, and its line below
-(the first that handles a model reference wins).
+`open_model` is the one place that picks the runtime (`--runtime`: one by name, or `auto`:
+the faster of the installed ones on this model, measured; actors/backends/choice.py) and
+plans requests against the device the model really got.
+
+Adding a backend: one module with its `BACKEND`, and its line below.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
-from rayinfer.actors.model import Model
 from rayinfer.actors.devices import Plan, plan_requests
+from rayinfer.actors.model import Model
 from rayinfer.datasets.base import SetupError
 
 log = logging.getLogger(__name__)
@@ -25,34 +28,136 @@ log = logging.getLogger(__name__)
 REGISTRY: dict[str, str] = {
     "simulated": "rayinfer.actors.backends.simulated",  # sim://?latency_ms=..
     "onnxruntime": "rayinfer.actors.backends.onnxruntime",  # an .onnx file
+    "openvino": "rayinfer.actors.backends.openvino",  # an .onnx file or OpenVINO IR (.xml + .bin)
 }
+#: --runtime values: a backend by name, or the faster installed one
+RUNTIMES = ("auto", "onnxruntime", "openvino")
 
 
-def backend_for(model: str) -> Any:
-    """The backend that runs `model` (a file or a URI)."""
-    for module in REGISTRY.values():
-        backend = importlib.import_module(module).BACKEND
-        if backend.handles(model):
-            return backend
-    raise SetupError(f"no runtime backend runs {model!r} (backends: {', '.join(REGISTRY)})")
+def backend(name: str) -> Any:
+    return importlib.import_module(REGISTRY[name]).BACKEND
 
 
-def open_model(cfg: Any, cpus: int) -> tuple[Model, Plan]:
-    """The model for a job config, and the requests to keep in flight on it.
+def candidates(model: str, runtime: str = "auto") -> list[Any]:
+    """The backends that may run `model` under `--runtime`, installed, in registry order.
+
+    A named runtime that is missing or cannot run this kind of model is a `SetupError`
+    naming both; under `auto`, a missing package is simply not a candidate.
+    """
+    if runtime != "auto":
+        if runtime not in REGISTRY:
+            raise SetupError(f"--runtime {runtime}: not a runtime (choose from {', '.join(RUNTIMES)})")
+        chosen = backend(runtime)
+        if not chosen.handles(model):
+            raise SetupError(f"--runtime {runtime} does not run {model!r}")
+        missing = chosen.installed() if hasattr(chosen, "installed") else None
+        if missing:
+            raise SetupError(f"--runtime {runtime}: {missing}")
+        return [chosen]
+    found = [b for b in map(backend, REGISTRY) if b.handles(model)]
+    installed = [b for b in found if not (hasattr(b, "installed") and b.installed())]
+    if not installed:
+        raise SetupError(f"no installed runtime runs {model!r} (backends: {', '.join(REGISTRY)})"
+                         if not found else f"{model}: {found[0].installed()}")
+    return installed
+
+
+def backend_for(model: str, runtime: str = "auto") -> Any:
+    """The first backend that runs `model`: the one that checks, digests and describes it
+    on the driver (the actors may pick a faster one under `auto`)."""
+    return candidates(model, runtime)[0]
+
+
+def device_for(cfg: Any) -> str:
+    """The device an actor's model asks for: an accelerator if the configuration names one
+    (`open_model` then takes that runtime without measuring), else "cpu"."""
+    devices = [b.device(cfg) for b in candidates(cfg.model, cfg.runtime)]
+    return next((d for d in devices if d != "cpu"), "cpu")
+
+
+class Runtime(NamedTuple):
+    """What an actor runs its model with, for run.json: the backend's name and version,
+    and the probe's figures (img/s per runtime; None when nothing was measured)."""
+
+    name: str
+    version: str
+    probe: dict[str, float] | None = None
+    probe_cached: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "probe": self.probe, "probe_cached": self.probe_cached}
+
+
+class Opened(NamedTuple):
+    model: Model
+    plan: Plan
+    runtime: Runtime
+
+
+def build(chosen: Any, cfg: Any, cpus: int) -> tuple[Model, Plan]:
+    """`chosen`'s model for a job config, and the requests to keep in flight on it.
 
     Planned for the device the configuration asks for; if the model got another one (CUDA
     asked for, the session fell back to the CPU), planned again for that one and rebuilt,
     so requests always suit what really runs them.
     """
-    backend = backend_for(cfg.model)
-    wanted = backend.device(cfg)
+    wanted = chosen.device(cfg)
     plan = plan_requests(wanted, cpus, cfg.hint, cfg.requests)
-    model = backend.build(cfg, plan.threads_per_request)
+    model = chosen.build(cfg, plan, cpus)
     if model.device != wanted:
         log.warning("%s: asked for %s but the model runs on %s; planning requests for %s",
                     cfg.model, wanted, model.device, model.device)
         plan = plan_requests(model.device, cpus, cfg.hint, cfg.requests)
-        model = backend.build(cfg, plan.threads_per_request)
-    if not cfg.requests and getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
+        model = chosen.build(cfg, plan, cpus)
+    if not cfg.requests and getattr(model, "optimal_requests", None):  # the device says (OpenVINO, simulated)
         plan = plan._replace(requests=1 if cfg.hint == "latency" else int(model.optimal_requests))  # type: ignore[attr-defined]
     return model, plan
+
+
+def open_model(cfg: Any, cpus: int) -> Opened:
+    """The model an actor runs: the runtime `--runtime` names, or under `auto` the faster
+    of the installed ones, measured on this model with `cpus` (choice.py)."""
+    found = candidates(cfg.model, cfg.runtime)
+    accelerator = [b for b in found if b.device(cfg) != "cpu"]
+    if len(found) == 1 or accelerator:  # one runtime, or a GPU asked for: never measured against CPU runtimes
+        chosen = (accelerator or found)[0]
+        model, plan = build(chosen, cfg, cpus)
+        return Opened(model, plan, Runtime(chosen.name, _version(chosen)))
+    return pick(found, cfg, cpus)
+
+
+def pick(found: list[Any], cfg: Any, cpus: int) -> Opened:
+    """The faster of `found` (backends that all run `cfg.model` on the CPU), measured, or
+    as measured before on this hardware. One that cannot load the model is skipped."""
+    from rayinfer.actors.backends import choice
+
+    key = choice.cache_key(found, cfg, cpus)
+    before = choice.cached(key)
+    names = [b.name for b in found]
+    if before and before["choice"] in names:
+        chosen = found[names.index(before["choice"])]
+        model, plan = build(chosen, cfg, cpus)
+        log.info("runtime %s for %s (measured before, img/s: %s)", chosen.name, cfg.model, before["probe"])
+        return Opened(model, plan, Runtime(chosen.name, _version(chosen), before["probe"], True))
+    built: dict[str, tuple[Any, Model, Plan]] = {}
+    for b in found:
+        try:
+            built[b.name] = (b, *build(b, cfg, cpus))
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the model is skipped
+            log.warning("--runtime auto: %s cannot run %s, skipped: %s", b.name, cfg.model, exc)
+    if not built:
+        raise SetupError(f"no installed runtime can run {cfg.model}")
+    if len(built) == 1:
+        chosen, model, plan = next(iter(built.values()))
+        return Opened(model, plan, Runtime(chosen.name, _version(chosen)))
+    rates = choice.measure({name: (model, plan.requests) for name, (_, model, plan) in built.items()}, cfg.hint, cpus)
+    winner = max(rates, key=lambda n: rates[n])
+    chosen, model, plan = built[winner]
+    log.info("runtime %s for %s (measured, img/s: %s)", winner, cfg.model, rates)
+    choice.remember(key, winner, rates, cpus)
+    return Opened(model, plan, Runtime(winner, _version(chosen), rates, False))
+
+
+def _version(chosen: Any) -> str:
+    versions = chosen.versions()
+    return versions.get(chosen.name, next(iter(versions.values()), ""))

@@ -154,7 +154,7 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def handles(model: str) -> bool:
-        return "://" not in model
+        return "://" not in model and not model.lower().endswith(".xml")  # OpenVINO IR is OpenVINO's
 
     @staticmethod
     def resolve(model: str) -> str:
@@ -178,9 +178,14 @@ class OnnxRuntimeBackend:
         return "gpu" if RuntimeOptions(providers=tuple(cfg.providers)).wants_gpu else "cpu"
 
     @staticmethod
-    def build(cfg: Any, threads_per_request: int) -> OnnxModel:
+    def installed() -> str | None:
+        return None  # a dependency of rayinfer
+
+    @staticmethod
+    def build(cfg: Any, plan: Any, cpus: int) -> OnnxModel:
+        """`plan.threads_per_request` intra-op threads (requests share the CPUs)."""
         options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
-                                 intra_op_threads=threads_per_request)
+                                 intra_op_threads=plan.threads_per_request)
         return OnnxModel(cfg.model, options)
 
     @staticmethod

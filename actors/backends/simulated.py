@@ -139,7 +139,11 @@ class SimulatedBackend:
         return SimulatedModel.device
 
     @staticmethod
-    def build(cfg: Any, threads_per_request: int) -> SimulatedModel:
+    def installed() -> str | None:
+        return None
+
+    @staticmethod
+    def build(cfg: Any, plan: Any, cpus: int) -> SimulatedModel:
         return SimulatedModel.from_uri(cfg.model)
 
     @staticmethod

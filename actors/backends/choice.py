@@ -1,0 +1,160 @@
+"""`--runtime auto`: measuring the installed runtimes on a model, and remembering the result.
+
+No runtime wins everywhere (on this project's 2-vCPU Xeon OpenVINO runs YOLOv8n fp32 3x
+faster than ONNX Runtime and the dynamic-int8 YOLOv8n slower), so the choice is measured:
+
+1. each candidate is built as the actor would run it (its request plan, its own queue);
+2. it is fed random inputs of the model's shape, keeping every planned request busy: a
+   warm-up of one round of requests, then `ROUNDS` rounds of `ROUND_S` seconds each,
+   alternating between candidates so a noisy neighbour slows each alike;
+3. img/s is completions over the round's wall time, the best of its rounds; the faster wins.
+
+About `2 x ROUNDS x ROUND_S` = 3 s for two candidates, plus compiling. The figures and the
+choice are cached in `runtime-probes.json` under `$RAYINFER_CACHE_DIR` (else
+`$XDG_CACHE_HOME/rayinfer`, else `~/.cache/rayinfer`), keyed by the model file's sha256,
+the CPU model, the actor's CPUs, the hint, the request count and every candidate's
+version: a second job on the same hardware does not probe again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayinfer.actors.model import Model
+
+log = logging.getLogger(__name__)
+
+ROUNDS = 2
+ROUND_S = 0.75
+CACHE_FILE = "runtime-probes.json"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("RAYINFER_CACHE_DIR"):
+        return Path(os.environ["RAYINFER_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rayinfer"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cached(key: str) -> dict[str, Any] | None:
+    """The probe remembered under `key`: {"choice", "probe", ...}, or None."""
+    entry = _load().get(key)
+    return entry if isinstance(entry, dict) and "choice" in entry and "probe" in entry else None
+
+
+def remember(key: str, winner: str, rates: dict[str, float], cpus: int) -> None:
+    _save(key, {"choice": winner, "probe": rates, "cpu": cpu_model(), "cpus": cpus,
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def measure(models: dict[str, tuple[Model, int]], hint: str, cpus: int,
+            rounds: int = ROUNDS, round_s: float = ROUND_S) -> dict[str, float]:
+    """img/s of each model, `requests` in flight on its own queue, rounds alternating."""
+    from rayinfer.actors.queue import queue_for
+
+    best = dict.fromkeys(models, 0.0)
+    queues = {name: queue_for(model, requests, hint, cpus) for name, (model, requests) in models.items()}
+    try:
+        feeds = {name: example_inputs(model) for name, (model, _) in models.items()}
+        for name, q in queues.items():  # warm-up: one round of requests each
+            _run(q, feeds[name], seconds=0.0)
+        for _ in range(rounds):
+            for name, q in queues.items():
+                best[name] = max(best[name], _run(q, feeds[name], round_s))
+    finally:
+        for q in queues.values():
+            q.close()
+    return {name: round(rate, 2) for name, rate in best.items()}
+
+
+def _run(queue: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
+    """Keep `queue` full for `seconds` (at least one request per slot); img/s."""
+    done = [0]
+    lock = threading.Lock()
+
+    def count(request: Any, _: Any) -> None:
+        if request.error is not None:
+            raise request.error
+        with lock:
+            done[0] += 1
+
+    queue.set_callback(count)
+    t0 = time.perf_counter()
+    started = 0
+    while started < queue.jobs or time.perf_counter() - t0 < seconds:
+        queue.start_async(feed)
+        started += 1
+    queue.wait_all()
+    elapsed = time.perf_counter() - t0
+    if done[0] < started:
+        raise RuntimeError(f"{started - done[0]} of {started} probe requests failed")
+    return done[0] / elapsed if elapsed > 0 else 0.0
+
+
+def example_inputs(model: Model) -> dict[str, np.ndarray]:
+    """Random inputs of the model's shapes (a dynamic batch is 1, other dynamic dims 640)."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in model.inputs:
+        shape = tuple(d if d is not None else (1 if i == 0 else 640) for i, d in enumerate(spec.shape))
+        if np.issubdtype(spec.dtype, np.floating):
+            feed[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+        else:
+            feed[spec.name] = rng.integers(0, 255, shape).astype(spec.dtype)
+    return feed
+
+
+def cache_key(found: list[Any], cfg: Any, cpus: int) -> str:
+    from rayinfer.datasets.base import sha256_file
+
+    parts = {
+        "model": sha256_file(Path(cfg.model)),
+        "cpu": cpu_model(),
+        "cpus": cpus,
+        "hint": cfg.hint,
+        "requests": cfg.requests,
+        "runtimes": sorted(f"{k}={v}" for b in found for k, v in b.versions().items()),
+        "options": [getattr(cfg, "openvino_precision", None)],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _load() -> dict[str, Any]:
+    try:
+        data = json.loads((cache_dir() / CACHE_FILE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(key: str, entry: dict[str, Any]) -> None:
+    """Add one entry (atomically: concurrent actors on one node may write at once)."""
+    path = cache_dir() / CACHE_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _load()
+        data[key] = entry
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("runtime probe not cached (%s): %s", path, exc)
