@@ -130,6 +130,10 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
         f"metrics: {json.dumps(head)}\n"
         f"outputs: {run['config']['output']}\n"
     )
+    stages = run["timings"].get("stage_percentiles_ms") or {}
+    if stages:
+        sys.stdout.write("per sample, ms p50/p90/p99: " + ", ".join(
+            f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in stages.items() if v["p50"] is not None) + "\n")
     if run.get("runtime"):
         from rayinfer.jobs.format import runtime_text
 
@@ -205,6 +209,27 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rayinfer.jobs.bench.model import format_bench, run_model_bench
+
+    if bool(args.task) != bool(args.data_root):
+        raise SetupError("bench: --task and --data-root go together (accuracy on that dataset)")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise SetupError(f"data root not found: {args.data_root}")
+    result = run_model_bench(args.model, args.runtime, args.requests, args.seconds, args.hint, args.task,
+                             args.data_root)
+    sys.stdout.write((json.dumps(result, indent=2) if args.json else format_bench(result)) + "\n")
+    return 0
+
+
+def _requests(text: str) -> list[str]:
+    values = csv_list(text)
+    for v in values:
+        if v != "auto" and not (v.isdigit() and int(v) > 0):
+            raise argparse.ArgumentTypeError(f"requests: {v!r} is not a positive count or auto")
+    return values
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rayinfer.jobs.doctor import format_report, report
 
@@ -256,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--keep-archives", action="store_true", help="keep the downloaded archives")
     dl.add_argument("--quiet", action="store_true", help="no progress bars")
     dl.set_defaults(func=cmd_download)
+
+    from rayinfer.actors.backends import RUNTIMES
+
+    bn = sub.add_parser("bench", help="a model on each installed runtime x request counts: img/s and latency")
+    bn.add_argument("--model", required=True, help="ONNX model file (or OpenVINO IR .xml)")
+    bn.add_argument("--runtime", type=csv_list, default=["auto"],
+                    help=f"runtimes, comma-separated ({', '.join(RUNTIMES)}; auto: every installed one)")
+    bn.add_argument("--requests", type=_requests, default=["1", "2", "4", "auto"],
+                    help="requests in flight, comma-separated; auto = the runtime's optimal count (default: 1,2,4,auto)")
+    bn.add_argument("--seconds", type=float, default=5.0, help="measured time per run (default: %(default)s)")
+    bn.add_argument("--hint", choices=("throughput", "latency"), default="throughput")
+    bn.add_argument("--task", type=_task, help="with --data-root: also the dataset accuracy per runtime")
+    bn.add_argument("--data-root", help="dataset folder for --task")
+    bn.add_argument("--json", action="store_true", help="one JSON object, nothing else")
+    bn.set_defaults(func=cmd_bench)
 
     doc = sub.add_parser("doctor", help="versions, providers, cores, GPUs and the datasets found")
     doc.add_argument("--data-root", action="append", default=[], help="also look for a dataset here")

@@ -4,6 +4,7 @@ shipping the package to the cluster's workers, and placing the inference actors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
-from rayinfer.actors.backends import device_for
+from rayinfer.actors.backends import candidates, device_for
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.loader import first_line
@@ -174,6 +175,7 @@ def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[li
     import ray
 
     n, cpus, gpus = plan_actors(cfg)
+    cfg, probe = resolve_runtime(cfg, cpus, gpus)
     remote = ray.remote(InferenceActor)
     names = [f"actor-{i}" for i in range(n)]
     run_tag = uuid.uuid4().hex[:8]
@@ -191,4 +193,38 @@ def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[li
         cause = str(exc).strip().splitlines()
         raise SetupError(f"inference actors failed to start: {cause[-1] if cause else exc}") from None
     log.info("%d actors x %.2g CPUs%s", n, cpus, f" x {gpus:g} GPUs" if gpus else "")
+    if probe:
+        for info in infos:  # what chose their runtime
+            info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
     return actors, names, infos
+
+
+def resolve_runtime(cfg: JobConfig, cpus: float, gpus: float) -> tuple[JobConfig, dict[str, Any] | None]:
+    """One runtime for every actor of a job, so that a sample's prediction never depends on
+    which actor ran it (runtimes differ in the last digits; OpenVINO may compute in bf16).
+
+    Under `--runtime auto` with several installed CPU runtimes, the choice is measured
+    once, in a Ray task with one actor's resources (so on an actor's kind of node, with its
+    CPUs), and the actors get the chosen runtime by name. Returns the config the actors get
+    and the probe's record (None when nothing had to be chosen).
+    """
+    import ray
+
+    if cfg.runtime != "auto" or len(candidates(cfg.model, "auto")) < 2 or device_for(cfg) != "cpu":
+        return cfg, None
+    task = ray.remote(_probe_runtime).options(num_cpus=cpus, num_gpus=gpus,
+                                              resources={cfg.resource: 1} if cfg.resource else None)
+    try:
+        probe = ray.get(task.remote(cfg), timeout=600)
+    except Exception as exc:  # noqa: BLE001 - the task's SetupError, or the cluster's
+        cause = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise SetupError(f"choosing the runtime for {cfg.model} failed: {cause[-1] if cause else exc}") from None
+    return dataclasses.replace(cfg, runtime=probe["name"]), probe
+
+
+def _probe_runtime(cfg: JobConfig) -> dict[str, Any]:
+    """(A Ray task) the runtime an actor with these CPUs would choose, and its probe."""
+    from rayinfer.actors.backends import open_model
+    from rayinfer.actors.model import available_cpus
+
+    return open_model(cfg, available_cpus()).runtime.record()

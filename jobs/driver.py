@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from rayinfer.actors.actor import ShardResult, peak_rss_mb
+from rayinfer.actors.actor import STAGES, ShardResult, peak_rss_mb
 from rayinfer.actors.backends import backend_for, candidates
 from rayinfer.actors.devices import Plan
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
@@ -30,7 +31,7 @@ from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
-from rayinfer.jobs.output import RunOutput, writing
+from rayinfer.jobs.output import RunOutput, read_shards, writing
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
 
@@ -174,6 +175,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
 
     run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), evaluation.rows,
                      errors.num_rows)
+    run["timings"]["stage_percentiles_ms"] = stage_percentiles(output)
     output.write_json("run.json", run)
     if cfg.report:
         from rayinfer.jobs.report import report_files, write_report
@@ -293,6 +295,24 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         },
         "actors": per_actor,
     }
+
+
+def percentiles(values: Any, quantiles: dict[str, float]) -> dict[str, float | None]:
+    """{name: the q-th percentile of `values`} for `quantiles` {name: q}, rounded to µs."""
+    values = np.asarray(values, np.float64)
+    if not values.size:
+        return dict.fromkeys(quantiles)
+    return {k: round(float(v), 3) for k, v in zip(quantiles, np.percentile(values, list(quantiles.values())))}
+
+
+def stage_percentiles(output: RunOutput) -> dict[str, dict[str, float | None]]:
+    """p50 / p90 / p99 per stage (ms per sample) over the committed predictions, one column at a time."""
+    out = {}
+    for stage in STAGES:
+        column = read_shards(output.predictions_dir, [f"{stage}_ms"])
+        if column.num_columns:
+            out[stage] = percentiles(column.column(0).to_numpy(), {"p50": 50, "p90": 90, "p99": 99})
+    return out
 
 
 def runtime_record(infos: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -65,6 +65,10 @@ def _throughput_section(run: dict[str, Any] | None) -> str:
     if stages:
         parts.append("<h3>Mean time per sample and stage (ms)</h3>")
         parts.append(_table(list(stages), [list(stages.values())]))
+    spread = t.get("stage_percentiles_ms") or {}
+    if spread:
+        parts.append("<h3>Time per sample and stage, spread (ms)</h3>")
+        parts.append(_table(["stage", "p50", "p90", "p99"], [[k, v["p50"], v["p90"], v["p99"]] for k, v in spread.items()]))
     actors = run.get("actors") or []
     if actors:
         parts.append("<h3>Actors</h3>")

@@ -205,3 +205,39 @@ def test_openvino_matches_onnxruntime_on_nyu(ray_session, tmp_path):
     for key in ("abs_rel", "sq_rel", "rmse_log", "log10", "delta1", "delta2", "delta3"):
         assert abs(ov_m[key] - ort_m[key]) <= 0.005, key
     assert abs(ov_m["rmse"] - ort_m["rmse"]) <= 0.02
+
+
+def test_rayinfer_bench_json(heavy_model):
+    """`rayinfer bench --json`: one object, a run per runtime x request count, latency percentiles."""
+    proc = subprocess.run([sys.executable, "-m", "rayinfer.jobs.cli", "bench", "--model", str(heavy_model),
+                           "--requests", "1,auto", "--seconds", "0.3", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == str(heavy_model) and result["accuracy"] is None
+    assert [(r["runtime"], r["requested"]) for r in result["runs"]] == [
+        ("onnxruntime", "1"), ("onnxruntime", "auto"), ("openvino", "1"), ("openvino", "auto")]
+    for r in result["runs"]:
+        lat = r["latency_ms"]
+        assert r["img_s"] > 0 and r["requests"] >= 1
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert [r["requests"] for r in result["runs"] if r["requested"] == "1"] == [1, 1]
+    bad = subprocess.run([sys.executable, "-m", "rayinfer.jobs.cli", "bench", "--model", str(heavy_model),
+                          "--requests", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "not a positive count" in bad.stderr
+
+
+def test_auto_gives_every_actor_of_a_job_the_same_runtime(ray_session, tmp_path):
+    """Measured once per job (a Ray task with one actor's CPUs): two actors never run two runtimes."""
+    from rayinfer.datasets.synthetic import write_coco
+    from rayinfer.jobs.driver import run_job
+
+    root = write_coco(tmp_path / "data", n_images=8, seed=2)
+    model = make_const_detector(tmp_path / "det.onnx", 64, np.array([[32, 32, 20, 10, 0, 0.9]]))
+    outcome = run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / "out"),
+                                actors=2, shard_size=2, progress=False, report=False))
+    run = outcome.run
+    assert run["config"]["runtime"] == "auto"  # as the user asked
+    assert {a["runtime"]["name"] for a in run["actors"]} == {run["runtime"]["name"]}
+    assert "per_actor" not in run["runtime"]
+    assert set(run["runtime"]["probe"]) == {"onnxruntime", "openvino"}

@@ -40,6 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc.add_argument("--capacity", type=int, default=4)
     sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
     sc.add_argument("--memory-sizes", default="1000,20000")
+    from rayinfer.jobs.bench.runtimes import BENCH_SETS
+
+    rn = sub.add_parser("runtimes", help="the whole job with onnxruntime, openvino and auto, back to back")
+    rn.add_argument("task", choices=sorted(BENCH_SETS))
+    rn.add_argument("--data-root", type=Path, required=True)
+    rn.add_argument("--model", type=Path, required=True)
+    rn.add_argument("--images", type=int, default=500)
+    rn.add_argument("--repeat", type=int, default=2)
     me = sub.add_parser("memory", help="peak RSS of the whole COCO job at two dataset sizes")
     me.add_argument("--data-root", type=Path, required=True)
     me.add_argument("--model", type=Path, required=True)
@@ -63,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rayinfer.jobs.bench.accel import run_accel_bench
 
         result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+    elif args.bench == "runtimes":
+        from rayinfer.jobs.bench.runtimes import run_runtimes_bench
+
+        result = run_runtimes_bench(args.task, args.data_root, args.model, args.images, max(1, args.repeat))
     elif args.bench == "memory":
         from rayinfer.jobs.bench.memory import run_memory_bench
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def _raydata_detect(paths: list[str], model: str, actors: int, batch_size: int |
     return n / (time.perf_counter() - t0)
 
 
-def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1) -> dict[str, float]:
+def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
+                     runtime: str = "onnxruntime") -> dict[str, float]:
     """Seconds per image for decode+letterbox, single-thread inference and decode+NMS.
 
     `threads=1`: one image at a time with the other cores idle (the issue's `limit`).
@@ -77,7 +79,12 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1) -> 
     from rayinfer.actors.families.detection import DetectionOptions
 
     ds = CocoDataset(root)
-    m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    m: Any = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    if runtime == "openvino":
+        # one compiled model on every core, its streams shared by the loops (as the job runs it)
+        from rayinfer.actors.backends.openvino import OpenVinoModel
+
+        m = OpenVinoModel(str(model), hint="throughput", threads=available_cpus())
     adapter = choose_family("auto", m.inputs, m.outputs)(m.inputs, DetectionOptions(), ds.category_ids)
     samples = ds.samples()
     m.run(adapter.preprocess(ds.load(samples[0]), samples[0])[0])
