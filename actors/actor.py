@@ -35,6 +35,7 @@ import pyarrow as pa
 from rayinfer.actors.backends import open_model
 from rayinfer.actors.model import available_cpus
 from rayinfer.actors.queue import InferRequest, queue_for
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SampleError, records_schema
 
@@ -177,7 +178,7 @@ class InferenceActor:
     """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
     returning one table per shard."""
 
-    def __init__(self, cfg: Any, name: str, dataset: Dataset, adapter: Adapter) -> None:
+    def __init__(self, cfg: ActorSettings, name: str, dataset: Dataset, adapter: Adapter) -> None:
         """`dataset`: the reader whose `load` this actor calls per sample; `adapter`: the
         model family's steps around inference. Both built and checked by the driver (the
         task's hooks); Ray gives a restarted actor the same ones."""

@@ -54,7 +54,34 @@ class InferRequest:
 _STOP = object()
 
 
-class AsyncInferQueue:
+class RequestSlots:
+    """What every request pool exposes about its slots: `len(pool)`, `pool[id]` (the
+    `InferRequest`), `jobs`, and `with pool:` (closed on exit). Subclasses set `_requests`
+    and define `close`."""
+
+    _requests: list[InferRequest]
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __getitem__(self, request_id: int) -> InferRequest:
+        return self._requests[request_id]
+
+    @property
+    def jobs(self) -> int:
+        return len(self._requests)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncInferQueue(RequestSlots):
     """A pool of `jobs` infer requests over one thread-safe model.
 
     `model` is a path to an .onnx file (then the session is built with the thread
@@ -166,16 +193,6 @@ class AsyncInferQueue:
         with self._cond:
             return bool(self._idle) and not self._closed
 
-    def __len__(self) -> int:
-        return len(self._requests)
-
-    def __getitem__(self, request_id: int) -> InferRequest:
-        return self._requests[request_id]
-
-    @property
-    def jobs(self) -> int:
-        return len(self._requests)
-
     @property
     def in_flight(self) -> int:
         with self._cond:
@@ -221,12 +238,6 @@ class AsyncInferQueue:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("%s did not stop within %.1fs (a request is still running)", t.name, timeout)
-
-    def __enter__(self) -> AsyncInferQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- worker --------------------------------------------------------------
     def _work(self, rid: int) -> None:

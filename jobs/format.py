@@ -21,6 +21,6 @@ def runtime_text(runtime: dict[str, Any]) -> str:
     if runtime.get("precision"):
         text += f", {runtime['precision']}"
     if runtime.get("probe"):
-        figures = ", ".join(f"{k} {v:g}" for k, v in sorted(runtime["probe"].items(), key=lambda kv: -kv[1]))
+        figures = ", ".join(f"{k} {v:.1f}" for k, v in sorted(runtime["probe"].items(), key=lambda kv: -kv[1]))
         text += f" (the faster measured, img/s: {figures}{'; cached' if runtime.get('probe_cached') else ''})"
     return text

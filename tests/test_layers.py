@@ -92,3 +92,19 @@ def test_our_code_is_imported_by_its_installed_name_only():
                 path_edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not bare, bare
     assert not path_edits, path_edits
+
+
+def test_the_job_config_provides_what_the_actors_read():
+    """actors/ is typed against `ActorSettings` (it never imports jobs/): every field it
+    names is a JobConfig field of the same type, and every `cfg.X` read in actors/ is one."""
+    import re
+    import typing
+
+    from rayinfer.actors.settings import ActorSettings
+    from rayinfer.jobs.config import JobConfig
+
+    wanted = typing.get_type_hints(ActorSettings)
+    have = typing.get_type_hints(JobConfig)
+    assert {name: have.get(name) for name in wanted} == wanted
+    read = {m for p in (ROOT / "actors").rglob("*.py") for m in re.findall(r"\bcfg\.([a-z_]+)", p.read_text())}
+    assert read and read <= set(wanted), sorted(read - set(wanted))

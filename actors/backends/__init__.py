@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from rayinfer.actors.devices import Plan, plan_requests
 from rayinfer.actors.model import Model
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.datasets.base import SetupError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def backend_for(model: str, runtime: str = "auto") -> Any:
     return candidates(model, runtime)[0]
 
 
-def device_for(cfg: Any) -> str:
+def device_for(cfg: ActorSettings) -> str:
     """The device an actor's model asks for: an accelerator if the configuration names one
     (`open_model` then takes that runtime without measuring), else "cpu"."""
     devices = [b.device(cfg) for b in candidates(cfg.model, cfg.runtime)]
@@ -94,7 +95,7 @@ class Opened(NamedTuple):
     runtime: Runtime
 
 
-def build(chosen: Any, cfg: Any, cpus: int) -> tuple[Model, Plan]:
+def build(chosen: Any, cfg: ActorSettings, cpus: int) -> tuple[Model, Plan]:
     """`chosen`'s model for a job config, and the requests to keep in flight on it.
 
     Planned for the device the configuration asks for; if the model got another one (CUDA
@@ -114,7 +115,7 @@ def build(chosen: Any, cfg: Any, cpus: int) -> tuple[Model, Plan]:
     return model, plan
 
 
-def open_model(cfg: Any, cpus: int) -> Opened:
+def open_model(cfg: ActorSettings, cpus: int) -> Opened:
     """The model an actor runs: the runtime `--runtime` names, or under `auto` the faster
     of the installed ones, measured on this model with `cpus` (choice.py)."""
     found = candidates(cfg.model, cfg.runtime)
@@ -126,7 +127,7 @@ def open_model(cfg: Any, cpus: int) -> Opened:
     return pick(found, cfg, cpus)
 
 
-def pick(found: list[Any], cfg: Any, cpus: int) -> Opened:
+def pick(found: list[Any], cfg: ActorSettings, cpus: int) -> Opened:
     """The faster of `found` (backends that all run `cfg.model` on the CPU), measured, or
     as measured before on this hardware. One that cannot load the model is skipped."""
     from rayinfer.actors.backends import choice

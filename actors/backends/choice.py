@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import Model
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def example_inputs(model: Model) -> dict[str, np.ndarray]:
     return feed
 
 
-def cache_key(found: list[Any], cfg: Any, cpus: int) -> str:
+def cache_key(found: list[Any], cfg: ActorSettings, cpus: int) -> str:
     from rayinfer.datasets.base import sha256_file
 
     parts = {

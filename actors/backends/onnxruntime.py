@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import ModelError, TensorSpec, available_cpus, check_inputs
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class OnnxRuntimeBackend:
         return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
 
     @staticmethod
-    def device(cfg: Any) -> str:
+    def device(cfg: ActorSettings) -> str:
         """The device the configuration asks for (the session may get less: OnnxModel.device)."""
         return "gpu" if RuntimeOptions(providers=tuple(cfg.providers)).wants_gpu else "cpu"
 
@@ -182,7 +183,7 @@ class OnnxRuntimeBackend:
         return None  # a dependency of rayinfer
 
     @staticmethod
-    def build(cfg: Any, plan: Any, cpus: int) -> OnnxModel:
+    def build(cfg: ActorSettings, plan: Any, cpus: int) -> OnnxModel:
         """`plan.threads_per_request` intra-op threads (requests share the CPUs)."""
         options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
                                  intra_op_threads=plan.threads_per_request)

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from rayinfer.actors.devices import Plan
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import ModelError, TensorSpec, available_cpus, check_inputs
-from rayinfer.actors.queue import InferRequest, QueueClosedError
+from rayinfer.actors.queue import InferRequest, QueueClosedError, RequestSlots
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class OpenVinoModel:
                 f"streams={self.streams}, precision={self.precision})")
 
 
-class OpenVinoQueue:
+class OpenVinoQueue(RequestSlots):
     """`openvino.AsyncInferQueue` over an `OpenVinoModel`, with the surface of rayinfer's
     `AsyncInferQueue`: `set_callback(fn(request, userdata))`, `start_async`, `wait_all`,
     `close`, `jobs`, `in_flight`, `busy_seconds` and the failure counters.
@@ -211,22 +212,6 @@ class OpenVinoQueue:
             self._closed = True
         if not self.wait_all(timeout):
             log.warning("OpenVINO requests still running after %.1fs", timeout)
-
-    def __enter__(self) -> OpenVinoQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return len(self._requests)
-
-    def __getitem__(self, request_id: int) -> InferRequest:
-        return self._requests[request_id]
-
-    @property
-    def jobs(self) -> int:
-        return len(self._requests)
 
     @property
     def in_flight(self) -> int:
@@ -344,11 +329,11 @@ class OpenVinoBackend:
         return out
 
     @staticmethod
-    def device(cfg: Any) -> str:
+    def device(cfg: ActorSettings) -> str:
         return "cpu" if cfg.openvino_device.upper() == "CPU" else cfg.openvino_device.lower()
 
     @staticmethod
-    def build(cfg: Any, plan: Plan, cpus: int) -> OpenVinoModel:
+    def build(cfg: ActorSettings, plan: Plan, cpus: int) -> OpenVinoModel:
         """Compiled with every CPU the actor has (OpenVINO splits them into streams itself)."""
         return OpenVinoModel(cfg.model, cfg.openvino_device, cfg.hint, threads=cpus, precision=cfg.openvino_precision)
 

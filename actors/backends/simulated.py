@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import TensorSpec, check_inputs
 
 
@@ -135,7 +136,7 @@ class SimulatedBackend:
         return {"uri": model}
 
     @staticmethod
-    def device(cfg: Any) -> str:
+    def device(cfg: ActorSettings) -> str:
         return SimulatedModel.device
 
     @staticmethod
@@ -143,7 +144,7 @@ class SimulatedBackend:
         return None
 
     @staticmethod
-    def build(cfg: Any, plan: Any, cpus: int) -> SimulatedModel:
+    def build(cfg: ActorSettings, plan: Any, cpus: int) -> SimulatedModel:
         return SimulatedModel.from_uri(cfg.model)
 
     @staticmethod

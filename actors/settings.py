@@ -1,0 +1,36 @@
+"""`ActorSettings`: what the inference side reads from a job's configuration.
+
+The job's configuration type lives above (`rayinfer.jobs.config.JobConfig`, which the
+inference side never imports); this Protocol names the fields the actor and the runtime
+backends read, with their types, so code here is typed against them and a field renamed
+there fails `tests/test_layers.py` instead of an actor at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ActorSettings(Protocol):
+    """The fields of a job's configuration an `InferenceActor` and the backends read."""
+
+    #: the model reference: a file (.onnx, OpenVINO IR .xml) or a URI (sim://...)
+    model: str
+    #: auto | onnxruntime | openvino
+    runtime: str
+    #: ONNX Runtime execution providers in order (cpu, cuda, tensorrt) and their options
+    providers: tuple[str, ...]
+    provider_options: dict[str, dict[str, Any]]
+    #: OpenVINO's device (CPU, GPU, NPU, AUTO) and inference precision (auto, f32, bf16, f16)
+    openvino_device: str
+    openvino_precision: str
+    #: requests in flight (0 = the device's optimal count) and the hint (throughput | latency)
+    requests: int
+    hint: str
+    #: auto | request | loader: where a sample is read and preprocessed
+    preprocess_in: str
+    #: read + preprocess threads (0 = CPUs + 1)
+    loader_threads: int
+    #: seconds per request before its shard is retried, and per read + preprocess
+    request_timeout_s: float
+    load_timeout_s: float
