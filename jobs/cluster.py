@@ -39,6 +39,7 @@ def connect_ray(cfg: JobConfig) -> bool:
     in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
     if cfg.address:
         _check_reachable(cfg.address)
+        _token_auth_if_token_found()
         kwargs["runtime_env"] = shipped_runtime_env()
         try:
             ray.init(address=cfg.address, **kwargs)
@@ -53,6 +54,21 @@ def connect_ray(cfg: JobConfig) -> bool:
     except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
         raise SetupError(f"Ray did not start here: {type(exc).__name__}: {first_line(exc)}") from None
     return True
+
+
+def _token_auth_if_token_found() -> None:
+    """Ray's token authentication for a client of an existing cluster, as `ray` CLI commands
+    and `rayinfer submit` do it: with RAY_AUTH_MODE unset and a token found (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), use it. (`ray.init(address=...)` alone does not
+    look, and a token cluster then refuses it after 20 s of InvalidAuthToken warnings.)"""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    if maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+        log.info("using Ray's token authentication (token found)")
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -111,7 +111,9 @@ def test_run_with_address_joins_the_cluster(head, tmp_path):
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolov8n_int8.onnx")
     out = tmp_path / "out"
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # this head was started with Ray's default token
+    # this head was started with Ray's default token (~/.ray/auth_token); RAY_AUTH_MODE is
+    # not set: `run --address` finds the token as `submit` does (issue 22 item 1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     cmd = [sys.executable, "-m", "rayinfer.jobs", "run", "coco", "--address", f"127.0.0.1:{port}", "--data-root", str(root),
            "--model", str(model), "--output", str(out), "--limit", "16", "--quiet", "--no-report"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
