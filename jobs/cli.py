@@ -109,7 +109,14 @@ def _defaults_for_demo(data: dict[str, Any]) -> None:
     elif has_data != has_model and task in models:
         raise ConfigError("--data-root and --model go together; leave both out to run the built-in demo")
     if not data.get("output"):
+        for switch in ("resume", "overwrite"):
+            if data.get(switch):
+                raise ConfigError(f"--{switch} needs --output: the folder of the run to "
+                                  f"{'continue' if switch == 'resume' else 'replace'}")
         data["output"] = str(next_output(task))
+        taken = Path("runs") / task
+        log.info("results go to %s%s", data["output"],
+                 f" ({taken} holds an earlier run; --output names the folder)" if Path(data["output"]) != taken else "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,9 +131,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
     head = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     counts = run["counts"]
+    t, rate = run["timings"], run["throughput"]
+    parts = [(name, t.get(key)) for name, key in (("checks", "checks_s"), ("Ray start", "ray_start_s"), ("actor start", "setup_s"),
+                                                  ("inference", "inference_s"), ("Ray stop", "ray_stop_s"),
+                                                  ("evaluation", "evaluation_s"),
+                                                  ("report", "report_s"))]
     sys.stdout.write(
-        f"{counts['samples']} samples, {counts['errors']} errors, "
-        f"{run['throughput']['samples_per_s']} samples/s over {run['timings']['inference_s']}s\n"
+        f"{counts['samples']} samples, {counts['errors']} errors in {t['total_s']:.1f} s end to end ("
+        + ", ".join(f"{name} {v:.1f} s" for name, v in parts if v is not None) + "); "
+        f"{_per_s(rate.get('end_to_end_samples_per_s'))} samples/s end to end, "
+        f"{_per_s(rate.get('samples_per_s'))} in steady state\n"
         f"metrics: {json.dumps(head)}\n"
         f"outputs: {run['config']['output']}\n"
     )
@@ -141,6 +155,10 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
             sys.stdout.write(f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}\n")
+
+
+def _per_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

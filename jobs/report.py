@@ -58,8 +58,10 @@ def _throughput_section(run: dict[str, Any] | None) -> str:
     if not run:
         return "<p>No run.json: throughput unknown (evaluated offline from a results file).</p>"
     t, c = run["timings"], run["counts"]
-    parts = [_table(["samples/s", "inference s", "setup s", "total s", "samples", "errors", "shards re-queued"],
-                    [[run["throughput"]["samples_per_s"], t["inference_s"], t["setup_s"], t["total_s"],
+    parts = [_table(["samples/s steady", "samples/s end to end", "inference s", "actor start s", "total s",
+                     "samples", "errors", "shards re-queued"],
+                    [[run["throughput"]["samples_per_s"], run["throughput"].get("end_to_end_samples_per_s"),
+                      t["inference_s"], t["setup_s"], t["total_s"],
                       c["samples"], c["errors"], c["shards_requeued"]]])]
     stages = t.get("stage_mean_ms") or {}
     if stages:

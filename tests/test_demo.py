@@ -14,10 +14,14 @@ from rayinfer.jobs.demo import demo_models
 pytestmark = pytest.mark.timeout(300)
 
 
-def _demo(task: str, tmp_path) -> dict:
+def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", task, "--quiet"], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=280)
+
+
+def _demo(task: str, tmp_path) -> dict:
+    proc = _run(tmp_path, task, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cache/rayinfer/demo" / task / ".complete").exists()
     assert (tmp_path / "runs" / task / "report.html").exists()
@@ -33,6 +37,30 @@ def test_coco_demo_reports_meaningful_accuracy(tmp_path):
     metrics = _demo("coco", tmp_path)
     assert metrics["images"] == 48
     assert metrics["AP50"] >= 0.5, metrics
+
+
+def test_a_second_run_says_where_it_goes_and_the_summary_states_its_time(tmp_path):
+    """issue 22 items 4 and 6: the default folder taken -> said at the start; the summary's
+    wall time end to end, its parts (adding up to it) and both throughputs."""
+    import re
+
+    assert _run(tmp_path, "coco", "--quiet", "--no-report").returncode == 0
+    proc = _run(tmp_path, "coco")
+    assert proc.returncode == 0, proc.stderr
+    assert "results go to runs/coco2 (runs/coco holds an earlier run" in proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "end to end (" in ln)
+    total = float(re.search(r"errors in ([\d.]+) s end to end", line).group(1))
+    parts = {name.strip(): float(v) for name, v in re.findall(r"([A-Za-z ]+?) ([\d.]+) s(?=[,)])", line.split("(", 1)[1])}
+    assert {"checks", "Ray start", "actor start", "inference", "Ray stop", "evaluation", "report"} == set(parts)
+    assert 0.8 * total <= sum(parts.values()) <= total + 0.1, line  # the parts are where the time went
+    assert re.search(r"[\d.]+ samples/s end to end, [\d.]+ in steady state", line)
+    run = json.loads((tmp_path / "runs/coco2/run.json").read_text())
+    assert run["timings"]["total_s"] == pytest.approx(total, abs=0.06)
+    assert run["throughput"]["end_to_end_samples_per_s"] < run["throughput"]["samples_per_s"]
+    # --resume / --overwrite without --output: which run? refused in one line
+    bad = _run(tmp_path, "coco", "--resume")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "rayinfer: error: --resume needs --output: the folder of the run to continue")
 
 
 def test_nyu_demo_reports_meaningful_accuracy(tmp_path):
