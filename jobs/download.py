@@ -112,9 +112,14 @@ def verify(archive: Archive, path: Path) -> None:
             raise DownloadError(f"{archive.name}: SHA-256 {sha}, expected {archive.sha256}")
 
 
-def fetch(archive: Archive, folder: Path, mirror: str | None = None, attempts: int = 5,
-          progress: bool = True, timeout: float = 60.0) -> Path:
-    """Download one archive into `folder`, resuming a `.part` file; verify it."""
+def fetch(archive: Archive, folder: Path, mirror: str | None = None, attempts: int = 6,
+          progress: bool = True, timeout: float = 60.0, backoff_s: float = 2.0, max_backoff_s: float = 60.0) -> Path:
+    """Download one archive into `folder`, resuming a `.part` file; verify it.
+
+    A failed connection is retried `attempts - 1` times, waiting `backoff_s`, then twice as
+    long each time up to `max_backoff_s` (2, 4, 8, 16, 32 s by default: a network that is
+    down for a minute is waited out), saying what failed and how long it waits.
+    """
     from tqdm import tqdm
 
     final = folder / archive.name
@@ -154,8 +159,10 @@ def fetch(archive: Archive, folder: Path, mirror: str | None = None, attempts: i
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             if attempt == attempts:
                 raise DownloadError(f"{archive.name}: {exc} after {attempts} attempts; rerun to resume") from None
-            log.warning("%s: %s; resuming (attempt %d of %d)", archive.name, exc, attempt + 1, attempts)
-            time.sleep(min(2**attempt, 30) * 0.1)
+            wait = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
+            log.warning("%s: %s (%s); retrying in %g s, resuming what arrived (attempt %d of %d)", archive.name,
+                        getattr(exc, "reason", None) or exc, url, wait, attempt + 1, attempts)
+            time.sleep(wait)
     try:
         verify(archive, part)
     except DownloadError:

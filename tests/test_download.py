@@ -164,3 +164,23 @@ def test_archives_cannot_write_outside_the_destination(tmp_path):
     broken.write_bytes(b"not an archive at all")
     with pytest.raises(DownloadError, match="neither a zip nor a tar"):
         extract(Archive("broken.tar", ""), broken, tmp_path / "dest")
+
+
+def test_a_network_that_is_down_is_retried_with_growing_waits(tmp_path, caplog):
+    """issue 22 item 12: exponential back-off with a cap, each wait said with what failed."""
+    import logging
+    import re
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    archive = Archive("down.zip", f"http://127.0.0.1:{port}/down.zip")
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(DownloadError, match="after 5 attempts; rerun to resume"):
+        fetch(archive, tmp_path, progress=False, attempts=5, backoff_s=0.05, max_backoff_s=0.15)
+    waits = [float(w) for w in re.findall(r"retrying in ([\d.]+) s", caplog.text)]
+    assert waits == [0.05, 0.1, 0.15, 0.15]  # doubling, capped
+    assert time.monotonic() - t0 >= sum(waits)
+    assert "refused" in caplog.text.lower() and f"127.0.0.1:{port}" in caplog.text
