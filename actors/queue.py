@@ -54,6 +54,37 @@ class InferRequest:
 _STOP = object()
 
 
+class BusyClock:
+    """Wall time with at least one request inside the model (the busy fraction's numerator).
+
+    `enter()` as a request starts running, `leave()` as it stops; `seconds` so far. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._since: float | None = None
+        self._total = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            self._inside += 1
+            if self._inside == 1:
+                self._since = time.perf_counter()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._since is not None:
+                self._total += time.perf_counter() - self._since
+                self._since = None
+
+    @property
+    def seconds(self) -> float:
+        with self._lock:
+            return self._total + (0.0 if self._since is None else time.perf_counter() - self._since)
+
+
 class RequestSlots:
     """What every request pool exposes about its slots: `len(pool)`, `pool[id]` (the
     `InferRequest`), `jobs`, and `with pool:` (closed on exit). Subclasses set `_requests`
@@ -127,10 +158,7 @@ class AsyncInferQueue(RequestSlots):
         self.callback_errors = 0
         self.failed = 0
         self.completed = 0
-        self._busy_lock = threading.Lock()
-        self._in_model = 0
-        self._busy_since: float | None = None
-        self._busy_seconds = 0.0
+        self._busy = BusyClock()
         self._workers = [
             threading.Thread(target=self._work, args=(i,), name=f"infer-request-{i}", daemon=True)
             for i in range(jobs)
@@ -205,18 +233,7 @@ class AsyncInferQueue(RequestSlots):
         Only inference counts: input preparation in the request's thread and the
         callback do not, so the fraction is the device's, whatever runs around it.
         """
-        with self._busy_lock:
-            extra = 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since
-            return self._busy_seconds + extra
-
-    def _running(self, delta: int) -> None:
-        with self._busy_lock:
-            self._in_model += delta
-            if delta > 0 and self._in_model == 1:
-                self._busy_since = time.perf_counter()
-            elif self._in_model == 0 and self._busy_since is not None:
-                self._busy_seconds += time.perf_counter() - self._busy_since
-                self._busy_since = None
+        return self._busy.seconds
 
     # -- shutdown ------------------------------------------------------------
     def close(self, timeout: float | None = 30.0) -> None:
@@ -251,11 +268,11 @@ class AsyncInferQueue(RequestSlots):
                 if self._prepare is not None:
                     feed = self.model.prepare(self._prepare(feed))
                     t0 = time.perf_counter()
-                self._running(+1)
+                self._busy.enter()
                 try:
                     request.outputs, request.error = self.model.run(feed), None
                 finally:
-                    self._running(-1)
+                    self._busy.leave()
             except BaseException as exc:  # noqa: BLE001 - surfaced through the callback
                 request.outputs, request.error = None, exc
             request.latency = (time.perf_counter() - t0) * 1000.0

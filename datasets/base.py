@@ -52,6 +52,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """{"path", "size", "sha256"}: what `--resume` compares for a model file."""
+    p = Path(path)
+    return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
+
+
 def safe_join(root: Path, relative: str) -> Path:
     """`root / relative`, refusing names that climb out of the root (`..`, absolute
     paths) as annotation files might hold. Checked on the names, not after following

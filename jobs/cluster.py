@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
-from rayinfer.actors.backends import candidates, device_for
+from rayinfer.actors.backends import candidates, device_for, settled
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.loader import first_line
@@ -226,7 +226,7 @@ def resolve_runtime(cfg: JobConfig, cpus: float, gpus: float) -> tuple[JobConfig
     """
     import ray
 
-    if cfg.runtime != "auto" or len(candidates(cfg.model, "auto")) < 2 or device_for(cfg) != "cpu":
+    if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto"), cfg):
         return cfg, None
     task = ray.remote(_probe_runtime).options(num_cpus=cpus, num_gpus=gpus,
                                               resources={cfg.resource: 1} if cfg.resource else None)

@@ -160,7 +160,8 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     errors = output.gather_errors()
     unfinished = sum(len(s.samples) for s in work.stage.unfinished) if work.stage else 0
     if unfinished:
-        run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), None, errors.num_rows)
+        run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), None, errors.num_rows,
+                         {"checks_s": round(checks_s, 3)})
         output.write_json("run.json", run)
         log.error("%d samples in %d shards were not run (no inference actor is left alive) and are not "
                   "committed; rerun with --resume to run them", unfinished, len(work.stage.unfinished))
@@ -175,11 +176,10 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         output.write_json(name, obj)
     output.write_json("metrics.json", evaluation.metrics)
 
+    timings = {"checks_s": round(checks_s, 3), "evaluation_s": round(time.time() - t_eval, 3),
+               "stage_percentiles_ms": stage_percentiles(output)}
     run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), evaluation.rows,
-                     errors.num_rows)
-    run["timings"]["evaluation_s"] = round(time.time() - t_eval, 3)
-    run["timings"]["checks_s"] = round(checks_s, 3)
-    run["timings"]["stage_percentiles_ms"] = stage_percentiles(output)
+                     errors.num_rows, timings)
     output.write_json("run.json", run)
     if cfg.report:
         from rayinfer.jobs.report import report_files, write_report
@@ -275,8 +275,9 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
 
 
 def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples: int, done_before: int, shards: int,
-               predictions: int | None, errors: int) -> dict[str, Any]:
-    """run.json: config, versions, timings, memory, throughput, counts, and per actor."""
+               predictions: int | None, errors: int, timings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json: config, versions, timings (`timings`: those measured outside the dispatch),
+    memory, throughput, counts, and per actor."""
     per_actor = []
     for info, st in zip(work.infos, work.actor_stats):
         entry = {**info, **st}
@@ -298,6 +299,7 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
             "setup_s": round(work.setup_s, 3),  # actor start (their models loaded, a runtime chosen)
             "inference_s": round(work.work_s, 3),
             "stage_mean_ms": {k: round(v * 1000 / max(1, work.processed), 3) for k, v in work.stage_totals.items()},
+            **(timings or {}),
         },
         "memory": {"driver_peak_rss_mb": peak_rss_mb(),
                    "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in work.actor_stats), default=None)},

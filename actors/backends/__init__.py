@@ -51,12 +51,12 @@ def candidates(model: str, runtime: str = "auto") -> list[Any]:
         chosen = backend(runtime)
         if not chosen.handles(model):
             raise SetupError(f"--runtime {runtime} does not run {model!r}")
-        missing = chosen.installed() if hasattr(chosen, "installed") else None
+        missing = chosen.installed()
         if missing:
             raise SetupError(f"--runtime {runtime}: {missing}")
         return [chosen]
     found = [b for b in map(backend, REGISTRY) if b.handles(model)]
-    installed = [b for b in found if not (hasattr(b, "installed") and b.installed())]
+    installed = [b for b in found if not b.installed()]
     if not installed:
         raise SetupError(f"no installed runtime runs {model!r} (backends: {', '.join(REGISTRY)})"
                          if not found else f"{model}: {found[0].installed()}")
@@ -69,11 +69,19 @@ def backend_for(model: str, runtime: str = "auto") -> Any:
     return candidates(model, runtime)[0]
 
 
+def settled(found: list[Any], cfg: ActorSettings) -> Any | None:
+    """The runtime among `found` that needs no measuring: the only one, or the first whose
+    device the configuration makes an accelerator (a GPU asked for is never measured against
+    CPU runtimes); None when `--runtime auto` must measure."""
+    accelerator = [b for b in found if b.device(cfg) != "cpu"]
+    return (accelerator or found)[0] if accelerator or len(found) == 1 else None
+
+
 def device_for(cfg: ActorSettings) -> str:
-    """The device an actor's model asks for: an accelerator if the configuration names one
-    (`open_model` then takes that runtime without measuring), else "cpu"."""
-    devices = [b.device(cfg) for b in candidates(cfg.model, cfg.runtime)]
-    return next((d for d in devices if d != "cpu"), "cpu")
+    """The device an actor's model asks for: an accelerator if the configuration names one,
+    else "cpu" (what `auto` measures between)."""
+    chosen = settled(candidates(cfg.model, cfg.runtime), cfg)
+    return chosen.device(cfg) if chosen else "cpu"
 
 
 class Runtime(NamedTuple):
@@ -119,9 +127,8 @@ def open_model(cfg: ActorSettings, cpus: int) -> Opened:
     """The model an actor runs: the runtime `--runtime` names, or under `auto` the faster
     of the installed ones, measured on this model with `cpus` (choice.py)."""
     found = candidates(cfg.model, cfg.runtime)
-    accelerator = [b for b in found if b.device(cfg) != "cpu"]
-    if len(found) == 1 or accelerator:  # one runtime, or a GPU asked for: never measured against CPU runtimes
-        chosen = (accelerator or found)[0]
+    chosen = settled(found, cfg)
+    if chosen:
         model, plan = build(chosen, cfg, cpus)
         return Opened(model, plan, Runtime(chosen.name, _version(chosen)))
     return pick(found, cfg, cpus)

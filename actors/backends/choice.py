@@ -89,26 +89,36 @@ def measure(models: dict[str, tuple[Model, int]], hint: str, cpus: int,
 
 def _run(queue: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
     """Keep `queue` full for `seconds` (at least one request per slot); img/s."""
-    done = [0]
+    elapsed, latencies = saturate(queue, feed, seconds, at_least=queue.jobs)
+    return len(latencies) / elapsed if elapsed > 0 else 0.0
+
+
+def saturate(queue: Any, feed: dict[str, np.ndarray], seconds: float, at_least: int = 0) -> tuple[float, list[float]]:
+    """Start requests on `queue` with `feed` (at least `at_least`) until `seconds` passed,
+    then wait for all: (seconds it took, each request's latency in ms). A failed request
+    raises RuntimeError, naming the first failure."""
+    latencies: list[float] = []
+    failures: list[BaseException] = []
     lock = threading.Lock()
 
-    def count(request: Any, _: Any) -> None:
-        if request.error is not None:
-            raise request.error
+    def done(request: Any, _: Any) -> None:
         with lock:
-            done[0] += 1
+            if request.error is not None:
+                failures.append(request.error)
+            else:
+                latencies.append(request.latency)
 
-    queue.set_callback(count)
+    queue.set_callback(done)
     t0 = time.perf_counter()
     started = 0
-    while started < queue.jobs or time.perf_counter() - t0 < seconds:
+    while started < at_least or time.perf_counter() - t0 < seconds:
         queue.start_async(feed)
         started += 1
     queue.wait_all()
     elapsed = time.perf_counter() - t0
-    if done[0] < started:
-        raise RuntimeError(f"{started - done[0]} of {started} probe requests failed")
-    return done[0] / elapsed if elapsed > 0 else 0.0
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {started} requests failed: {failures[0]}")
+    return elapsed, latencies
 
 
 def example_inputs(model: Model) -> dict[str, np.ndarray]:
@@ -134,7 +144,7 @@ def cache_key(found: list[Any], cfg: ActorSettings, cpus: int) -> str:
         "hint": cfg.hint,
         "requests": cfg.requests,
         "runtimes": sorted(f"{k}={v}" for b in found for k, v in b.versions().items()),
-        "options": [getattr(cfg, "openvino_precision", None)],
+        "options": [cfg.openvino_precision],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -168,10 +168,9 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def digest(model: str) -> dict[str, Any]:
-        from rayinfer.datasets.base import sha256_file
+        from rayinfer.datasets.base import file_digest
 
-        p = Path(model)
-        return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        return file_digest(model)
 
     @staticmethod
     def device(cfg: ActorSettings) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from rayinfer.actors.devices import Plan
 from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import ModelError, TensorSpec, available_cpus, check_inputs
-from rayinfer.actors.queue import InferRequest, QueueClosedError, RequestSlots
+from rayinfer.actors.queue import BusyClock, InferRequest, QueueClosedError, RequestSlots
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class OpenVinoModel:
         core = ov.Core()
         model = _read(core, self.path)
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper()}
-        if device.upper() == "CPU":
+        if device.upper() == "CPU":  # threads are the CPU plugin's; other devices choose their own
             self.threads = threads or available_cpus()
             config["INFERENCE_NUM_THREADS"] = self.threads
         else:
@@ -112,18 +112,19 @@ class OpenVinoModel:
         self.inputs = tuple(_spec(p) for p in model.inputs)
         self.outputs = tuple(_spec(p) for p in model.outputs)
         self.metadata = _metadata(model)
-        self.device = "cpu" if device.upper() == "CPU" else device.lower()
+        self.device_name = device.upper()  # OpenVINO's name for it
+        self.device = "cpu" if self.device_name == "CPU" else device.lower()
         self.optimal_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.precision = _property(self.compiled, "INFERENCE_PRECISION_HINT")
         self.streams = _property(self.compiled, "NUM_STREAMS")
-        self.providers = (f"OpenVINO:{device.upper()}",)
+        self.providers = (f"OpenVINO:{self.device_name}",)
         self.intra_op_threads = self.threads
         self._local = threading.local()
 
     @property
     def details(self) -> dict[str, Any]:
         """What OpenVINO chose, for run.json."""
-        return {"device": self.providers[0].split(":", 1)[1], "streams": self.streams, "precision": self.precision,
+        return {"device": self.device_name, "streams": self.streams, "precision": self.precision,
                 "optimal_requests": self.optimal_requests}
 
     def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
@@ -165,9 +166,8 @@ class OpenVinoQueue(RequestSlots):
         self._start_lock = threading.Lock()
         self._lock = threading.Condition()
         self._closed = False
-        self._running = 0
-        self._busy_since: float | None = None
-        self._busy_seconds = 0.0
+        self._running = 0  # requests started and not yet called back
+        self._busy = BusyClock()
         self.completed = 0
         self.failed = 0
         self.callback_errors = 0
@@ -184,14 +184,11 @@ class OpenVinoQueue(RequestSlots):
             if self._closed:
                 raise QueueClosedError("OpenVinoQueue is closed")
             rid = self._queue.get_idle_request_id()  # blocks until one is idle; the one start_async takes
-            with self._lock:
-                self._running += 1
-                if self._running == 1:
-                    self._busy_since = time.perf_counter()
+            self._enter()
             try:
                 self._queue.start_async(feed, (rid, userdata))
             except BaseException:
-                self._finished()
+                self._leave()  # it never started: not counted as completed
                 raise
         return rid
 
@@ -221,20 +218,25 @@ class OpenVinoQueue(RequestSlots):
     @property
     def busy_seconds(self) -> float:
         """Wall time with at least one request started and not yet finished."""
-        with self._lock:
-            extra = 0.0 if self._busy_since is None else time.perf_counter() - self._busy_since
-            return self._busy_seconds + extra
+        return self._busy.seconds
 
-    def _finished(self, failed: bool = False, callback_failed: bool = False) -> None:
+    def _enter(self) -> None:
+        self._busy.enter()
+        with self._lock:
+            self._running += 1
+
+    def _leave(self) -> None:
+        self._busy.leave()
         with self._lock:
             self._running -= 1
+            self._lock.notify_all()
+
+    def _finished(self, failed: bool, callback_failed: bool) -> None:
+        with self._lock:
             self.completed += 1
             self.failed += failed
             self.callback_errors += callback_failed
-            if self._running == 0 and self._busy_since is not None:
-                self._busy_seconds += time.perf_counter() - self._busy_since
-                self._busy_since = None
-            self._lock.notify_all()
+        self._leave()
 
     def _done(self, ov_request: Any, userdata: Any) -> None:
         """OpenVINO's callback: nothing may escape it (it would abort the process)."""
@@ -320,10 +322,10 @@ class OpenVinoBackend:
 
     @staticmethod
     def digest(model: str) -> dict[str, Any]:
-        from rayinfer.datasets.base import sha256_file
+        from rayinfer.datasets.base import file_digest, sha256_file
 
         p = Path(model)
-        out = {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        out = file_digest(p)  # an .onnx file digests as under ONNX Runtime: --resume may switch runtimes
         if p.suffix.lower() == ".xml" and p.with_suffix(".bin").is_file():
             out["weights_sha256"] = sha256_file(p.with_suffix(".bin"))
         return out

@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from rayinfer.actors.backends import backend, build, candidates
-from rayinfer.actors.backends.choice import example_inputs
+from rayinfer.actors.backends.choice import example_inputs, saturate
 from rayinfer.actors.model import available_cpus
 from rayinfer.actors.queue import queue_for
 from rayinfer.jobs.config import JobConfig
@@ -44,42 +42,20 @@ def measure(model: Any, requests: int, hint: str, cpus: int, seconds: float) -> 
     """Keep `requests` busy on `model` for `seconds`: img/s and per-request latency."""
     queue = queue_for(model, requests, hint, cpus)
     feed = example_inputs(model)
-    latencies: list[float] = []
-    failures: list[BaseException] = []
-    lock = threading.Lock()
-
-    def done(request: Any, _: Any) -> None:
-        with lock:
-            if request.error is not None:
-                failures.append(request.error)
-            else:
-                latencies.append(request.latency)
-
-    queue.set_callback(done)
     try:
-        for _ in range(2 * queue.jobs):  # warm-up
-            queue.start_async(feed)
-        queue.wait_all()
-        with lock:
-            latencies.clear()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            queue.start_async(feed)
-        queue.wait_all()
-        elapsed = time.perf_counter() - t0
+        saturate(queue, feed, 0.0, at_least=2 * queue.jobs)  # warm-up
+        elapsed, latencies = saturate(queue, feed, seconds)
     finally:
         queue.close()
-    if failures:
-        raise RuntimeError(f"{len(failures)} requests failed: {failures[0]}")
     return {"requests": queue.jobs, "img_s": round(len(latencies) / elapsed, 2),
             "latency_ms": latency_summary(latencies)}
 
 
 def run_model_bench(model: str, runtimes: Sequence[str] = ("auto",), requests: Sequence[str] = ("1", "2", "4", "auto"),
                     seconds: float = 5.0, hint: str = "throughput", task: str | None = None,
-                    data_root: str | None = None, base: JobConfig | None = None) -> dict[str, Any]:
+                    data_root: str | None = None) -> dict[str, Any]:
     """The JSON object `rayinfer bench --json` prints (see the module docstring)."""
-    cfg = base or JobConfig(task=task or "null", data_root=data_root or ".", model=model, output=".", hint=hint)
+    cfg = JobConfig(task=task or "null", data_root=data_root or ".", model=model, output=".", hint=hint)
     names: list[str] = []
     for runtime in runtimes:
         names += [b.name for b in candidates(model, runtime) if b.name not in names]

@@ -79,12 +79,14 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
     from rayinfer.actors.families.detection import DetectionOptions
 
     ds = CocoDataset(root)
-    m: Any = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    m: Any
     if runtime == "openvino":
         # one compiled model on every core, its streams shared by the loops (as the job runs it)
         from rayinfer.actors.backends.openvino import OpenVinoModel
 
         m = OpenVinoModel(str(model), hint="throughput", threads=available_cpus())
+    else:
+        m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
     adapter = choose_family("auto", m.inputs, m.outputs)(m.inputs, DetectionOptions(), ds.category_ids)
     samples = ds.samples()
     m.run(adapter.preprocess(ds.load(samples[0]), samples[0])[0])

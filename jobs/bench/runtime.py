@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rayinfer.actors.backends.choice import saturate
 from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
 from rayinfer.actors.model import available_cpus
 from rayinfer.actors.queue import AsyncInferQueue
@@ -52,30 +52,12 @@ def bench_queue(path: Path, jobs: int, seconds: float, options: RuntimeOptions) 
     """Keep every request busy for `seconds`; returns (img/s, jobs, threads per request)."""
     q = AsyncInferQueue(path, jobs=jobs, options=options)
     feed = _dummy_feed(q.model)  # type: ignore[arg-type]
-    done = 0
-    lock = threading.Lock()
-
-    def count(request, _):
-        nonlocal done
-        with lock:
-            done += 1
-
-    q.set_callback(count)
-    for _ in range(2 * len(q)):
-        q.start_async(feed)
-    q.wait_all()
-    with lock:
-        done = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        q.start_async(feed)
-    q.wait_all()
-    elapsed = time.perf_counter() - t0
-    rate = done / elapsed
-    threads = q.model.intra_op_threads  # type: ignore[attr-defined]
-    n = len(q)
-    q.close()
-    return rate, n, threads
+    try:
+        saturate(q, feed, 0.0, at_least=2 * len(q))  # warm-up
+        elapsed, latencies = saturate(q, feed, seconds)
+    finally:
+        q.close()
+    return len(latencies) / elapsed, len(q), q.model.intra_op_threads  # type: ignore[attr-defined]
 
 
 def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> dict[str, float]:
