@@ -403,10 +403,17 @@ def coco_metrics(ev: CocoScores | None, ids: Sequence[int], detections: int, per
     metrics: dict[str, Any] = {"images": len(ids), "detections": detections}
     if ev is None:
         metrics.update({k: 0.0 for k in STAT_NAMES})
+        metrics.update({"P": 0.0, "R": 0.0, "best_f1_confidence": None})
         metrics["per_class_AP"] = {}
         metrics["per_class_AP50"] = {}
         return metrics
     metrics.update({k: float(v) for k, v in zip(STAT_NAMES, ev.stats)})
+    # the operating point `yolo val` prints: mean P and R over classes with ground truth at
+    # the confidence of the best mean F1 (IoU 0.5)
+    present = [r for r in per_class if r["P"] is not None]
+    metrics["P"] = float(np.mean([r["P"] for r in present])) if present else 0.0
+    metrics["R"] = float(np.mean([r["R"] for r in present])) if present else 0.0
+    metrics["best_f1_confidence"] = float(ev.confidence_curves.confidence[ev.confidence_curves.best()])
     metrics["per_class_AP"] = {row["class"]: row["AP"] for row in per_class}
     metrics["per_class_AP50"] = {row["class"]: row["AP50"] for row in per_class}
     return metrics
@@ -418,13 +425,21 @@ def _mean_valid(p: np.ndarray) -> float | None:
 
 def per_class_table(ev: CocoScores, names: dict[int, str]) -> list[dict[str, Any]]:
     """One row per category: AP, AP50 and AP by object area (COCO's small/medium/large),
-    and the number of ground-truth objects in the evaluated images."""
+    the ground-truth objects and the images holding them, and precision P and recall R at
+    IoU 0.5 at the confidence of the best mean F1 (`ConfidenceCurves.best`; None without
+    ground truth)."""
     precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M max dets]
+    curves = ev.confidence_curves
+    best = curves.best()
     rows = []
     for k, cat in enumerate(ev.params.catIds):
+        p_k, r_k = curves.precision[k, best], curves.recall[k, best]
         rows.append({
             "class": names.get(cat, str(cat)),
             "category_id": int(cat),
+            "images": ev.gt_images.get(cat, 0),
+            "P": None if np.isnan(p_k) else float(p_k),
+            "R": None if np.isnan(r_k) else float(r_k),
             "AP": _mean_valid(precision[:, :, k, 0, -1]),
             "AP50": _mean_valid(precision[0, :, k, 0, -1]),
             "APs": _mean_valid(precision[:, :, k, 1, -1]),

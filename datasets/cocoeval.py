@@ -22,7 +22,8 @@ same bits: tests compare the two), and `COCOeval.summarize` turns them into the 
     ev = StreamingCocoEval(coco_gt, image_ids)
     for results, ids in shards:     # results: N x 7 [image_id, x, y, w, h, score, category_id]
         ev.add(results, ids)        # ids: the images these results cover (none = all missed)
-    scores = ev.finish()            # .stats, .eval["precision"] [T,R,K,A,M], .gt_counts
+    scores = ev.finish()            # .stats, .eval["precision"] [T,R,K,A,M], .gt_counts,
+                                    # .confidence_curves (P and R per class vs confidence)
 
 Images in `image_ids` never added count as images without detections (their objects are
 misses), as in `COCOeval` with `params.imgIds` set.
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Images per pycocotools `evaluate` call: bounds the Python objects alive at once.
 BATCH_IMAGES = 64
 
+#: The confidence thresholds of `ConfidenceCurves` (Ultralytics' grid: 1,000 points in [0, 1]).
+CONFIDENCES = np.linspace(0, 1, 1000)
+
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
@@ -53,6 +57,55 @@ def quiet() -> Iterator[None]:
         yield
     if buf.getvalue().strip():
         log.debug("pycocotools: %s", buf.getvalue().strip())
+
+
+@dataclass
+class ConfidenceCurves:
+    """Precision and recall of the detections scoring at least each confidence threshold,
+    per class, at IoU 0.5, all areas, COCO's 100 detections per image (the operating point
+    a user picks a score threshold from, as Ultralytics' `val` prints P and R).
+
+    confidence  [C]     the thresholds (`CONFIDENCES`)
+    precision   [K, C]  TP / (TP + FP) of the detections scoring >= threshold (1 where none
+                        does); NaN for classes without ground truth
+    recall      [K, C]  TP / ground-truth objects; NaN for classes without ground truth
+    """
+
+    confidence: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+    def f1(self) -> np.ndarray:
+        """[K, C] the harmonic mean of precision and recall."""
+        return 2 * self.precision * self.recall / (self.precision + self.recall + 1e-16)
+
+    def best(self) -> int:
+        """The threshold's index where the mean F1 over classes with ground truth is highest,
+        the curve first smoothed by a box filter 10% of its width (as Ultralytics'
+        `ap_per_class`, so the printed P and R are comparable with `yolo val`'s)."""
+        f1 = self.f1()
+        valid = ~np.isnan(f1).all(axis=1)
+        if not valid.any():
+            return 0
+        mean = f1[valid].mean(axis=0)
+        n = round(len(mean) * 0.1 * 2) // 2 + 1  # an odd number of points
+        padded = np.concatenate([np.full(n // 2, mean[0]), mean, np.full(n // 2, mean[-1])])
+        return int(np.convolve(padded, np.ones(n) / n, mode="valid").argmax())
+
+
+def at_confidence(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, gt: int,
+                  thresholds: np.ndarray = CONFIDENCES) -> tuple[np.ndarray, np.ndarray]:
+    """(precision [C], recall [C]) of the detections scoring >= each threshold.
+
+    scores: the class's detections sorted by score, descending; tp, fp: cumulative true and
+    false positives along them (ignored detections add to neither); gt: objects that count.
+    """
+    n = np.searchsorted(-scores, -thresholds, side="right")  # detections scoring >= threshold
+    tp_at = np.where(n > 0, tp[np.maximum(n - 1, 0)] if len(tp) else 0, 0)
+    fp_at = np.where(n > 0, fp[np.maximum(n - 1, 0)] if len(fp) else 0, 0)
+    found = tp_at + fp_at
+    precision = np.where(found > 0, tp_at / np.maximum(found, 1), 1.0)
+    return precision, tp_at / gt
 
 
 @dataclass
@@ -69,6 +122,9 @@ class CocoScores:
     #: non-crowd ground-truth objects in the evaluated images, per category id
     gt_counts: dict[int, int]
     detections: int
+    #: evaluated images holding at least one such object, per category id
+    gt_images: dict[int, int]
+    confidence_curves: ConfidenceCurves
 
 
 class StreamingCocoEval:
@@ -89,6 +145,7 @@ class StreamingCocoEval:
         self._kept: dict[int, list[tuple[np.ndarray, ...]]] = {}  # class position -> pieces
         K, A = len(self.params.catIds), len(self.params.areaRng)
         self._npig = np.zeros((K, A), np.int64)  # ground truth that counts, per class and area
+        self._gt_images = np.zeros(K, np.int64)  # images with such ground truth (area all), per class
         self.detections = 0
 
     def add(self, results: np.ndarray, image_ids: Sequence[int]) -> None:
@@ -113,7 +170,7 @@ class StreamingCocoEval:
             self._buffer.append((np.zeros((0, 7)), sorted(self._todo)))
             self._todo = set()
         self._flush()
-        precision, recall, scores = self._accumulate()
+        precision, recall, scores, curves = self._accumulate()
         from pycocotools.cocoeval import COCOeval
 
         p = self.params
@@ -125,7 +182,8 @@ class StreamingCocoEval:
             ev.summarize()
         # area "all" ignores only crowds: its counting ground truth is the non-crowd objects
         gt_counts = {int(c): int(n) for c, n in zip(p.catIds, self._npig[:, 0])}
-        return CocoScores(p, ev.eval, ev.stats, gt_counts, self.detections)
+        gt_images = {int(c): int(n) for c, n in zip(p.catIds, self._gt_images)}
+        return CocoScores(p, ev.eval, ev.stats, gt_counts, self.detections, gt_images, curves)
 
     # -- evaluate: pycocotools, a batch at a time ----------------------------------------
     def _flush(self) -> None:
@@ -160,6 +218,7 @@ class StreamingCocoEval:
                     continue
                 for a, e in enumerate(per_area):
                     self._npig[k, a] += np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+                self._gt_images[k] += bool(np.count_nonzero(np.asarray(per_area[0]["gtIgnore"]) == 0))
                 d = len(per_area[0]["dtScores"])
                 if d == 0:
                     continue
@@ -191,17 +250,21 @@ class StreamingCocoEval:
         return empty
 
     # -- accumulate: COCOeval.accumulate on the compact arrays ---------------------------
-    def _accumulate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _accumulate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, ConfidenceCurves]:
         """COCOeval.accumulate: per class and max detections, the detections in image order
         sorted by score (mergesort, as pycocotools), cumulative true and false positives per
         area range and IoU threshold, interpolated precision at the recall thresholds. One
         class at a time and one (area, IoU) bit at a time, so the working memory is a few
-        arrays of one class's detections."""
+        arrays of one class's detections. On the way, at IoU 0.5, area all and the most
+        detections, the confidence curves."""
         p = self.params
         T, R, K, A, M = len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng), len(p.maxDets)
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
         scores = -np.ones((T, R, K, A, M))
+        curves = ConfidenceCurves(CONFIDENCES, np.full((K, len(CONFIDENCES)), np.nan),
+                                  np.full((K, len(CONFIDENCES)), np.nan))
+        iou50 = int(np.argmin(np.abs(p.iouThrs - 0.5)))
         for k in range(K):
             score, image, rank, tp_bits, fp_bits = self._pieces_of(k)
             order = np.lexsort((rank, image))  # pycocotools concatenates images in id order
@@ -228,7 +291,9 @@ class StreamingCocoEval:
                         q[ok], ss[ok] = pr[found[ok]], sorted_scores[found[ok]]
                         precision[t, :, k, a, m] = q
                         scores[t, :, k, a, m] = ss
-        return precision, recall, scores
+                        if a == 0 and t == iou50 and m == M - 1:
+                            curves.precision[k], curves.recall[k] = at_confidence(sorted_scores, tp, fp, npig)
+        return precision, recall, scores, curves
 
     def _pieces_of(self, k: int) -> list[np.ndarray]:
         """The arrays kept for class k, merged (and let go: one class's at a time)."""

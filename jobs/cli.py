@@ -1,7 +1,8 @@
 """`rayinfer` command line (also `python -m rayinfer.jobs`).
 
     rayinfer run coco|nyu --data-root D --model M --output O [--actors N] [--address ADDR]
-    rayinfer submit coco|nyu --dashboard http://127.0.0.1:8265 --data-root D ...
+    rayinfer submit coco|nyu --dashboard http://127.0.0.1:8265 --data-root D ... [--no-wait]
+    rayinfer status|logs|stop JOB_ID [--dashboard URL]   (logs --follow: until the job ends)
 
 Every `run` option can also come from a YAML file (`--config job.yaml`); flags win.
 Exit codes: 0 success, 1 unexpected error, 2 setup/config error, 3 partial success
@@ -25,6 +26,8 @@ from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
 from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given
 from rayinfer.jobs.tasks import get_task, task_names
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"  # Ray's own default
 
 log = logging.getLogger("rayinfer")
 
@@ -124,11 +127,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     outcome = run_job(cfg)
+    if outcome.evaluation is not None and outcome.task is not None:
+        _tables(outcome.task, outcome.evaluation, args.verbose)
     _summary(outcome.metrics, outcome.run)
     return outcome.exit_code
 
 
+def _tables(task: Any, ev: Any, everything: bool) -> None:
+    """The task's tables (per class, per depth range), as `yolo val` prints them first."""
+    from rayinfer.jobs.format import format_table
+
+    for table in task.tables(ev, everything=everything):
+        sys.stdout.write(f"{table.title}\n")
+        sys.stdout.write(format_table(table.header, [[_cell(v) for v in row] for row in table.rows]) + "\n\n")
+
+
+def speed_line(run: dict[str, Any]) -> str | None:
+    """"Speed: load 0.8/3.9, ... ms per image (p50/p90)" from run.json, or None."""
+    stages = run.get("timings", {}).get("stage_percentiles_ms") or {}
+    parts = [f"{k} {v['p50']:.1f}/{v['p90']:.1f}" for k, v in stages.items() if v.get("p50") is not None]
+    return f"Speed: {', '.join(parts)} ms per image (p50/p90)" if parts else None
+
+
 def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
+    """After the tables: speed, where the time went, metrics, runtime, actors, the folder."""
     head = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     counts = run["counts"]
     t, rate = run["timings"], run["throughput"]
@@ -136,18 +158,16 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
                                                   ("inference", "inference_s"), ("Ray stop", "ray_stop_s"),
                                                   ("evaluation", "evaluation_s"),
                                                   ("report", "report_s"))]
+    speed = speed_line(run)
+    if speed:
+        sys.stdout.write(speed + "\n")
     sys.stdout.write(
         f"{counts['samples']} samples, {counts['errors']} errors in {t['total_s']:.1f} s end to end ("
         + ", ".join(f"{name} {v:.1f} s" for name, v in parts if v is not None) + "); "
         f"{_per_s(rate.get('end_to_end_samples_per_s'))} samples/s end to end, "
         f"{_per_s(rate.get('samples_per_s'))} in steady state\n"
         f"metrics: {json.dumps(head)}\n"
-        f"outputs: {run['config']['output']}\n"
     )
-    stages = run["timings"].get("stage_percentiles_ms") or {}
-    if stages:
-        sys.stdout.write("per sample, ms p50/p90/p99: " + ", ".join(
-            f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in stages.items() if v["p50"] is not None) + "\n")
     if run.get("runtime"):
         from rayinfer.jobs.format import runtime_text
 
@@ -155,6 +175,7 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
             sys.stdout.write(f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}\n")
+    sys.stdout.write(f"Results saved to {run['config']['output']}\n")
 
 
 def _per_s(value: float | None) -> str:
@@ -165,7 +186,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from rayinfer.jobs.submit import submit_and_follow
 
     cfg = config_from_args(args)
-    return submit_and_follow(cfg, args.dashboard, follow_logs=not args.no_follow)
+    return submit_and_follow(cfg, args.dashboard, follow_logs=not args.no_wait)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rayinfer.jobs.submit import status
+
+    sys.stdout.write(status(args.dashboard, args.job_id) + "\n")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from rayinfer.jobs.submit import follow, logs
+
+    if args.follow:
+        logs(args.dashboard, args.job_id)  # a job the cluster does not know: one line, exit 2
+        return follow(args.dashboard, args.job_id)
+    sys.stdout.write(logs(args.dashboard, args.job_id))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from rayinfer.jobs.submit import stop
+
+    sys.stdout.write(f"job {args.job_id}: {stop(args.dashboard, args.job_id)}\n")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -185,9 +230,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     keys = task.summary(ev)
     counts = [k for k, v in ev.metrics.items() if isinstance(v, int) and not isinstance(v, bool) and k not in keys]
     sys.stdout.write(format_table(["metric", "value"], [[k, _cell(ev.metrics.get(k))] for k in keys + counts]) + "\n")
-    for table in task.tables(ev):
-        sys.stdout.write(f"\n{table.title}\n")
-        sys.stdout.write(format_table(table.header, [[_cell(v) for v in row] for row in table.rows]) + "\n")
+    sys.stdout.write("\n")
+    _tables(task, ev, args.verbose)
+    speed = speed_line(run) if run else None
+    if speed:
+        sys.stdout.write(speed + "\n")
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
 
@@ -259,20 +306,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rayinfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbose_help = "debug logging; the per-class table lists classes without objects too"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    common = argparse.ArgumentParser(add_help=False)  # -v after the command too (`rayinfer eval ... -v`)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a job here or on a cluster (--address)")
+    run = sub.add_parser("run", parents=[common], help="run a job here or on a cluster (--address)")
     add_run_options(run)
     run.set_defaults(func=cmd_run)
 
-    submit = sub.add_parser("submit", help="send a job to a cluster through Ray Jobs and follow its logs")
+    submit = sub.add_parser("submit", parents=[common], help="send a job to a cluster through Ray Jobs and follow its logs")
     add_run_options(submit)
-    submit.add_argument("--dashboard", default="http://127.0.0.1:8265", help="Ray Jobs address (default: %(default)s)")
-    submit.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    submit.add_argument("--dashboard", default=DEFAULT_DASHBOARD, help="Ray Jobs address (default: %(default)s)")
+    submit.add_argument("--no-wait", "--no-follow", dest="no_wait", action="store_true",
+                        help="print the job id and return at once (follow it with `rayinfer logs`)")
     submit.set_defaults(func=cmd_submit)
 
-    ev = sub.add_parser("eval", help="dataset metrics from saved predictions, without Ray or the model")
+    for name, func, text in (("status", cmd_status, "a submitted job's status"),
+                             ("logs", cmd_logs, "a submitted job's logs (--follow: until it ends)"),
+                             ("stop", cmd_stop, "stop a submitted job and wait until it has ended")):
+        job = sub.add_parser(name, parents=[common], help=text)
+        job.add_argument("job_id", help="the id `rayinfer submit` printed (raysubmit_...)")
+        job.add_argument("--dashboard", default=DEFAULT_DASHBOARD, help="Ray Jobs address (default: %(default)s)")
+        if name == "logs":
+            job.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its code")
+        job.set_defaults(func=func)
+
+    ev = sub.add_parser("eval", parents=[common], help="dataset metrics from saved predictions, without Ray or the model")
     add_task(ev)
     ev.add_argument("--predictions", required=True, type=Path,
                     help="a rayinfer output folder, or (COCO) a results JSON from any tool")
@@ -284,14 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(ev, eval_flags())
     ev.set_defaults(func=cmd_eval)
 
-    cmp = sub.add_parser("compare", help="metric deltas between two runs")
+    cmp = sub.add_parser("compare", parents=[common], help="metric deltas between two runs")
     cmp.add_argument("a", type=Path)
     cmp.add_argument("b", type=Path)
     cmp.set_defaults(func=cmd_compare)
 
     from rayinfer.jobs.download import SPECS
 
-    dl = sub.add_parser("download", help="fetch, verify and extract an official dataset")
+    dl = sub.add_parser("download", parents=[common], help="fetch, verify and extract an official dataset")
     dl.add_argument("dataset", choices=sorted(SPECS))
     dl.add_argument("--dest", required=True, type=Path, help="folder to extract into (the job's --data-root)")
     dl.add_argument("--mirror", help="base URL serving the same file names")
@@ -302,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rayinfer.actors.backends import RUNTIMES
 
-    bn = sub.add_parser("bench", help="a model on each installed runtime x request counts: img/s and latency")
+    bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts: img/s and latency")
     bn.add_argument("--model", required=True, help="ONNX model file (or OpenVINO IR .xml)")
     bn.add_argument("--runtime", type=csv_list, default=["auto"],
                     help=f"runtimes, comma-separated ({', '.join(RUNTIMES)}; auto: every installed one)")
@@ -315,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true", help="one JSON object, nothing else")
     bn.set_defaults(func=cmd_bench)
 
-    doc = sub.add_parser("doctor", help="versions, providers, cores, GPUs and the datasets found")
+    doc = sub.add_parser("doctor", parents=[common], help="versions, providers, cores, GPUs and the datasets found")
     doc.add_argument("--data-root", action="append", default=[], help="also look for a dataset here")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(func=cmd_doctor)

@@ -38,8 +38,10 @@ def connect_ray(cfg: JobConfig) -> bool:
     kwargs: dict[str, Any] = {"logging_level": ray_level, "log_to_driver": False, "namespace": "rayinfer"}
     in_job = bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
     if cfg.address:
+        log.info("connecting to the Ray cluster at %s", cfg.address)
         _check_reachable(cfg.address)
         _token_auth_if_token_found()
+        quiet_packaging()
         kwargs["runtime_env"] = shipped_runtime_env()
         try:
             ray.init(address=cfg.address, **kwargs)
@@ -49,11 +51,25 @@ def connect_ray(cfg: JobConfig) -> bool:
     if in_job:
         ray.init(**kwargs)
         return False
+    log.info("starting Ray on this machine")
     try:
         init_local_ray(include_dashboard=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
         raise SetupError(f"Ray did not start here: {type(exc).__name__}: {first_line(exc)}") from None
     return True
+
+
+def quiet_packaging() -> None:
+    """Ray's lines about shipping the package ("Creating a file package ...", "Uploading
+    package gcs://...") only with -v. Their modules set their loggers to INFO when imported,
+    so this runs after importing them."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    import importlib
+
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        importlib.import_module(name)  # sets its logger's level
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _token_auth_if_token_found() -> None:
@@ -192,6 +208,7 @@ def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[li
 
     n, cpus, gpus = plan_actors(cfg)
     cfg, probe = resolve_runtime(cfg, cpus, gpus)
+    log.info("starting %d inference actor%s (each loads the model)", n, "" if n == 1 else "s")
     remote = ray.remote(InferenceActor)
     names = [f"actor-{i}" for i in range(n)]
     run_tag = uuid.uuid4().hex[:8]
@@ -208,7 +225,8 @@ def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[li
             ray.kill(a)
         cause = str(exc).strip().splitlines()
         raise SetupError(f"inference actors failed to start: {cause[-1] if cause else exc}") from None
-    log.info("%d actors x %.2g CPUs%s", n, cpus, f" x {gpus:g} GPUs" if gpus else "")
+    log.info("%d actor%s ready, each with %.2g CPUs%s", n, "" if n == 1 else "s", cpus,
+             f" and {gpus:g} GPUs" if gpus else "")
     if probe:
         for info in infos:  # what chose their runtime
             info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
@@ -228,6 +246,7 @@ def resolve_runtime(cfg: JobConfig, cpus: float, gpus: float) -> tuple[JobConfig
 
     if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto"), cfg):
         return cfg, None
+    log.info("choosing the runtime: measuring each installed one on the model for a few seconds")
     task = ray.remote(_probe_runtime).options(num_cpus=cpus, num_gpus=gpus,
                                               resources={cfg.resource: 1} if cfg.resource else None)
     try:

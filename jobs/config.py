@@ -98,7 +98,9 @@ class JobConfig:
     depth: DepthOptions = field(default_factory=DepthOptions)
     # presentation
     quiet: bool = option(False, "no progress bar; only warnings and the summary")
-    progress: bool = option(True, "no progress bar (it only shows on a terminal anyway)")
+    progress: bool = option(True, "no progress bar on a terminal, no progress lines in logs")
+    progress_interval_s: float = option(10.0, "seconds between progress lines where no bar can show "
+                                              "(logs, pipes, CI)", flag="--progress-interval")
     report: bool = option(True, "skip OUTPUT/report.html")
 
     def __post_init__(self) -> None:
@@ -123,7 +125,7 @@ class JobConfig:
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit: must be >= 1, got {self.limit}")
-        for name in ("request_timeout_s", "load_timeout_s", "actor_restart_timeout_s"):
+        for name in ("request_timeout_s", "load_timeout_s", "actor_restart_timeout_s", "progress_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.max_image_pixels < 1:

@@ -32,6 +32,7 @@ from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
 from rayinfer.jobs.output import RunOutput, read_shards, writing
+from rayinfer.jobs.progress import Progress
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
 
@@ -47,6 +48,9 @@ class JobOutcome:
     samples: int
     errors: int
     unfinished: int = 0  # samples of shards no actor was left to run (not committed)
+    #: the dataset metrics as the evaluator made them (None when the job did not finish)
+    evaluation: Any = None
+    task: Task | None = None
 
     @property
     def exit_code(self) -> int:
@@ -171,6 +175,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     t_eval = time.time()
+    log.info("evaluation: %s", cfg.task)
     evaluation = setup.task.evaluate_saved(output.root, cfg.data_root, options=setup.options)
     for name, obj in setup.dataset.exports(output.predictions).items():
         output.write_json(name, obj)
@@ -186,6 +191,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
 
         output.record(*report_files(setup.task))
         t_report = time.time()
+        log.info("writing the report")
         try:
             write_report(output.root, evaluation, setup.task, Path(cfg.data_root), run, setup.options)
         except OSError as exc:
@@ -195,7 +201,8 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         run["timings"]["total_s"] = round(time.time() - t_start, 3)
         run["throughput"]["end_to_end_samples_per_s"] = _rate(work.processed, run["timings"]["total_s"])
         output.write_json("run.json", run)
-    return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows)
+    return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows, evaluation=evaluation,
+                      task=setup.task)
 
 
 def _rate(samples: int, seconds: float) -> float | None:
@@ -243,7 +250,9 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
                                  restart_wait_s=cfg.actor_restart_timeout_s,
                                  max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts)
         running = setup.task.running_metric()
-        with _progress(cfg, total, done_before) as bar:
+        log.info("inference: %d samples in %d shards", sum(len(s.samples) for s in todo), len(todo))
+        with Progress(cfg.task, total, done_before, cfg.progress_interval_s,
+                      enabled=cfg.progress and not cfg.quiet) as bar:
             for result in work.stage.run(todo):
                 if isinstance(result, FailedShard):
                     errors = pa.Table.from_pylist(
@@ -260,8 +269,7 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
                     running.add(result.records)
                     n = result.records.num_rows + result.errors.num_rows
                 work.processed += n
-                bar.update(n)
-                bar.set_postfix_str(running.text())  # tqdm itself shows img/s and the ETA
+                bar.update(n, running.text())
         work.work_s = time.time() - t_work
         work.actor_stats = _collect_stats(actors)
     finally:
@@ -363,24 +371,6 @@ def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - a dead actor has no stats
             out.append({"error": f"{type(exc).__name__}"})
     return out
-
-
-class _progress:
-    """tqdm bar over samples on a terminal; nothing in quiet mode or in logs."""
-
-    def __init__(self, cfg: JobConfig, total: int, initial: int) -> None:
-        import sys
-
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, unit="img", desc=cfg.task, dynamic_ncols=True,
-                        disable=cfg.quiet or not cfg.progress or not sys.stderr.isatty(), mininterval=0.5)
-
-    def __enter__(self) -> Any:
-        return self.bar
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
 
 
 __all__ = ["JobOutcome", "ShardResult", "run_job", "EXIT_OK", "EXIT_PARTIAL", "EXIT_SETUP", "EXIT_INCOMPLETE"]

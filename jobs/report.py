@@ -100,7 +100,7 @@ def write_report(output: Path, ev: Evaluation, task: Any, data_root: Path, run: 
     folder.mkdir(parents=True, exist_ok=True)
     figures = task.figures(ev, Path(data_root), folder, options)
     keys = task.summary(ev)
-    slices = "".join(f"<h2>{html.escape(t.title)}</h2>" + _table(t.header, t.rows) for t in task.tables(ev))
+    slices = "".join(f"<h2>{html.escape(t.title)}</h2>" + _table(t.header, t.rows) for t in task.tables(ev, everything=True))
     title = f"rayinfer {ev.task} report"
     model = html.escape(str(run["config"]["model"])) if run else ""
     runtime = (f"<br>runtime: {html.escape(runtime_text(run['runtime']))}"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayinfer.jobs.cluster import shipped_runtime_env
+from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig, resolve_paths
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def entrypoint(cfg: JobConfig) -> str:
         else:
             text = str(value)
         words += [o.flag, text]
-    words.append("--quiet")
+    # not --quiet: the job's log (`rayinfer logs`) has its phases and a progress line every
+    # --progress-interval seconds (no terminal there, so no bar)
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -71,21 +72,78 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(dashboard: str) -> Any:
+    """Ray's Jobs API at `dashboard`; a one-line SetupError when nothing (or no Ray) answers there."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(dashboard, headers=auth_headers())
+    from rayinfer.jobs.cluster import quiet_packaging
+    from rayinfer.jobs.loader import first_line
+
+    quiet_packaging()
+    try:
+        return JobSubmissionClient(dashboard, headers=auth_headers())
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # the SDK's errors: refused, not Ray, bad URL
+        raise SetupError(f"cannot reach Ray Jobs at {dashboard}: {first_line(exc)}") from None
+
+
+def _job(dashboard: str, job_id: str) -> tuple[Any, Any]:
+    """The client and the job's info; a one-line SetupError for a job the cluster does not know."""
+    from rayinfer.jobs.loader import first_line
+
+    jobs_api = client(dashboard)
+    try:
+        return jobs_api, jobs_api.get_job_info(job_id)
+    except RuntimeError as exc:  # the SDK raises RuntimeError("... does not exist") for a 404
+        raise SetupError(f"no job {job_id} at {dashboard}: {first_line(exc)}") from None
+
+
+def status(dashboard: str, job_id: str) -> str:
+    """"raysubmit_X: RUNNING (rayinfer coco), started 08:30:24" for `rayinfer status`."""
+    _, info = _job(dashboard, job_id)
+    text = f"{job_id}: {info.status.value}"
+    meta = info.metadata or {}
+    if meta.get("tool") == "rayinfer":
+        text += f" (rayinfer {meta.get('task', '')})".rstrip()
+    if info.start_time:
+        text += ", started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000))
+    if info.end_time:
+        text += ", ended " + time.strftime("%H:%M:%S", time.localtime(info.end_time / 1000))
+    if info.driver_exit_code is not None:
+        text += f", exit code {info.driver_exit_code}"
+    return text
+
+
+def logs(dashboard: str, job_id: str) -> str:
+    """The job's logs so far."""
+    jobs_api, _ = _job(dashboard, job_id)
+    return jobs_api.get_job_logs(job_id)
+
+
+def stop(dashboard: str, job_id: str, wait_s: float = 60.0) -> str:
+    """Stop the job (Ray sends SIGTERM, then SIGKILL) and wait until it has ended; its final status."""
+    jobs_api, info = _job(dashboard, job_id)
+    if info.status.is_terminal():
+        return info.status.value
+    jobs_api.stop_job(job_id)
+    deadline = time.monotonic() + wait_s
+    while not (current := jobs_api.get_job_status(job_id)).is_terminal():
+        if time.monotonic() > deadline:
+            raise SetupError(f"job {job_id} did not stop within {wait_s:.0f} s; it is {current.value}")
+        time.sleep(0.5)
+    return current.value
 
 
 def submit(cfg: JobConfig, dashboard: str) -> str:
+    from rayinfer.jobs import cluster
+
     cfg = resolve_paths(cfg)
     jobs_api = client(dashboard)
     command = entrypoint(dataclasses.replace(cfg, address=None))
     job_id = jobs_api.submit_job(
         entrypoint=command,
-        runtime_env=shipped_runtime_env(),
+        runtime_env=cluster.shipped_runtime_env(),
         metadata={"tool": "rayinfer", "task": cfg.task},
     )
-    log.info("submitted %s to %s: %s", job_id, dashboard, command)
+    log.debug("submitted %s to %s: %s", job_id, dashboard, command)
     return job_id
 
 
@@ -114,11 +172,20 @@ def follow(dashboard: str, job_id: str, timeout_s: float | None = None) -> int:
     code = getattr(info, "driver_exit_code", None)
     if status == JobStatus.SUCCEEDED:
         return 0
-    log.error("job %s %s: %s", job_id, status.value, info.message)
+    # The job's own error is in the logs just streamed; Ray's message repeats their tail
+    # ("Job entrypoint command failed with exit code 2, last available logs: ...").
+    message = (info.message or "").strip().splitlines()
+    log.error("job %s %s%s", job_id, status.value, f" with exit code {code}" if code is not None else
+              f": {message[0] if message else 'no message'}")
     return int(code) if code else 1
 
 
 def submit_and_follow(cfg: JobConfig, dashboard: str, follow_logs: bool = True) -> int:
     job_id = submit(cfg, dashboard)
+    where = f" --dashboard {dashboard}"
     sys.stdout.write(f"job {job_id} submitted to {dashboard}\n")
-    return follow(dashboard, job_id) if follow_logs else 0
+    if not follow_logs:
+        sys.stdout.write(f"follow it: rayinfer logs {job_id} --follow{where}; "
+                         f"stop it: rayinfer stop {job_id}{where}\n")
+        return 0
+    return follow(dashboard, job_id)

@@ -16,8 +16,7 @@ import urllib.request
 import pytest
 
 import rayinfer.actors
-from rayinfer.jobs.config import JobConfig
-from rayinfer.jobs.submit import client, follow, submit
+from rayinfer.jobs.submit import client
 from tests.conftest import need_shared
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
@@ -76,34 +75,6 @@ def test_dashboard_listens_on_loopback_only(head):
 
 
 @pytest.mark.shared
-def test_job_submitted_through_ray_jobs_reports_metrics(head, tmp_path):
-    head, _ = head
-    root = need_shared("data", "coco-val2017-mini")
-    model = need_shared("models", "yolov8n_int8.onnx")
-    out = tmp_path / "out"
-    cfg = JobConfig(task="coco", data_root=str(root), model=str(model), output=str(out), limit=32)
-    job_id = submit(cfg, head)
-    assert follow(head, job_id, timeout_s=300) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 32 and 0.3 < metrics["AP"] <= 1.0
-    run = json.loads((out / "run.json").read_text())
-    assert run["counts"]["predictions"] == 32
-    status = client(head).get_job_info(job_id)
-    assert status.status == "SUCCEEDED" and status.metadata.get("tool") == "rayinfer"
-
-
-def test_submitted_job_with_bad_setup_fails_with_its_message(head, tmp_path):
-    head, _ = head
-    cfg = JobConfig(task="coco", data_root=str(tmp_path / "nowhere"), model=str(tmp_path / "m.onnx"),
-                    output=str(tmp_path / "out"))
-    job_id = submit(cfg, head)
-    assert follow(head, job_id, timeout_s=200) == 2
-    logs = client(head).get_job_logs(job_id)
-    assert "rayinfer: error: data root not found" in logs
-    assert not os.path.exists(tmp_path / "out")
-
-
-@pytest.mark.shared
 def test_run_with_address_joins_the_cluster(head, tmp_path):
     """`rayinfer run --address` from outside the cluster: the package travels with the job
     (py_modules) and the actors import that copy, not the one installed here."""
@@ -124,3 +95,66 @@ def test_run_with_address_joins_the_cluster(head, tmp_path):
     installed = os.path.dirname(rayinfer.actors.__file__)
     for actor in run["actors"]:
         assert actor["imported_from"] != installed and "runtime_resources" in actor["imported_from"], actor
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # the token is found, as by `ray`
+    return subprocess.run([sys.executable, "-m", "rayinfer.jobs", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_submitted_jobs_are_followed_and_stopped_by_id(head, tmp_path):
+    """issue 22 item 10: `submit --no-wait` returns the id at once; `status`, `logs`, `stop` by id,
+    through Ray's Jobs API with the cluster's token; Ray's packaging chatter stays out of the terminal."""
+    import re
+
+    dashboard, _ = head
+    submitted = []
+    for name in ("followed", "stopped"):  # both at once: the second is stopped while the first runs
+        sent = _cli("submit", "coco", "--output", str(tmp_path / name), "--dashboard", dashboard, "--no-wait")
+        assert sent.returncode == 0, sent.stderr
+        submitted.append(re.fullmatch(r"job (raysubmit_\w+) submitted to .*", sent.stdout.splitlines()[0]).group(1))
+        assert f"rayinfer logs {submitted[-1]} --follow" in sent.stdout
+        assert not re.search(r"[Uu]ploading|[Pp]ackage", sent.stdout + sent.stderr), sent.stdout + sent.stderr
+    job_id, other = submitted
+    stopped = _cli("stop", other, "--dashboard", dashboard)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"job {other}: STOPPED", stopped
+    shown = _cli("status", other, "--dashboard", dashboard)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"{other}: STOPPED (rayinfer coco), started ")
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+
+    # the first followed to its end: its log is the run's, phases, progress lines and summary
+    followed = _cli("logs", job_id, "--follow", "--dashboard", dashboard, timeout=300)
+    assert followed.returncode == 0, followed.stderr
+    for line in ("inference: 48 samples in 3 shards", "coco: 48/48 samples (100%)", "Per class",
+                 f"Results saved to {tmp_path / 'followed'}"):
+        assert line in followed.stdout, followed.stdout
+    assert _cli("logs", job_id, "--dashboard", dashboard).stdout == followed.stdout
+    metrics = json.loads((tmp_path / "followed/metrics.json").read_text())
+    assert metrics["images"] == 48 and metrics["AP50"] >= 0.9, metrics
+    assert json.loads((tmp_path / "followed/run.json").read_text())["counts"]["predictions"] == 48
+    assert client(dashboard).get_job_info(job_id).metadata.get("tool") == "rayinfer"
+    assert re.match(rf"{job_id}: SUCCEEDED \(rayinfer coco\), started .*, exit code 0$",
+                    _cli("status", job_id, "--dashboard", dashboard).stdout.strip())
+
+    # mistakes: one line, exit 2, within seconds
+    for args in (("status", "raysubmit_nosuchjob", "--dashboard", dashboard),
+                 ("submit", "coco", "--dashboard", f"http://127.0.0.1:{_free_port()}", "--no-wait")):
+        t = time.monotonic()
+        wrong = _cli(*args)
+        assert wrong.returncode == 2 and wrong.stderr.count("rayinfer: error: ") == 1, (args, wrong.stderr)
+        last = wrong.stderr.strip().splitlines()[-1]
+        assert last.startswith("rayinfer: error: ") and "Traceback" not in wrong.stderr, wrong.stderr
+        assert time.monotonic() - t < 20
+
+
+def test_a_submitted_job_with_bad_setup_fails_with_its_message_said_once(head, tmp_path):
+    """issue 22 item 3: the job's error is in its streamed log; the follow-up line does not repeat it."""
+    dashboard, _ = head
+    proc = _cli("submit", "coco", "--data-root", str(tmp_path / "nowhere"), "--model", str(tmp_path / "m.onnx"),
+                "--output", str(tmp_path / "out"), "--dashboard", dashboard, timeout=300)
+    assert proc.returncode == 2
+    both = proc.stdout + proc.stderr
+    assert both.count("rayinfer: error: data root not found") == 1, both
+    assert "exit code 2" in proc.stderr
+    assert not os.path.exists(tmp_path / "out")

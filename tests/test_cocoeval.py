@@ -139,3 +139,51 @@ def test_the_compact_ground_truth_answers_as_pycocotools_does(tmp_path, which):
         assert sorted(compact.getImgIds(catIds=some)) == sorted(plain.getImgIds(catIds=some))
     with pytest.raises(KeyError, match="not in the file"):
         compact.loadAnns([10 ** 12])
+
+
+def test_precision_and_recall_at_a_confidence_match_pycocotools_on_the_kept_detections():
+    """P and R at a threshold (the confidence curves) against pycocotools run on only the
+    detections scoring at least that threshold: its recall, and its matches counted by hand."""
+    dataset = CocoDataset(need_shared("data", "coco-val2017-mini"))
+    coco = dataset.coco
+    ids = sorted(coco.getImgIds())
+    results = noisy_results(coco, seed=11)
+    streamed = stream(coco, results, ids, ids, 1000, 64)
+    curves = streamed.confidence_curves
+    p = streamed.params
+    for c_index in (0, 300, 650):
+        c = curves.confidence[c_index]
+        reference = reference_cocoeval(plain_coco(dataset), results[results[:, 5] >= c], ids)
+        A, I = len(p.areaRng), len(ids)
+        for k, cat in enumerate(p.catIds):
+            if streamed.gt_counts[cat] == 0:
+                assert np.isnan(curves.recall[k, c_index])
+                continue
+            tp = fp = 0
+            for i in range(I):
+                e = reference.evalImgs[k * A * I + i]  # area "all"
+                if e is None:
+                    continue
+                matched, ignored = e["dtMatches"][0] > 0, e["dtIgnore"][0].astype(bool)
+                tp += int((matched & ~ignored).sum())
+                fp += int((~matched & ~ignored).sum())
+            assert curves.recall[k, c_index] == pytest.approx(reference.eval["recall"][0, k, 0, -1], abs=1e-12)
+            assert curves.precision[k, c_index] == pytest.approx(tp / (tp + fp) if tp + fp else 1.0, abs=1e-12)
+    images = {}
+    for cat in p.catIds:
+        images[cat] = len({a["image_id"] for a in coco.loadAnns(coco.getAnnIds(catIds=[cat], iscrowd=False))})
+    assert streamed.gt_images == images
+
+
+def test_the_best_f1_confidence_separates_found_objects_from_clutter():
+    """Objects found with scores in [0.5, 1), clutter below 0.4: the best mean F1 lies between."""
+    dataset = CocoDataset(need_shared("data", "coco-val2017-mini"))
+    coco = dataset.coco
+    ids = sorted(coco.getImgIds())
+    results = noisy_results(coco, seed=5)
+    found = results[:, 5] != np.round(results[:, 5], 2)  # clutter's scores are rounded
+    rng = np.random.default_rng(0)
+    results[found, 5] = 0.5 + 0.5 * rng.random(found.sum())
+    results[~found, 5] = 0.4 * rng.random((~found).sum())
+    curves = stream(coco, results, ids, ids, 1000, 64).confidence_curves
+    assert 0.35 <= curves.confidence[curves.best()] <= 0.55

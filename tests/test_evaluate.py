@@ -62,7 +62,32 @@ def test_offline_coco_eval_is_the_job_to_the_last_digit(coco_run, capsys):
     assert "{" not in printed and re.search(r"^AP\s+\d\.\d{4}\s*$", printed, re.M)
     assert re.search(rf"^images\s+{job['images']}\s*$", printed, re.M)
     assert offline == job
-    assert re.search(r"^square\s+\d\.\d{4}", printed, re.M)  # the per-class table
+    # the per-class table, as `yolo val` prints it: class, images, instances, P, R, AP50, AP50-95
+    assert re.search(r"^class\s+images\s+instances\s+P\s+R\s+AP50\s+AP50-95\s*$", printed, re.M)
+    assert re.search(r"^all\s+\d+\s+\d+(\s+\d\.\d{4}){4}\s*$", printed, re.M)
+    assert re.search(r"^square\s+\d+\s+\d+(\s+\d\.\d{4}){4}\s*$", printed, re.M)
+    assert re.search(r"^Speed: load [\d.]+/[\d.]+, .* ms per image \(p50/p90\)$", printed, re.M)
+
+
+def test_the_per_class_table_lists_the_classes_present_and_all_with_verbose(coco_run, capsys):
+    """issue 22 item 9: like `yolo val`, only classes with objects in the evaluated images; all with -v."""
+    root, out = coco_run
+    ann = json.loads((root / "annotations/instances_val2017.json").read_text())
+    names = {c["id"]: c["name"] for c in ann["categories"]}
+    by_image = {}
+    for a in ann["annotations"]:
+        by_image.setdefault(a["image_id"], set()).add(a["category_id"])
+    image, present = next((i, cats) for i, cats in by_image.items() if 0 < len(cats) < len(names))
+    args = ["eval", "coco", "--predictions", str(out), "--data-root", str(root), "--image-ids", str(image)]
+    assert main(args) == 0
+    rows = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s+\d+\s", capsys.readouterr().out, re.M)}
+    assert rows == {"all"} | {names[c] for c in present}
+    assert main(args + ["-v"]) == 0
+    printed = capsys.readouterr().out
+    rows = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s+\d+\s", printed, re.M)}
+    assert rows == {"all"} | set(names.values())
+    absent = next(names[c] for c in names if c not in present)
+    assert re.search(rf"^{absent}\s+0\s+0\s+-\s+-\s", printed, re.M), printed  # no objects: no P, R
 
 
 def test_results_json_from_another_tool_and_subsets(coco_run):

@@ -112,7 +112,7 @@ class Classification(Task):
         return ClassificationEvaluation(self.name, metrics, head=table.slice(0, 16), rows=table.num_rows,
                                         sample_ids=run.ids, confusion=confusion)
 
-    def tables(self, ev: Any) -> list[Table]:
+    def tables(self, ev: Any, everything: bool = False) -> list[Table]:
         return [Table("Per class", ["class", "images", "top1"],
                       [[name, sum(row), row[k] / sum(row) if sum(row) else None]
                        for k, (name, row) in enumerate(zip(CLASSES, ev.confusion))])]

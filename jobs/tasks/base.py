@@ -132,8 +132,9 @@ class Task:
         """The metrics shown first (`rayinfer eval`, the report): `summary_keys`, or every number."""
         return list(self.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
 
-    def tables(self, ev: Evaluation) -> list[Table]:
-        """Sliced metrics (per class, per depth range, ...)."""
+    def tables(self, ev: Evaluation, everything: bool = False) -> list[Table]:
+        """Sliced metrics (per class, per depth range, ...): the summary after `run` and
+        `eval`, and the report's tables. `everything`: also the empty slices (`-v`)."""
         return []
 
     def figures(self, ev: Evaluation, data_root: Path, folder: Path, options: Any) -> list[tuple[str, bytes]]:

@@ -110,10 +110,17 @@ class CocoDetection(Task):
         return CocoEvaluation(self.name, metrics, head=head, rows=rows, sample_ids=ids, per_class=per_class,
                               coco_scores=scores)
 
-    def tables(self, ev: Any) -> list[Table]:
-        return [Table("Per class", ["class", "AP", "AP50", "APs", "APm", "APl", "objects"],
-                      [[r["class"], r["AP"], r["AP50"], r["APs"], r["APm"], r["APl"], r["objects"]]
-                       for r in ev.per_class])] if ev.per_class else []
+    def tables(self, ev: Any, everything: bool = False) -> list[Table]:
+        """`yolo val`'s table: all classes, then each class with objects (`everything`: each
+        class); P and R at IoU 0.5 at the confidence of the best mean F1, stated in the title."""
+        if not ev.per_class:
+            return []
+        m = ev.metrics
+        rows = [["all", m["images"], sum(r["objects"] for r in ev.per_class), m["P"], m["R"], m["AP50"], m["AP"]]]
+        rows += [[r["class"], r["images"], r["objects"], r["P"], r["R"], r["AP50"], r["AP"]]
+                 for r in ev.per_class if everything or r["objects"]]
+        return [Table(f"Per class (P, R at IoU 0.5, confidence {m['best_f1_confidence']:.3f}: the best mean F1)",
+                      ["class", "images", "instances", "P", "R", "AP50", "AP50-95"], rows)]
 
     def figures(self, ev: Any, data_root: Path, folder: Path, options: Any, n_images: int = 6
                 ) -> list[tuple[str, bytes]]:

@@ -82,10 +82,12 @@ class NyuDepth(Task):
         return DepthEvaluation(self.name, dataset.evaluate(rows, run.ids), head=rows.slice(0, HEAD_ROWS),
                                rows=rows.num_rows, sample_ids=run.ids, depth_bins=summarize_bins(rows))
 
-    def tables(self, ev: Any) -> list[Table]:
+    def tables(self, ev: Any, everything: bool = False) -> list[Table]:
+        """One row per depth range with ground truth in it (every range with `everything`)."""
+        bins = [b for b in ev.depth_bins or [] if everything or b["pixels"]]
         return [Table("By depth range", ["range (m)", "images", "pixels", "abs_rel", "rmse", "delta1"],
                       [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g}", b["images"], b["pixels"], b["abs_rel"],
-                        b["rmse"], b["delta1"]] for b in ev.depth_bins])] if ev.depth_bins else []
+                        b["rmse"], b["delta1"]] for b in bins])] if bins else []
 
     def figures(self, ev: Any, data_root: Path, folder: Path, options: Any, n_images: int = 4
                 ) -> list[tuple[str, bytes]]:
