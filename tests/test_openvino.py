@@ -186,6 +186,7 @@ def _metrics(task, root, model, out, runtime):
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # two whole COCO-mini jobs per model (about 50 s in all): in .ci/run's slow tier
 @pytest.mark.parametrize("name", COCO_MODELS)
 def test_openvino_matches_onnxruntime_on_coco(ray_session, tmp_path, name):
     root = need_shared("data", "coco-val2017-mini")
