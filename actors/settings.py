@@ -14,8 +14,12 @@ from typing import Any, Protocol
 class ActorSettings(Protocol):
     """The fields of a job's configuration an `InferenceActor` and the backends read."""
 
-    #: the model reference: a file (.onnx, OpenVINO IR .xml) or a URI (sim://...)
+    #: the model reference: a file (.onnx, OpenVINO IR .xml), a URL (s3://, gs://, https://:
+    #: fetched into the node's cache, see actors/fetch.py) or a URI (sim://...)
     model: str
+    #: the model's SHA-256 where the job pinned it (a remote model), and the storage options
+    model_sha256: str | None
+    storage_options: dict[str, Any]
     #: auto | onnxruntime | openvino
     runtime: str
     #: ONNX Runtime execution providers in order (cpu, cuda, tensorrt) and their options

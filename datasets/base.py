@@ -12,7 +12,6 @@ class here, never a copy of the job.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+
+from rayinfer.datasets.storage import Location
 
 
 class SampleError(Exception):
@@ -59,19 +60,23 @@ def file_digest(path: str | Path) -> dict[str, Any]:
 
 
 def safe_join(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing names that climb out of the root (`..`, absolute
-    paths) as annotation files might hold. Checked on the names, not after following
-    symbolic links: a data folder of links to files elsewhere is the owner's choice."""
-    root = Path(os.path.abspath(root))
-    path = Path(os.path.normpath(root / relative))
-    if path != root and root not in path.parents:
-        raise SampleError(f"path {relative!r} escapes the data root {root}", stage="load")
-    return path
+    """`sample_location` for a local folder, as a Path."""
+    return sample_location(Location.of(root), relative).path
+
+
+def sample_location(root: Location, relative: str) -> Location:
+    """`root / relative` for a sample's file, a SampleError for a name that climbs out of
+    the root (`..`, an absolute path), as an annotation file might hold. Checked on the
+    names, not after following symbolic links: links to files elsewhere are the owner's choice."""
+    try:
+        return root / relative
+    except ValueError as exc:
+        raise SampleError(str(exc), stage="load") from None
 
 
 class Dataset(Protocol):
     name: str
-    root: Path
+    root: Location
 
     def samples(self) -> list[Sample]:
         """Every sample, in a stable order."""

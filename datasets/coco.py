@@ -1,11 +1,13 @@
 """COCO detection (val2017 layout): samples, images, ground truth and COCOeval metrics.
 
 `data_root` holds `val2017/*.jpg` and `annotations/instances_val2017.json`, the
-official layout; the 79-image mini set and the full 5000-image set read the same way.
+official layout; the 79-image mini set and the full 5000-image set read the same way,
+from a local folder or object storage (`s3://bucket/coco`, see datasets/storage.py).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -18,9 +20,10 @@ import numpy as np
 import pyarrow as pa
 from pycocotools.coco import COCO
 
-from rayinfer.datasets.base import Sample, SetupError, safe_join, sha256_file
+from rayinfer.datasets.base import Sample, SetupError, sample_location
 from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
 from rayinfer.datasets.images import DEFAULT_MAX_PIXELS, read_image
+from rayinfer.datasets.storage import Location, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +36,15 @@ class CocoDataset:
 
     name = "coco"
 
-    def __init__(self, root: str | Path, split: str = "val2017", annotations: str | Path | None = None,
+    def __init__(self, root: str | Path | Location, split: str = "val2017", annotations: str | Path | None = None,
                  image_ids: Sequence[int] | None = None, limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.root = Path(root)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, storage_options: dict[str, Any] | None = None) -> None:
+        """`root`: a folder or a URL (`storage_options`: its file system's, see datasets/storage.py)."""
+        self.root = Location.of(root, storage_options)
         self.max_pixels = max_pixels
         self.split = split
-        self.annotations = Path(annotations) if annotations else self.root / "annotations" / f"instances_{split}.json"
+        self.annotations = (Location.of(annotations, storage_options) if annotations
+                            else self.root / f"annotations/instances_{split}.json")
         self.image_ids = tuple(image_ids) if image_ids else None
         self.limit = limit
 
@@ -52,7 +57,11 @@ class CocoDataset:
     @cached_property
     def coco(self) -> CompactCoco:
         """The ground truth: pycocotools' COCO API over compact columns (`CompactCoco`)."""
-        if not self.annotations.is_file():
+        try:
+            found = self.annotations.is_file()
+        except OSError as exc:
+            raise SetupError(f"{self.annotations}: {storage_error(exc)}") from None
+        if not found:
             raise SetupError(f"annotation file not found: {self.annotations} (expected DATA_ROOT/annotations/instances_{self.split}.json)")
         data = read_annotations(self.annotations)
         check_annotations(data, self.annotations)
@@ -88,16 +97,16 @@ class CocoDataset:
 
     def load(self, sample: Sample) -> np.ndarray:
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
-        return read_image(safe_join(self.root, sample.file), size, max_pixels=self.max_pixels)
+        return read_image(sample_location(self.root, sample.file), size, max_pixels=self.max_pixels)
 
     def fingerprint(self) -> dict[str, Any]:
         """The annotations' path and content hash (an edited category id changes it, whatever
         the size); the image list is hashed by the driver from `samples()`."""
-        digest = sha256_file(self.annotations) if self.annotations.is_file() else None
+        digest = self.annotations.sha256() if self.annotations.is_file() else None
         return {
             "dataset": self.name,
-            "root": str(self.root.resolve()),
-            "annotations": str(self.annotations.resolve()),
+            "root": _resolved(self.root),
+            "annotations": _resolved(self.annotations),
             "annotations_sha256": digest,
             "image_ids": list(self.image_ids) if self.image_ids else None,
             "limit": self.limit,
@@ -275,6 +284,11 @@ class CompactCoco(COCO):
         return list(ids)
 
 
+def _resolved(location: Location) -> str:
+    """A local path made absolute (links followed), a URL as it is."""
+    return str(location.path.resolve()) if location.path is not None else location.url
+
+
 def _array_like(obj: Any) -> bool:
     return hasattr(obj, "__iter__") and hasattr(obj, "__len__")
 
@@ -289,7 +303,7 @@ def results_to_array(results: np.ndarray | list[dict[str, Any]]) -> np.ndarray:
     return out
 
 
-def read_annotations(path: Path) -> dict[str, Any]:
+def read_annotations(path: Path | Location) -> dict[str, Any]:
     """The annotation file's images and categories (dicts) and its annotations as rows
     (`_annotation_row`: id, image_id, category_id, x, y, w, h, area, iscrowd), read as a
     stream: neither the file's text nor its annotations as dicts (nor their polygons, most
@@ -302,8 +316,11 @@ def read_annotations(path: Path) -> dict[str, Any]:
         f.seek(0)
         return ijson.items(f, prefix, use_float=True)
 
+    path = Location.of(path)
     try:
-        with path.open("rb") as f:
+        # ijson reads each section from the start: a local file seeks, a remote one is
+        # fetched once (one request) and read from memory
+        with path.open() if path.is_local else io.BytesIO(path.read_bytes()) as f:
             data: dict[str, Any] = {}
             for section in ("images", "categories"):
                 for value in items(section):  # at most one: the whole (small) list
@@ -326,6 +343,8 @@ def read_annotations(path: Path) -> dict[str, Any]:
         raise SetupError(f"{path}: not a JSON file ({first})") from None
     except UnicodeDecodeError as exc:
         raise SetupError(f"{path}: not a JSON file ({exc})") from None
+    except OSError as exc:  # a remote file that went away or a connection that broke
+        raise SetupError(f"{path}: cannot read: {storage_error(exc)}") from None
     if not {"images", "annotations", "categories"} <= data.keys():
         raise SetupError(f"{path}: not COCO instances annotations (needs images, annotations, categories)")
     return data
@@ -346,7 +365,7 @@ def _result(r: np.ndarray) -> dict[str, Any]:
             "bbox": [round(float(v), 3) for v in r[1:5]], "score": round(float(r[5]), 5)}
 
 
-def check_annotations(data: dict[str, Any], path: Path) -> None:
+def check_annotations(data: dict[str, Any], path: Path | Location) -> None:
     """The fields the job reads have the types COCO gives them, and image ids are unique:
     a SetupError naming the entry otherwise (pycocotools would let the last duplicate win)."""
 

@@ -18,6 +18,7 @@ import numpy as np
 import simplejpeg
 
 from rayinfer.datasets.base import SampleError
+from rayinfer.datasets.storage import Location, storage_error
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -27,7 +28,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def read_image(path: Path, expected_size: tuple[int, int] | None = None,
+def read_image(path: Path | Location, expected_size: tuple[int, int] | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to uint8 BGR HxWx3.
 
@@ -44,15 +45,9 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
     missing, empty, truncated or corrupt file, one that is not a regular file (a FIFO
     would block the reader forever), one over `max_pixels` (by the annotations' size or
     the file's header, before decoding), or a size that contradicts the annotations.
+    A remote `path` (a Location in object storage) is fetched in one request.
     """
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise SampleError(f"{path}: not a regular file", stage="load")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SampleError(f"{path}: file not found", stage="load") from None
-    except OSError as exc:
-        raise SampleError(f"{path}: cannot read: {exc.strerror or exc}", stage="load") from None
+    data = read_bytes(path)
     if not data:
         raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
     for said, size in (("the annotations say ", expected_size), ("", header_size(data))):
@@ -82,6 +77,26 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
             raise SampleError(f"{path}: image is {w}x{h} but the annotations say "
                               f"{expected_size[1]}x{expected_size[0]}", stage="load")
     return image
+
+
+def read_bytes(path: Path | Location) -> bytes:
+    """A sample file's bytes; a SampleError naming it when it cannot be read."""
+    if isinstance(path, Location) and not path.is_local:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise SampleError(f"{path}: file not found", stage="load") from None
+        except OSError as exc:
+            raise SampleError(f"{path}: cannot read: {storage_error(exc)}", stage="load") from None
+    local = path.path if isinstance(path, Location) else path
+    try:
+        if not stat.S_ISREG(local.stat().st_mode):
+            raise SampleError(f"{path}: not a regular file", stage="load")
+        return local.read_bytes()
+    except FileNotFoundError:
+        raise SampleError(f"{path}: file not found", stage="load") from None
+    except OSError as exc:
+        raise SampleError(f"{path}: cannot read: {exc.strerror or exc}", stage="load") from None
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

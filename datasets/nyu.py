@@ -6,6 +6,7 @@ Each HDF5 file holds `rgb` (uint8, 3xHxW or HxWx3) and `depth` (float32 HxW, met
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayinfer.datasets.base import Sample, SampleError, SetupError, safe_join
+from rayinfer.datasets.base import Sample, SampleError, SetupError, sample_location
 from rayinfer.datasets.depth import METRIC_NAMES
+from rayinfer.datasets.images import read_bytes
+from rayinfer.datasets.storage import Location, storage_error
 
 
 #: Larger ground-truth depths mean the file is not in metres (NYU's Kinect reads up to ~10 m).
@@ -27,21 +30,30 @@ class NyuDataset:
 
     name = "nyu"
 
-    def __init__(self, root: str | Path, sample_ids: Sequence[str] | None = None, limit: int | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Location, sample_ids: Sequence[str] | None = None, limit: int | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        """`root`: a folder or a URL (`storage_options`: its file system's, see datasets/storage.py)."""
+        self.root = Location.of(root, storage_options)
         self.sample_ids = tuple(sample_ids) if sample_ids else None
         self.limit = limit
 
     @property
-    def folder(self) -> Path:
-        official = self.root / "val" / "official"
+    def folder(self) -> Location:
+        official = self.root / "val/official"
         return official if official.is_dir() else self.root
 
+    def files(self) -> list[Location]:
+        """The frames' files, sorted by name."""
+        try:
+            return self.folder.glob("*.h5")
+        except OSError as exc:
+            raise SetupError(f"{self.root}: cannot list the frames: {storage_error(exc)}") from None
+
     def samples(self) -> list[Sample]:
-        files = sorted(self.folder.glob("*.h5"))
+        files = self.files()
         if not files:
             raise SetupError(f"no .h5 files in {self.root}/val/official (nor in {self.root})")
-        samples = [Sample(f.stem, str(f.relative_to(self.root))) for f in files]
+        samples = [Sample(f.stem, f.relative_to(self.root)) for f in files]
         if self.sample_ids:
             wanted = set(self.sample_ids)
             unknown = wanted - {s.sample_id for s in samples}
@@ -54,9 +66,12 @@ class NyuDataset:
         """(rgb uint8 HxWx3, depth float32 HxW). Raises SampleError naming the file."""
         import h5py
 
-        path = safe_join(self.root, sample.file)
+        path = sample_location(self.root, sample.file)
+        # a local file is opened in place (h5py reads only the datasets), a remote one
+        # fetched in one request and read from memory
+        source = path.path if path.is_local else io.BytesIO(read_bytes(path))
         try:
-            with h5py.File(path, "r") as f:
+            with h5py.File(source, "r") as f:
                 missing = [k for k in ("rgb", "depth") if k not in f]
                 if missing:
                     raise SampleError(f"{path}: no {missing} dataset in the file (has {sorted(f.keys())})")
@@ -89,8 +104,8 @@ class NyuDataset:
     def fingerprint(self) -> dict[str, Any]:
         return {
             "dataset": self.name,
-            "root": str(self.root.resolve()),
-            "files": len(list(self.folder.glob("*.h5"))) if self.root.is_dir() else 0,
+            "root": str(self.root.path.resolve()) if self.root.is_local else self.root.url,
+            "files": len(self.files()) if self.root.is_dir() else 0,
             "sample_ids": list(self.sample_ids) if self.sample_ids else None,
             "limit": self.limit,
         }

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rayinfer.datasets.base import SetupError
+from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
 from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given
@@ -223,7 +224,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     changes = given(args, eval_flags())  # the job's own options, these changed
     saved = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
     options = task.options_with(saved, changes)
-    ev = task.evaluate_saved(out, args.data_root, sample_ids=args.image_ids, limit=args.limit, options=options)
+    # remote data is read with the storage options the job ran with
+    storage = (run or {}).get("config", {}).get("storage_options") or {}
+    root = Location.of(args.data_root, storage)
+    ev = task.evaluate_saved(out, root, sample_ids=args.image_ids, limit=args.limit, options=options)
     if args.json:  # every metric, at full precision, and nothing else
         sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
         return 0
@@ -238,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
 
-        sys.stdout.write(f"report: {write_report(out, ev, task, Path(args.data_root), run, options)}\n")
+        sys.stdout.write(f"report: {write_report(out, ev, task, root, run, options)}\n")
     return 0
 
 
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task(ev)
     ev.add_argument("--predictions", required=True, type=Path,
                     help="a rayinfer output folder, or (COCO) a results JSON from any tool")
-    ev.add_argument("--data-root", required=True, type=Path, help="the dataset folder with the ground truth")
+    ev.add_argument("--data-root", required=True, help="the dataset folder (or s3://, gs://, https:// URL) with the ground truth")
     ev.add_argument("--image-ids", type=csv_list, help="comma-separated sample ids to evaluate")
     ev.add_argument("--limit", type=int, help="only the first N samples")
     ev.add_argument("--report", action="store_true", help="(re)write PREDICTIONS/report.html")

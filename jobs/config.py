@@ -17,6 +17,7 @@ from rayinfer.actors.backends import RUNTIMES
 from rayinfer.actors.backends.openvino import PRECISIONS
 from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.depth import DepthOptions
+from rayinfer.datasets.storage import check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
 
@@ -45,10 +46,18 @@ class JobConfig:
     """
 
     task: str = field(metadata={"positional": True})
-    data_root: str = option(help="dataset folder (COCO: val2017/ + annotations/; NYU: val/official/*.h5); "
-                                 "leave out with --model for the built-in demo")
-    model: str = option(help="ONNX model file (or sim://... for a simulated device)")
+    data_root: str = option(help="dataset folder or URL (s3://, gs://, https://) in the dataset's layout (COCO: "
+                                 "val2017/ + annotations/; NYU: val/official/*.h5); leave out with --model for "
+                                 "the built-in demo")
+    model: str = option(help="ONNX model file or URL (s3://, gs://, https://: fetched once per node), "
+                             "or sim://... for a simulated device")
     output: str = option(help="output folder (default: runs/TASK, numbered if taken)")
+    storage_options: dict[str, Any] = option(
+        help="options of the s3:// / gs:// file system, as key=value,... or JSON, e.g. "
+             "endpoint_override=http://127.0.0.1:9000 (AWS_ENDPOINT_URL works too); credentials come from the "
+             "environment, a profile or an instance role, never from here", factory=dict)
+    model_sha256: str | None = option(None, "the model file's SHA-256: other bytes are refused (set by the job for "
+                                            "a remote --model, so every node runs the same file)")
     model_family: str = option("auto", "auto | yolov8 | yolox (detection); auto takes the one family whose "
                                        "output signature the model has")
     # Ray and placement
@@ -132,6 +141,12 @@ class JobConfig:
             raise ConfigError(f"max_image_pixels: must be >= 1, got {self.max_image_pixels}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite: choose one")
+        try:
+            check_options(self.storage_options)
+            check_url(self.data_root)
+            check_url(self.model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,13 +228,17 @@ def _value(key: str, value: Any, hint: Any) -> Any:
 
 
 def resolve_paths(cfg: JobConfig) -> JobConfig:
-    """Absolute paths, so actors on any node and the Jobs API see the same files."""
+    """Absolute paths, so actors on any node and the Jobs API see the same files (URLs stay
+    as they are)."""
     from rayinfer.actors.backends import backend_for
 
-    model = backend_for(cfg.model, cfg.runtime).resolve(cfg.model)
+    if is_remote(cfg.output):
+        raise ConfigError(f"output: {cfg.output}: results are written to a folder (local or a shared file "
+                          "system); object storage for outputs is not supported yet")
+    model = cfg.model if is_remote(cfg.model) else backend_for(cfg.model, cfg.runtime).resolve(cfg.model)
     return dataclasses.replace(
         cfg,
-        data_root=str(Path(cfg.data_root).expanduser().resolve()),
+        data_root=cfg.data_root if is_remote(cfg.data_root) else str(Path(cfg.data_root).expanduser().resolve()),
         model=model,
         output=str(Path(cfg.output).expanduser().resolve()),
     )

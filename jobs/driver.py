@@ -26,7 +26,9 @@ import pyarrow as pa
 from rayinfer.actors.actor import STAGES, ShardResult, peak_rss_mb
 from rayinfer.actors.backends import backend_for, candidates
 from rayinfer.actors.devices import Plan
-from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema, sha256_file
+from rayinfer.actors.fetch import fetched, pin
+from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema
+from rayinfer.datasets.storage import Location, storage_error
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
@@ -59,20 +61,22 @@ class JobOutcome:
         return EXIT_PARTIAL if self.errors else EXIT_OK
 
 
-def samples_digest(root: str, samples: Sequence[Sample], content: bool = False) -> dict[str, Any]:
+def samples_digest(root: Location, samples: Sequence[Sample], content: bool = False) -> dict[str, Any]:
     """A hash of the sample list: ids, files, and each file's size and mtime (and, with
-    `content`, its bytes). Reads no image by default: 5,000 stat calls, not 5,000 reads."""
+    `content`, its bytes). Reads no image by default: 5,000 stat calls for a folder, one
+    listing (5 requests) for object storage, not 5,000 reads."""
     h = hashlib.sha256()
-    base = Path(root)
+    listed = None if root.is_local or root.scheme in ("http", "https") else root.listing()
     for s in samples:
-        path = base / s.file if s.file else None
-        try:
-            st = path.stat() if path else None
-        except OSError:
-            st = None
-        h.update(f"{s.sample_id}\0{s.file}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
-        if content and st is not None and path is not None:
-            h.update(sha256_file(path).encode())
+        st: tuple[int, int] | None = None
+        if s.file:
+            try:
+                st = listed.get(s.file) if listed is not None else (root / s.file).stat_key()
+            except (OSError, ValueError):
+                st = None
+        h.update(f"{s.sample_id}\0{s.file}\0{st[0] if st else -1}\0{st[1] if st else -1}\n".encode())
+        if content and st is not None:
+            h.update((root / s.file).sha256().encode())
     return {"count": len(samples), "sha256": h.hexdigest(), "content_hashed": content}
 
 
@@ -81,13 +85,19 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
     return {
         "task": cfg.task,
         "data": setup.dataset.fingerprint(),
-        "samples": samples_digest(cfg.data_root, setup.samples, cfg.hash_samples),
-        "model": backend_for(cfg.model, cfg.runtime).digest(cfg.model),
+        "samples": samples_digest(Location.of(cfg.data_root, cfg.storage_options), setup.samples, cfg.hash_samples),
+        "model": model_digest(cfg),
         "model_family": cfg.model_family,
         "shard_size": cfg.shard_size,
         # under the config section's name, so a refusal names the option as the user set it
         setup.task.options_key or "task_options": options_record(setup.options),
     }
+
+
+def model_digest(cfg: JobConfig) -> dict[str, Any]:
+    """The model's path (or URL), size and SHA-256, as `--resume` compares them."""
+    local = fetched(cfg)
+    return {**backend_for(local.model, cfg.runtime).digest(local.model), "path": cfg.model}
 
 
 def versions(cfg: JobConfig) -> dict[str, str]:
@@ -124,18 +134,27 @@ class Setup:
 def check_setup(cfg: JobConfig) -> Setup:
     """Everything that can fail before work starts: data root, samples, model, adapter."""
     task = get_task(cfg.task)
-    if not Path(cfg.data_root).is_dir():
+    root = Location.of(cfg.data_root, cfg.storage_options)
+    try:
+        found = root.is_dir()
+        if not found and not root.is_local and not root.bucket.is_dir():
+            raise SetupError(f"data root {cfg.data_root}: no bucket {root.bucket.name!r} (or none these "
+                             "credentials can see)")
+    except OSError as exc:  # access denied, no credentials, unreachable
+        raise SetupError(f"data root {cfg.data_root}: {storage_error(exc)}") from None
+    if not found:
         raise SetupError(f"data root not found: {cfg.data_root}")
     dataset = task.dataset(cfg)
     samples = dataset.samples()
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
-    backend = backend_for(cfg.model, cfg.runtime)  # the model's signature, read by the first runtime
-    wrong = backend.check(cfg.model)
+    local = fetched(cfg)  # a remote model: this node's copy (pinned by run_job)
+    backend = backend_for(local.model, cfg.runtime)  # the model's signature, read by the first runtime
+    wrong = backend.check(local.model)
     if wrong:
         raise SetupError(wrong)
     try:
-        model = backend.build(cfg, Plan(1, 1), 1)
+        model = backend.build(local, Plan(1, 1), 1)
     except SetupError:
         raise
     except Exception as exc:
@@ -147,7 +166,7 @@ def check_setup(cfg: JobConfig) -> Setup:
 def run_job(cfg: JobConfig) -> JobOutcome:
     """Run a whole job; see the module docstring."""
     t_start = time.time()
-    cfg = resolve_paths(cfg)
+    cfg = pin(resolve_paths(cfg))  # a remote model: fetched here once, its SHA-256 pinned for every node
     setup = check_setup(cfg)
     checks_s = time.time() - t_start  # data, model, task options: before anything runs
     samples = setup.samples
@@ -176,7 +195,8 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     t_eval = time.time()
     log.info("evaluation: %s", cfg.task)
-    evaluation = setup.task.evaluate_saved(output.root, cfg.data_root, options=setup.options)
+    data_root = Location.of(cfg.data_root, cfg.storage_options)
+    evaluation = setup.task.evaluate_saved(output.root, data_root, options=setup.options)
     for name, obj in setup.dataset.exports(output.predictions).items():
         output.write_json(name, obj)
     output.write_json("metrics.json", evaluation.metrics)
@@ -193,7 +213,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         t_report = time.time()
         log.info("writing the report")
         try:
-            write_report(output.root, evaluation, setup.task, Path(cfg.data_root), run, setup.options)
+            write_report(output.root, evaluation, setup.task, data_root, run, setup.options)
         except OSError as exc:
             raise writing(Path(exc.filename or output.root), exc) from None
         # the whole job's wall time, the report's included

@@ -113,6 +113,12 @@ def _listed(item: Callable[[str], Any], count: int | None) -> Callable[[str], tu
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object, or `key=value,key=value` (values as strings)."""
+    if not text.lstrip().startswith("{") and "=" in text:
+        pairs = [p.partition("=") for p in csv_list(text)]
+        if any(not k.strip() or not sep for k, sep, _ in pairs):
+            raise argparse.ArgumentTypeError(f"expected key=value,... or a JSON object, got {text!r}")
+        return {k.strip(): v.strip() for k, _, v in pairs}
     try:
         value = json.loads(text)
     except ValueError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
+from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation
 from rayinfer.jobs.format import runtime_text
 
@@ -91,14 +92,14 @@ def report_files(task: Any) -> tuple[str, ...]:
     return ("report.html", *(f"report/{name}.png" for name in task.figure_names))
 
 
-def write_report(output: Path, ev: Evaluation, task: Any, data_root: Path, run: dict[str, Any] | None = None,
+def write_report(output: Path, ev: Evaluation, task: Any, data_root: str | Path | Location, run: dict[str, Any] | None = None,
                  options: Any = None) -> Path:
     """Write OUTPUT/report.html and OUTPUT/report/*.png; returns the HTML path. `task`: the
     task's hooks (rayinfer.jobs.tasks.Task); `options`: its options as the job used them."""
     output = Path(output)
     folder = output / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    figures = task.figures(ev, Path(data_root), folder, options)
+    figures = task.figures(ev, Location.of(data_root), folder, options)
     keys = task.summary(ev)
     slices = "".join(f"<h2>{html.escape(t.title)}</h2>" + _table(t.header, t.rows) for t in task.tables(ev, everything=True))
     title = f"rayinfer {ev.task} report"

@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # `--runtime auto` caches its probes; the tests keep theirs apart from the user's (set before
 # any Ray starts, so actors inherit it)
 os.environ.setdefault("RAYINFER_CACHE_DIR", tempfile.mkdtemp(prefix="rayinfer-test-cache-"))
+# Object storage in tests is moto's S3 server on 127.0.0.1 (the `s3` fixture), which takes
+# any credentials: dummy ones, set before any Ray starts so actors inherit them, and no
+# instance-metadata lookups.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_key, _value)
 
 
 def inference_actor(cfg: Any, name: str = "actor-0", actor_class: Any = None) -> Any:
@@ -163,9 +169,10 @@ def make_const_depth(path: Path, size: int, value: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """An embedded Ray for one test module (torn down after it, so that the cluster
-    tests, which start and stop their own Ray, never meet a leftover one)."""
+def ray_session(_embedded_ray_stops_at_the_end):
+    """An embedded Ray, started by the first module that asks for one and kept for the next
+    ones (a start is about 5 s here). Modules with clusters of their own (tests/test_cluster.py,
+    tests/test_nodes.py) shut it down first (`no_embedded_ray`); the next module to ask starts another."""
     import ray
 
     from rayinfer.jobs.cluster import init_local_ray
@@ -174,4 +181,85 @@ def ray_session():
         init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                        namespace="rayinfer-tests")
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def no_embedded_ray():
+    """For modules that start clusters of their own (and stop them with `ray stop --force`,
+    which kills every Ray process here): the embedded Ray is shut down first."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _embedded_ray_stops_at_the_end():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class S3Server:
+    """moto's S3-compatible server, in its own process, on a free 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The job's storage options for this server."""
+        return {"endpoint_override": self.endpoint}
+
+    @property
+    def fs(self) -> Any:
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
+                                 allow_bucket_deletion=True)
+
+    def upload(self, local: Path, bucket_and_prefix: str) -> str:
+        """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its s3:// URL."""
+        import pyarrow.fs as pafs
+
+        fs = self.fs
+        fs.create_dir(bucket_and_prefix.split("/")[0])
+        if Path(local).is_dir():
+            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
+        else:
+            with fs.open_output_stream(bucket_and_prefix) as f:
+                f.write(Path(local).read_bytes())
+        return f"s3://{bucket_and_prefix}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3 server on 127.0.0.1 (moto's server mode: no client is patched)."""
+    server = S3Server()
+    yield server
+    server.stop()

@@ -19,7 +19,7 @@ import rayinfer.actors
 from rayinfer.jobs.submit import client
 from tests.conftest import need_shared
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400), pytest.mark.usefixtures("no_embedded_ray")]
 
 DASHBOARD = "http://127.0.0.1:8265"
 

@@ -200,24 +200,32 @@ def test_nyu_job_on_synthetic_frames_with_a_bad_file(ray_session, tmp_path):
 
 
 # -- acceptance on the real models and data ----------------------------------------------
-@pytest.mark.shared
-def test_yolov8n_reference_accuracy_identical_with_1_2_4_actors(ray_session, tmp_path):
+def _yolov8n_mini(tmp_path: Path, actors: int, report: bool) -> dict:
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolov8n_int8.onnx")
-    results = []
-    for n in (1, 2, 4):
-        outcome = run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / f"y{n}"),
-                                    actors=n, progress=False, runtime="onnxruntime",  # the reference's runtime
-                                    report=n == 1))
-        results.append(outcome.metrics)
-    m = results[0]
+    return run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / f"y{actors}"),
+                             actors=actors, progress=False, runtime="onnxruntime",  # the reference's runtime
+                             report=report)).metrics
+
+
+@pytest.mark.shared
+def test_yolov8n_reference_accuracy(ray_session, tmp_path):
+    m = _yolov8n_mini(tmp_path, 1, report=True)
     assert m["images"] == 79
     assert abs(m["AP"] - 0.4245) <= 0.005 and abs(m["AP50"] - 0.5743) <= 0.005
     assert abs(m["AP75"] - 0.4614) <= 0.005 and abs(m["AR100"] - 0.6055) <= 0.005
-    assert results[1] == m and results[2] == m
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # three whole COCO-mini jobs; test_one_two_and_four_actors_give_identical_predictions is the quick one
+def test_yolov8n_metrics_identical_with_1_2_4_actors(ray_session, tmp_path):
+    results = [_yolov8n_mini(tmp_path, n, report=False) for n in (1, 2, 4)]
+    assert results[0]["images"] == 79
+    assert results[1] == results[0] and results[2] == results[0]
+
+
+@pytest.mark.shared
+@pytest.mark.slow  # a whole COCO-mini job; YOLOX decoding is checked on synthetic outputs in the quick tier
 def test_yolox_nano_reference_accuracy(ray_session, tmp_path):
     root = need_shared("data", "coco-val2017-mini")
     model = need_shared("models", "yolox_nano.onnx")

@@ -106,5 +106,5 @@ def test_the_job_config_provides_what_the_actors_read():
     wanted = typing.get_type_hints(ActorSettings)
     have = typing.get_type_hints(JobConfig)
     assert {name: have.get(name) for name in wanted} == wanted
-    read = {m for p in (ROOT / "actors").rglob("*.py") for m in re.findall(r"\bcfg\.([a-z_]+)", p.read_text())}
+    read = {m for p in (ROOT / "actors").rglob("*.py") for m in re.findall(r"\bcfg\.([a-z_][a-z_0-9]*)", p.read_text())}
     assert read and read <= set(wanted), sorted(read - set(wanted))

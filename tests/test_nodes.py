@@ -12,7 +12,7 @@ from rayinfer.datasets.synthetic import write_coco
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import EXIT_OK, run_job
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400), pytest.mark.usefixtures("no_embedded_ray")]
 
 SIM = "sim://?latency_ms=80&capacity=2&input=1x3x64x64&output=1x7x8"
 

@@ -19,6 +19,7 @@ import importlib
 import logging
 from typing import Any, NamedTuple
 
+from rayinfer.actors.fetch import fetched
 from rayinfer.actors.devices import Plan, plan_requests
 from rayinfer.actors.model import Model
 from rayinfer.actors.settings import ActorSettings
@@ -125,7 +126,9 @@ def build(chosen: Any, cfg: ActorSettings, cpus: int) -> tuple[Model, Plan]:
 
 def open_model(cfg: ActorSettings, cpus: int) -> Opened:
     """The model an actor runs: the runtime `--runtime` names, or under `auto` the faster
-    of the installed ones, measured on this model with `cpus` (choice.py)."""
+    of the installed ones, measured on this model with `cpus` (choice.py). A remote model
+    is opened from this node's copy (actors/fetch.py)."""
+    cfg = fetched(cfg)
     found = candidates(cfg.model, cfg.runtime)
     chosen = settled(found, cfg)
     if chosen:

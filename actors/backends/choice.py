@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rayinfer.actors.fetch import cache_dir
 from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.model import Model
 
@@ -38,12 +39,6 @@ log = logging.getLogger(__name__)
 ROUNDS = 2
 ROUND_S = 0.75
 CACHE_FILE = "runtime-probes.json"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("RAYINFER_CACHE_DIR"):
-        return Path(os.environ["RAYINFER_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rayinfer"
 
 
 def cpu_model() -> str:

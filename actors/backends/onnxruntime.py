@@ -155,7 +155,7 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def handles(model: str) -> bool:
-        return "://" not in model and not model.lower().endswith(".xml")  # OpenVINO IR is OpenVINO's
+        return not model.startswith("sim://") and not model.lower().endswith(".xml")  # OpenVINO IR is OpenVINO's
 
     @staticmethod
     def resolve(model: str) -> str:

@@ -306,7 +306,7 @@ class OpenVinoBackend:
 
     @staticmethod
     def handles(model: str) -> bool:
-        return "://" not in model and Path(model).suffix.lower() in SUFFIXES
+        return not model.startswith("sim://") and Path(model).suffix.lower() in SUFFIXES
 
     @staticmethod
     def installed() -> str | None:

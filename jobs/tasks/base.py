@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
+from rayinfer.datasets.storage import Location
 
 from rayinfer.jobs.evaluate import Evaluation, SavedRun
 
@@ -109,21 +110,23 @@ class Task:
         return RunningMetric()
 
     # -- the results ------------------------------------------------------------------------
-    def evaluate_saved(self, predictions: str | Path, data_root: str | Path, sample_ids: Sequence[str] | None = None,
-                       limit: int | None = None, options: Any = None) -> Evaluation:
+    def evaluate_saved(self, predictions: str | Path, data_root: str | Path | Location,
+                       sample_ids: Sequence[str] | None = None, limit: int | None = None,
+                       options: Any = None) -> Evaluation:
         """The metrics of a saved run (a folder), or of another tool's results file where the
-        task reads one. `options`: the task's options (default: the run's own). The job and
+        task reads one, against the data at `data_root` (a folder, or a Location in object
+        storage). `options`: the task's options (default: the run's own). The job and
         `rayinfer eval` both call this."""
-        path, root = Path(predictions), Path(data_root)
+        path, root = Path(predictions), Location.of(data_root)
         if path.is_file():
             return self.evaluate_file(path, root, sample_ids, limit, options)
         return self.evaluate(SavedRun.open(path, sample_ids, limit), root, options)
 
-    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> Evaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
         """Dataset metrics of a saved run (its samples without a row count as misses)."""
         raise NotImplementedError
 
-    def evaluate_file(self, path: Path, data_root: Path, sample_ids: Any, limit: int | None,
+    def evaluate_file(self, path: Path, data_root: Location, sample_ids: Any, limit: int | None,
                       options: Any) -> Evaluation:
         """Metrics of a results file of another tool; tasks that read none refuse."""
         raise SetupError(f"{path}: task {self.name!r} evaluates rayinfer output folders only")
@@ -137,7 +140,7 @@ class Task:
         `eval`, and the report's tables. `everything`: also the empty slices (`-v`)."""
         return []
 
-    def figures(self, ev: Evaluation, data_root: Path, folder: Path, options: Any) -> list[tuple[str, bytes]]:
+    def figures(self, ev: Evaluation, data_root: Location, folder: Path, options: Any) -> list[tuple[str, bytes]]:
         """(name, PNG bytes) for the report, each also written to folder/NAME.png."""
         return []
 

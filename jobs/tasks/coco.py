@@ -13,6 +13,7 @@ import numpy as np
 from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.datasets.cocoeval import CocoScores
+from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation, SavedRun, head_rows, select_ids
 from rayinfer.jobs.report import pyplot, save_png
 from rayinfer.jobs.tasks.base import RunningMetric, Table, Task
@@ -54,7 +55,8 @@ class CocoDetection(Task):
         from rayinfer.datasets.coco import CocoDataset
 
         ids = [int(i) for i in cfg.sample_ids] if cfg.sample_ids else None
-        return CocoDataset(cfg.data_root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels)
+        return CocoDataset(cfg.data_root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels,
+                           storage_options=cfg.storage_options)
 
     def adapter(self, cfg: Any, dataset: Any, model: Any) -> Adapter:
         from rayinfer.actors.families import choose_family
@@ -71,7 +73,7 @@ class CocoDetection(Task):
     def running_metric(self) -> RunningMetric:
         return DetectionsPerImage()
 
-    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> CocoEvaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> CocoEvaluation:
         # Shard by shard into the evaluator's compact arrays: memory stays flat with the
         # number of detections (datasets/cocoeval.py).
         from rayinfer.datasets.coco import CocoDataset
@@ -88,7 +90,7 @@ class CocoDetection(Task):
         return self._evaluation(dataset, scores if scores.detections else None, evaluator.params.imgIds,
                                 scores.detections, head, rows, run.ids)
 
-    def evaluate_file(self, path: Path, data_root: Path, sample_ids: Any, limit: int | None,
+    def evaluate_file(self, path: Path, data_root: Location, sample_ids: Any, limit: int | None,
                       options: Any) -> CocoEvaluation:
         """A COCO results JSON of any tool (e.g. Ultralytics `save_json`), on the same evaluator."""
         from rayinfer.datasets.coco import CocoDataset, results_to_array
@@ -122,7 +124,7 @@ class CocoDetection(Task):
         return [Table(f"Per class (P, R at IoU 0.5, confidence {m['best_f1_confidence']:.3f}: the best mean F1)",
                       ["class", "images", "instances", "P", "R", "AP50", "AP50-95"], rows)]
 
-    def figures(self, ev: Any, data_root: Path, folder: Path, options: Any, n_images: int = 6
+    def figures(self, ev: Any, data_root: Location, folder: Path, options: Any, n_images: int = 6
                 ) -> list[tuple[str, bytes]]:
         plt = pyplot()
         figures = []
@@ -170,10 +172,12 @@ def _load_results_json(path: Path) -> list[dict[str, Any]]:
     return results
 
 
-def _detection_grid(ev: CocoEvaluation, data_root: Path, n_images: int) -> Any:
+def _detection_grid(ev: CocoEvaluation, data_root: Location, n_images: int) -> Any:
     import cv2
 
+    from rayinfer.datasets.base import SampleError, sample_location
     from rayinfer.datasets.coco import CocoDataset
+    from rayinfer.datasets.images import read_image
 
     plt = pyplot()
     dataset = CocoDataset(data_root)
@@ -183,8 +187,9 @@ def _detection_grid(ev: CocoEvaluation, data_root: Path, n_images: int) -> Any:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows):
-        image = cv2.imread(str(data_root / row["file"]), cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            image = read_image(sample_location(data_root, row["file"]))
+        except SampleError:
             continue
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         ax.imshow(image)

@@ -3,10 +3,10 @@ benchmarks of the pipeline itself."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rayinfer.datasets.base import Adapter, Dataset
+from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation, SavedRun
 from rayinfer.jobs.tasks.base import Task
 
@@ -24,7 +24,7 @@ class NullTask(Task):
 
         return NullAdapter(model.inputs)
 
-    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> Evaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
         from rayinfer.datasets.null import NullDataset
 
         table = run.table()

@@ -12,6 +12,7 @@ import numpy as np
 
 from rayinfer.datasets.base import Adapter, Dataset, Sample, SetupError
 from rayinfer.datasets.depth import DepthOptions
+from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import HEAD_ROWS, Evaluation, SavedRun
 from rayinfer.jobs.report import pyplot, save_png
 from rayinfer.jobs.tasks.base import RunningMetric, Table, Task
@@ -48,7 +49,8 @@ class NyuDepth(Task):
     def dataset(self, cfg: Any) -> Dataset:
         from rayinfer.datasets.nyu import NyuDataset
 
-        return NyuDataset(cfg.data_root, sample_ids=cfg.sample_ids, limit=cfg.limit)
+        return NyuDataset(cfg.data_root, sample_ids=cfg.sample_ids, limit=cfg.limit,
+                          storage_options=cfg.storage_options)
 
     def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
         from rayinfer.actors.families.depth import DepthAdapter
@@ -64,7 +66,7 @@ class NyuDepth(Task):
     def running_metric(self) -> RunningMetric:
         return MeanAbsRel()
 
-    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> DepthEvaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> DepthEvaluation:
         """From the rows: the actor computed every per-image metric on the saved float16 map.
         Only options other than the job's (`rayinfer eval nyu --max-depth 8`, say) or a run
         written before the rows held metrics by depth range go back to the HDF5 files."""
@@ -89,7 +91,7 @@ class NyuDepth(Task):
                       [[f"{b['range_m'][0]:g}-{b['range_m'][1]:g}", b["images"], b["pixels"], b["abs_rel"],
                         b["rmse"], b["delta1"]] for b in bins])] if bins else []
 
-    def figures(self, ev: Any, data_root: Path, folder: Path, options: Any, n_images: int = 4
+    def figures(self, ev: Any, data_root: Location, folder: Path, options: Any, n_images: int = 4
                 ) -> list[tuple[str, bytes]]:
         from rayinfer.datasets.depth import decode_depth, transform
         from rayinfer.datasets.nyu import NyuDataset

@@ -1,0 +1,328 @@
+"""Where data lives: a local folder or an object store, named by a path or a URL.
+
+    >>> root = Location.of("s3://bucket/coco")        # or gs://..., https://..., /data/coco
+    >>> ann = root / "annotations/instances_val2017.json"
+    >>> str(ann)
+    's3://bucket/coco/annotations/instances_val2017.json'
+    >>> data = ann.read_bytes()                        # doctest: +SKIP
+
+Schemes:
+- a path (or `file://`): the local file system, through pathlib, as before;
+- `s3://` and `gs://`: pyarrow.fs (`S3FileSystem`, `GcsFileSystem`). pyarrow is already a
+  dependency and is what Ray Data reads with; its clients are the cloud SDKs' own, with
+  their standard credential chains (environment, profile, instance role / metadata server)
+  and their own retries of transient errors. An S3-compatible endpoint comes from
+  `endpoint_override` in the storage options or the standard `AWS_ENDPOINT_URL_S3` /
+  `AWS_ENDPOINT_URL` variables (read here: pyarrow does not honour them everywhere);
+- `http://` and `https://`: read-only, through the standard library, with retries and
+  exponential back-off on connection errors and 5xx answers. HTTP cannot list a folder,
+  so only layouts whose files are named by an index (COCO's annotations) work over it.
+
+A `Location` pickles as its URL and options (each process opens its own client), so a
+dataset reader holding one travels to the inference actors, which fetch their samples'
+bytes themselves. Credentials never appear in a Location: options that would carry them
+are refused (`check_options`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3", "gs", "http", "https")
+#: storage options that would put a secret into run.json and logs
+SECRET_OPTIONS = ("access_key", "secret_key", "session_token", "access_token", "password")
+#: tries for one HTTP request (S3 and GCS retry inside their SDKs)
+HTTP_ATTEMPTS = 4
+
+
+def is_remote(text: str | os.PathLike) -> bool:
+    """Whether `text` names object storage or a web server (not a local path)."""
+    return urllib.parse.urlsplit(str(text)).scheme.lower() in REMOTE_SCHEMES
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Refuse credentials among the storage options: they come from the standard chains."""
+    secret = sorted(k for k in options if k.lower() in SECRET_OPTIONS)
+    if secret:
+        raise ValueError(f"storage options {secret}: credentials come from the environment, a profile or an "
+                         "instance role, never from the job's options (they would be written to run.json)")
+
+
+def check_url(text: str) -> None:
+    """Refuse a URL that carries credentials (`https://user:password@host/...`)."""
+    parts = urllib.parse.urlsplit(str(text))
+    if parts.scheme.lower() in REMOTE_SCHEMES and (parts.username or parts.password):
+        raise ValueError(f"{parts.scheme}://{parts.hostname}/...: credentials in a URL would be written to run.json "
+                         "and logs; use the environment, a profile or an instance role")
+
+
+class Location:
+    """A file or folder: local (`path` is set) or remote (`scheme` is s3, gs, http or https)."""
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        """`url`: a local path or a URL; `options`: the filesystem's options (pyarrow's
+        `S3FileSystem` / `GcsFileSystem` keyword arguments, e.g. endpoint_override)."""
+        text = str(url)
+        parts = urllib.parse.urlsplit(text)
+        self.scheme = parts.scheme.lower() if parts.scheme.lower() in REMOTE_SCHEMES else ""
+        self.options = dict(options or {})
+        check_options(self.options)
+        check_url(text)
+        if self.scheme:
+            self.url = text.rstrip("/") if parts.path not in ("", "/") else text
+            self.path = None
+        else:
+            local = text[len("file://"):] if text.startswith("file://") else text
+            self.path = Path(local).expanduser()
+            self.url = str(self.path)
+        self._fs: Any = None
+
+    @classmethod
+    def of(cls, url: str | os.PathLike | Location, options: Mapping[str, Any] | None = None) -> Location:
+        return url if isinstance(url, Location) else cls(str(url), options)
+
+    # -- pickling: the URL and options, never a client --------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["options"])
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and (self.url, self.options) == (other.url, other.options)
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __fspath__(self) -> str:
+        """A local location is path-like (`Path(location)`, `open(location)`); a remote one is not."""
+        if self.path is None:
+            raise TypeError(f"{self.url} is not a local path")
+        return str(self.path)
+
+    # -- names ---------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else posixpath.basename(self.url.rstrip("/"))
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0]
+
+    def __truediv__(self, relative: str) -> Location:
+        """The location `relative` below this one; names that climb out (`..`, absolute
+        paths), as an annotation file might hold, raise ValueError."""
+        relative = str(relative)
+        if self.path is not None:
+            root = Path(os.path.abspath(self.path))
+            joined = Path(os.path.normpath(root / relative))
+            if joined != root and root not in joined.parents:
+                raise ValueError(f"path {relative!r} escapes the data root {root}")
+            child = Location(str(self.path / relative), self.options)
+            return child
+        clean = posixpath.normpath("/" + relative.replace("\\", "/")).lstrip("/")
+        if relative.startswith("/") or any(p == ".." for p in relative.replace("\\", "/").split("/")):
+            raise ValueError(f"path {relative!r} escapes the data root {self.url}")
+        return Location(f"{self.url.rstrip('/')}/{clean}", self.options)
+
+    @property
+    def bucket(self) -> Location:
+        """The bucket (or server) a remote location is in."""
+        parts = urllib.parse.urlsplit(self.url)
+        return Location(f"{parts.scheme}://{parts.netloc}", self.options)
+
+    def relative_to(self, root: Location) -> str:
+        if self.path is not None and root.path is not None:
+            return str(self.path.relative_to(root.path))
+        prefix = root.url.rstrip("/") + "/"
+        if not self.url.startswith(prefix):
+            raise ValueError(f"{self.url} is not under {root.url}")
+        return self.url[len(prefix):]
+
+    # -- the file system -----------------------------------------------------------------
+    @property
+    def _key(self) -> str:
+        """The object's path for pyarrow.fs: 'bucket/key'."""
+        parts = urllib.parse.urlsplit(self.url)
+        return (parts.netloc + parts.path).rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        """The pyarrow filesystem (S3, GCS), made on first use in this process."""
+        if self._fs is None:
+            import pyarrow.fs as pafs
+
+            options = dict(self.options)
+            if self.scheme == "s3":
+                endpoint = options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+                    or os.environ.get("AWS_ENDPOINT_URL")
+                if endpoint:
+                    options["endpoint_override"] = endpoint
+                options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=5))
+                for key in ("connect_timeout", "request_timeout"):
+                    if key in options:
+                        options[key] = float(options[key])
+                if isinstance(options.get("anonymous"), str):
+                    options["anonymous"] = options["anonymous"].lower() in ("1", "true", "yes")
+                self._fs = pafs.S3FileSystem(**options)
+            elif self.scheme == "gs":
+                self._fs = pafs.GcsFileSystem(**options)
+            else:
+                raise ValueError(f"{self.url}: no file system for {self.scheme}://")
+        return self._fs
+
+    def _info(self) -> Any:
+        return self.fs.get_file_info(self._key)
+
+    def is_file(self) -> bool:
+        if self.path is not None:
+            return self.path.is_file()
+        if self.scheme in ("http", "https"):
+            try:
+                self._http("HEAD")
+                return True
+            except FileNotFoundError:
+                return False
+        import pyarrow.fs as pafs
+
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        """Whether this is a folder (for object stores: a prefix with objects under it, or
+        a bucket). Over HTTP folders cannot be seen: True, and reading a file says more."""
+        if self.path is not None:
+            return self.path.is_dir()
+        if self.scheme in ("http", "https"):
+            return True
+        import pyarrow.fs as pafs
+
+        return self._info().type == pafs.FileType.Directory
+
+    def glob(self, pattern: str) -> list[Location]:
+        """The files directly in this folder whose names match `pattern`, sorted by name."""
+        if self.path is not None:
+            return [Location(str(p), self.options) for p in sorted(self.path.glob(pattern)) if p.is_file()]
+        if self.scheme in ("http", "https"):
+            raise OSError("an HTTP server cannot list a folder (use object storage for this dataset)")
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self._key, allow_not_found=True))
+        names = sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
+        return [self / n for n in names if fnmatch.fnmatch(n, pattern)]
+
+    def size(self) -> int:
+        if self.path is not None:
+            return self.path.stat().st_size
+        if self.scheme in ("http", "https"):
+            with self._http("HEAD") as answer:
+                return int(answer.headers.get("Content-Length", -1))
+        import pyarrow.fs as pafs
+
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"{self.url}: no such object")
+        return int(info.size)
+
+    def stat_key(self) -> tuple[int, int]:
+        """(size, mtime in ns; -1 where unknown): what identifies a file's version without reading it."""
+        if self.path is not None:
+            st = self.path.stat()
+            return st.st_size, st.st_mtime_ns
+        if self.scheme in ("http", "https"):
+            return self.size(), -1
+        import pyarrow.fs as pafs
+
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"{self.url}: no such object")
+        return int(info.size), int(info.mtime_ns or -1)
+
+    def listing(self) -> dict[str, tuple[int, int]]:
+        """Every file below this remote folder: relative name -> (size, mtime in ns), from
+        one recursive listing (1,000 objects per request on S3; no request per file)."""
+        if self.path is not None or self.scheme in ("http", "https"):
+            raise OSError(f"{self.url}: listing is for object storage")
+        import pyarrow.fs as pafs
+
+        prefix = self._key + "/"
+        infos = self.fs.get_file_info(pafs.FileSelector(self._key, recursive=True, allow_not_found=True))
+        return {i.path[len(prefix):]: (int(i.size), int(i.mtime_ns or -1))
+                for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)}
+
+    def open(self) -> IO[bytes]:
+        """A binary stream of the file, read front to back (raises FileNotFoundError / OSError)."""
+        if self.path is not None:
+            return self.path.open("rb")
+        if self.scheme in ("http", "https"):
+            return io.BytesIO(self.read_bytes())
+        return self.fs.open_input_stream(self._key)
+
+    def read_bytes(self) -> bytes:
+        """The whole file, in one request for object storage."""
+        if self.path is not None:
+            return self.path.read_bytes()
+        if self.scheme in ("http", "https"):
+            with self._http("GET") as answer:
+                return answer.read()
+        with self.fs.open_input_file(self._key) as f:
+            return f.read()
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with self.open() as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def _http(self, method: str) -> Any:
+        """An HTTP answer for this URL; retries connection errors and 5xx with back-off
+        (0.5, 1, 2 s); 404 raises FileNotFoundError, other 4xx OSError."""
+        delay = 0.5
+        for attempt in range(1, HTTP_ATTEMPTS + 1):
+            try:
+                return urllib.request.urlopen(urllib.request.Request(self.url, method=method), timeout=30)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    raise FileNotFoundError("not found (HTTP 404)") from None
+                if exc.code < 500 or attempt == HTTP_ATTEMPTS:
+                    raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+                why = f"HTTP {exc.code}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                if attempt == HTTP_ATTEMPTS:
+                    raise OSError(str(getattr(exc, "reason", exc))) from None
+                why = str(getattr(exc, "reason", exc))
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
+                        HTTP_ATTEMPTS)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+
+def storage_error(exc: BaseException) -> str:
+    """One line from a storage exception (pyarrow's carry the AWS error and request id)."""
+    text = " ".join(str(exc).split())
+    return text.split(" (Request ID")[0]

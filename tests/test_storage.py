@@ -1,0 +1,208 @@
+"""Data and models in object storage (issue 18 item 1): a real S3-compatible server (moto's
+server mode, tests/conftest.py `s3`) on 127.0.0.1, no client patched."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rayinfer.actors.fetch import cache_dir
+from rayinfer.datasets.storage import Location
+from rayinfer.datasets.synthetic import write_coco, write_nyu
+from rayinfer.jobs.config import ConfigError, JobConfig
+from rayinfer.jobs.driver import run_job
+from rayinfer.jobs.tasks import get_task
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_location_reads_lists_and_pickles_the_same_locally_and_in_s3(tmp_path, s3):
+    local = tmp_path / "set"
+    (local / "val").mkdir(parents=True)
+    for name in ("b.h5", "a.h5", "c.txt"):
+        (local / "val" / name).write_bytes(name.encode())
+    url = s3.upload(local, "loc/set")
+    for root in (Location(str(local)), Location(url, s3.options)):
+        assert root.is_dir() and not root.is_file()
+        assert [f.name for f in (root / "val").glob("*.h5")] == ["a.h5", "b.h5"]
+        assert (root / "val/a.h5").read_bytes() == b"a.h5" and (root / "val/a.h5").size() == 4
+        assert (root / "val/a.h5").relative_to(root) == "val/a.h5" and (root / "val/a.h5").stem == "a"
+        assert not (root / "val/missing.h5").is_file()
+        with pytest.raises(FileNotFoundError):
+            (root / "val/missing.h5").read_bytes()
+        for bad in ("../x", "val/../../x", "/etc/passwd"):
+            with pytest.raises(ValueError, match="escapes the data root"):
+                root / bad
+        again = pickle.loads(pickle.dumps(root / "val/b.h5"))  # as actors get it: URL and options
+        assert again == root / "val/b.h5" and again.read_bytes() == b"b.h5"
+    assert str(Location(url, s3.options) / "val/a.h5") == f"{url}/val/a.h5"
+    assert sorted(Location(url, s3.options).listing()) == ["val/a.h5", "val/b.h5", "val/c.txt"]
+
+
+def test_storage_options_are_flags_and_credentials_among_them_are_refused():
+    from rayinfer.jobs.options import parser_for
+
+    parse = parser_for(dict[str, str])
+    assert parse("endpoint_override=http://127.0.0.1:9000,region=eu-west-1") == {
+        "endpoint_override": "http://127.0.0.1:9000", "region": "eu-west-1"}
+    assert parse('{"anonymous": true}') == {"anonymous": True}
+    with pytest.raises(ConfigError, match="credentials come from the environment"):
+        JobConfig(task="coco", data_root="s3://b/c", model="m.onnx", output="o",
+                  storage_options={"secret_key": "x"})
+    with pytest.raises(ConfigError, match="credentials in a URL") as refused:
+        JobConfig(task="coco", data_root="https://me:hunter2@example.org/coco", model="m.onnx", output="o")
+    assert "hunter2" not in str(refused.value)
+
+
+def _demo_model(task: str) -> Path:
+    return get_task(task).demo_model
+
+
+def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row(ray_session, s3, tmp_path):
+    """Images and the model in S3: the same metrics as from the disk; the model fetched once
+    into the node's cache (keyed by its SHA-256, as pinned in the fingerprint); the report's
+    figures read from S3 too; one object deleted -> one error row naming its URL."""
+    root = write_coco(tmp_path / "coco", n_images=24, seed=0)
+    data = s3.upload(root, "coco-job/coco")
+    model = s3.upload(_demo_model("coco"), "coco-job/models/detector.onnx")
+    common = dict(task="coco", progress=False, runtime="onnxruntime", shard_size=6)
+    here = run_job(JobConfig(data_root=str(root), model=str(_demo_model("coco")), output=str(tmp_path / "local"),
+                             report=False, **common))
+    there = run_job(JobConfig(data_root=data, model=model, storage_options=s3.options,
+                              output=str(tmp_path / "s3"), **common))
+    assert there.metrics == here.metrics and here.metrics["images"] == 24 and here.metrics["AP50"] > 0.3
+    run = json.loads((tmp_path / "s3/run.json").read_text())
+    assert run["config"]["model"] == model and run["config"]["data_root"] == data
+    manifest = json.loads((tmp_path / "s3/manifest.json").read_text())
+    sha = manifest["fingerprint"]["model"]["sha256"]
+    assert manifest["fingerprint"]["model"]["path"] == model and run["config"]["model_sha256"] == sha
+    assert (cache_dir() / "models" / sha / "detector.onnx").read_bytes() == _demo_model("coco").read_bytes()
+    assert (tmp_path / "s3/report/detections.png").stat().st_size > 0
+    # the same over plain HTTP (read-only, no listing: COCO's files are named by its annotations)
+    (tmp_path / "web").mkdir()
+    shutil.copytree(root, tmp_path / "web/coco")
+    shutil.copy(_demo_model("coco"), tmp_path / "web/detector.onnx")
+    with _http_server(tmp_path / "web") as base:
+        web = run_job(JobConfig(data_root=f"{base}/coco", model=f"{base}/detector.onnx",
+                                output=str(tmp_path / "web-run"), report=False, **common))
+    assert web.metrics == here.metrics
+    # offline eval of the S3 run, the data read from S3 with the run's storage options
+    out = _cli(["eval", "coco", "--predictions", str(tmp_path / "s3"), "--data-root", data, "--json"])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["AP"] == pytest.approx(here.metrics["AP"], abs=1e-12)
+
+    gone = json.loads((root / "annotations/instances_val2017.json").read_text())["images"][5]["file_name"]
+    s3.fs.delete_file(f"coco-job/coco/val2017/{gone}")
+    missing = run_job(JobConfig(data_root=data, model=model, storage_options=s3.options,
+                                output=str(tmp_path / "s3-missing"), report=False, **common))
+    assert missing.errors == 1
+    errors = pq.read_table(tmp_path / "s3-missing/errors.parquet").to_pylist()
+    assert errors[0]["message"] == f"{data}/val2017/{gone}: file not found" and not errors[0]["transient"]
+    assert pq.read_table(tmp_path / "s3-missing/predictions").num_rows == 23
+
+
+def test_nyu_from_s3_equals_the_local_run(ray_session, s3, tmp_path):
+    root = write_nyu(tmp_path / "nyu", n_frames=6, seed=0)
+    data = s3.upload(root, "nyu-job/nyu")
+    common = dict(task="nyu", model=str(_demo_model("nyu")), progress=False, runtime="onnxruntime", report=False)
+    here = run_job(JobConfig(data_root=str(root), output=str(tmp_path / "local"), **common))
+    there = run_job(JobConfig(data_root=data, storage_options=s3.options, output=str(tmp_path / "s3"), **common))
+    assert there.metrics == here.metrics and here.metrics["images"] == 6 and 0 < here.metrics["abs_rel"] < 1
+
+
+@contextlib.contextmanager
+def _http_server(folder: Path):
+    """A static file server for `folder` on 127.0.0.1 (the standard library's); yields its base URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.mark.shared
+@pytest.mark.slow  # four whole real-data jobs (about 40 s)
+def test_the_real_mini_sets_from_s3_give_the_local_metrics(ray_session, s3, tmp_path):
+    from tests.conftest import need_shared
+
+    for task, data, model in (("coco", "coco-val2017-mini", "yolov8n_int8.onnx"),
+                              ("nyu", "nyu-depth-v2-mini", "fastdepth_nyu_224_fp32.onnx")):
+        root, weights = need_shared("data", data), need_shared("models", model)
+        url = s3.upload(root, f"real/{data}")
+        model_url = s3.upload(weights, f"real/models/{model}")
+        common = dict(task=task, progress=False, runtime="onnxruntime", report=False)
+        here = run_job(JobConfig(data_root=str(root), model=str(weights), output=str(tmp_path / f"{task}-local"),
+                                 **common)).metrics
+        there = run_job(JobConfig(data_root=url, model=model_url, storage_options=s3.options,
+                                  output=str(tmp_path / f"{task}-s3"), **common)).metrics
+        assert there == here, task
+        if task == "coco":
+            assert here["images"] == 79 and round(here["AP"], 4) == 0.4255
+
+
+def _cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayinfer.jobs", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("case", ["bucket", "annotations", "model", "endpoint", "credentials", "output"])
+def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
+    """Set up through the standard AWS_ENDPOINT_URL variable (no --storage-options)."""
+    root = write_coco(tmp_path / "coco", n_images=2, seed=1)
+    data = s3.upload(root, f"bad-{case}/coco")
+    model = str(_demo_model("coco"))
+    extra: list[str] = []
+    endpoint = s3.endpoint
+    if case == "bucket":
+        data, expected = "s3://no-such-bucket/coco", "data root s3://no-such-bucket/coco: no bucket 'no-such-bucket'"
+    elif case == "annotations":
+        s3.fs.delete_file(f"bad-{case}/coco/annotations/instances_val2017.json")
+        expected = f"annotation file not found: {data}/annotations/instances_val2017.json"
+    elif case == "model":
+        model = f"s3://bad-{case}/models/none.onnx"
+        expected = f"model not found: {model}"
+    elif case == "endpoint":  # nothing listens there: the SDK's retries, then one line
+        endpoint, expected = "http://127.0.0.1:9", f"data root {data}: When getting information"
+    elif case == "credentials":
+        extra, expected = ["--storage-options", "secret_key=abc"], "credentials come from the environment"
+    else:
+        extra, expected = ["--output", "s3://bucket/runs/x"], "object storage for outputs is not supported yet"
+    proc = _cli(["run", "coco", "--data-root", data, "--model", model, *extra, "--quiet"],
+                AWS_ENDPOINT_URL=endpoint)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "abc" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cluster_yaml_is_valid_for_ray_and_needs_no_shared_file_system():
+    """issue 18 item 4: the example keeps data and models in S3 (an instance role for the
+    workers), and Ray's own schema accepts it as `ray up` would."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    text = (PROJECT_ROOT / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    validate_config(prepare_config(config))
+    assert "--data-root s3://" in text and "--model s3://" in text
+    assert "IamInstanceProfile" in config["available_node_types"]["gpu_worker"]["node_config"]
+    assert not any("mount" in c for c in config.get("setup_commands", []) + config.get("initialization_commands", []))
