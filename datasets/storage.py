@@ -291,6 +291,28 @@ class Location:
         with self.fs.open_input_file(self._key) as f:
             return f.read()
 
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file. In object storage the object appears only once its upload
+        is complete (one PUT; pyarrow completes a multipart upload at close), so a reader
+        sees all of it or nothing."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(data)
+            return
+        if self.scheme in ("http", "https"):
+            raise OSError(f"{self.url}: HTTP locations are read-only")
+        with self.fs.open_output_stream(self._key) as f:
+            f.write(data)
+
+    def delete(self) -> None:
+        """Remove the file (FileNotFoundError when there is none)."""
+        if self.path is not None:
+            self.path.unlink()
+            return
+        if self.scheme in ("http", "https"):
+            raise OSError(f"{self.url}: HTTP locations are read-only")
+        self.fs.delete_file(self._key)
+
     def sha256(self) -> str:
         h = hashlib.sha256()
         with self.open() as f:

@@ -25,7 +25,8 @@ from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
-from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given
+from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given, parser_for
+from rayinfer.jobs.output import local_run
 from rayinfer.jobs.tasks import get_task, task_names
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"  # Ray's own default
@@ -219,13 +220,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rayinfer.jobs.format import format_table
 
     task = get_task(args.task)
-    out = Path(args.predictions)
+    saved = local_run(args.predictions, args.storage_options)  # a run in object storage: copied here
+    out = saved.root
     run = read_run_record(out) if out.is_dir() else None
     changes = given(args, eval_flags())  # the job's own options, these changed
     saved = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
     options = task.options_with(saved, changes)
-    # remote data is read with the storage options the job ran with
-    storage = (run or {}).get("config", {}).get("storage_options") or {}
+    # remote data is read with the storage options given, else those the job ran with
+    storage = args.storage_options or (run or {}).get("config", {}).get("storage_options") or {}
     root = Location.of(args.data_root, storage)
     ev = task.evaluate_saved(out, root, sample_ids=args.image_ids, limit=args.limit, options=options)
     if args.json:  # every metric, at full precision, and nothing else
@@ -242,7 +244,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report and out.is_dir():
         from rayinfer.jobs.report import write_report
 
-        sys.stdout.write(f"report: {write_report(out, ev, task, root, run, options)}\n")
+        from rayinfer.jobs.report import report_files
+
+        page = write_report(out, ev, task, root, run, options)
+        saved.publish(*report_files(task))
+        shown = f"{saved.location}/report.html" if saved.location != str(out) else page
+        sys.stdout.write(f"report: {shown}\n")
     return 0
 
 
@@ -261,7 +268,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rayinfer.jobs.evaluate import compare
 
     rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+d}" if isinstance(d, int) else f"{d:+.4f}"]
-            for k, a, b, d in compare(args.a, args.b)]
+            for k, a, b, d in compare(local_run(args.a, args.storage_options).root,
+                                      local_run(args.b, args.storage_options).root)]
     sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
     return 0
 
@@ -339,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", parents=[common], help="dataset metrics from saved predictions, without Ray or the model")
     add_task(ev)
-    ev.add_argument("--predictions", required=True, type=Path,
-                    help="a rayinfer output folder, or (COCO) a results JSON from any tool")
+    ev.add_argument("--predictions", required=True,
+                    help="a rayinfer output folder or URL (s3://...), or (COCO) a results JSON from any tool")
     ev.add_argument("--data-root", required=True, help="the dataset folder (or s3://, gs://, https:// URL) with the ground truth")
     ev.add_argument("--image-ids", type=csv_list, help="comma-separated sample ids to evaluate")
     ev.add_argument("--limit", type=int, help="only the first N samples")
@@ -348,10 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print every metric as JSON (metrics.json), nothing else")
     add_flags(ev, eval_flags())
     ev.set_defaults(func=cmd_eval)
+    storage = dict(type=parser_for(dict[str, Any]), default={}, metavar="STORAGE_OPTIONS",
+                   help="s3:// / gs:// options (key=value,... or JSON), as for run; default: the run's")
+    ev.add_argument("--storage-options", **storage)
 
     cmp = sub.add_parser("compare", parents=[common], help="metric deltas between two runs")
-    cmp.add_argument("a", type=Path)
-    cmp.add_argument("b", type=Path)
+    cmp.add_argument("a", help="a run's folder or URL")
+    cmp.add_argument("b", help="a run's folder or URL")
+    cmp.add_argument("--storage-options", **storage)
     cmp.set_defaults(func=cmd_compare)
 
     from rayinfer.jobs.download import SPECS

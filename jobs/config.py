@@ -232,13 +232,10 @@ def resolve_paths(cfg: JobConfig) -> JobConfig:
     as they are)."""
     from rayinfer.actors.backends import backend_for
 
-    if is_remote(cfg.output):
-        raise ConfigError(f"output: {cfg.output}: results are written to a folder (local or a shared file "
-                          "system); object storage for outputs is not supported yet")
     model = cfg.model if is_remote(cfg.model) else backend_for(cfg.model, cfg.runtime).resolve(cfg.model)
     return dataclasses.replace(
         cfg,
         data_root=cfg.data_root if is_remote(cfg.data_root) else str(Path(cfg.data_root).expanduser().resolve()),
         model=model,
-        output=str(Path(cfg.output).expanduser().resolve()),
+        output=cfg.output if is_remote(cfg.output) else str(Path(cfg.output).expanduser().resolve()),
     )

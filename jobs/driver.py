@@ -33,7 +33,7 @@ from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, start_actors
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
-from rayinfer.jobs.output import RunOutput, read_shards, writing
+from rayinfer.jobs.output import RunOutput, open_output, read_shards, writing
 from rayinfer.jobs.progress import Progress
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
@@ -170,7 +170,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     setup = check_setup(cfg)
     checks_s = time.time() - t_start  # data, model, task options: before anything runs
     samples = setup.samples
-    output = RunOutput(cfg.output)
+    output = open_output(cfg.output, cfg.storage_options)
     committed = output.prepare(fingerprint(cfg, setup), resume=cfg.resume, overwrite=cfg.overwrite)
     shards = make_shards(samples, cfg.shard_size)
     todo = [s for s in shards if s.index not in committed]
@@ -214,6 +214,7 @@ def run_job(cfg: JobConfig) -> JobOutcome:
         log.info("writing the report")
         try:
             write_report(output.root, evaluation, setup.task, data_root, run, setup.options)
+            output.publish(*report_files(setup.task))
         except OSError as exc:
             raise writing(Path(exc.filename or output.root), exc) from None
         # the whole job's wall time, the report's included

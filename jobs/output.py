@@ -27,8 +27,10 @@ the keys that changed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayinfer.datasets.base import ERROR_SCHEMA, SetupError
+from rayinfer.datasets.storage import Location, is_remote, storage_error
 
 MANIFEST = "manifest.json"
 SHARD_DIRS = ("predictions", "errors")
@@ -180,6 +183,7 @@ class RunOutput:
                 self._remove_recorded(self._previous)
             for shard in sorted(self._rerun):
                 (self.predictions_dir / shard_name(shard)).unlink(missing_ok=True)
+                self._delete(f"predictions/{shard_name(shard)}")
             self.root.mkdir(parents=True, exist_ok=True)
             for name in SHARD_DIRS:
                 (self.root / name).mkdir(exist_ok=True)
@@ -190,16 +194,9 @@ class RunOutput:
 
     def _remove_recorded(self, previous: dict[str, Any]) -> None:
         """Remove exactly the files a previous run's manifest names, then its empty folders."""
-        if "files" in previous:
-            names = list(previous["files"])
-            shards = range(int(previous.get("shards", 0)))
-            for folder in SHARD_DIRS:
-                names += [f"{folder}/{shard_name(i)}" for i in shards]
-        else:  # a manifest from before files were recorded: our own name patterns only
-            names = [f"{folder}/{p.name}" for folder in SHARD_DIRS if (self.root / folder).is_dir()
-                     for p in (self.root / folder).glob("shard-[0-9][0-9][0-9][0-9][0-9].parquet")]
-            names += ["errors.parquet", "metrics.json", "run.json", "coco_results.json", "report.html"]
-        for name in names:
+        present = [f"{folder}/{p.name}" for folder in SHARD_DIRS if (self.root / folder).is_dir()
+                   for p in (self.root / folder).glob("shard-[0-9][0-9][0-9][0-9][0-9].parquet")]
+        for name in recorded_names(previous, present):
             path = self.root / name
             if path.is_file() and self.root in path.resolve().parents:
                 path.unlink()
@@ -210,8 +207,27 @@ class RunOutput:
                 pass  # not ours, not there, or holds files we did not write
         self.manifest_path.unlink(missing_ok=True)
 
+    # -- where the files also go (RemoteRunOutput: object storage) -------------------------
+    def _put(self, name: str) -> None:
+        """`name` (relative to the root) was written whole."""
+
+    def _delete(self, name: str) -> None:
+        """`name` was removed (a shard that runs again)."""
+
+    def publish(self, *names: str) -> None:
+        """Files written into the folder by others (the report) are final."""
+        for name in names:
+            if (self.root / name).is_file():
+                self._put(name)
+
+    @property
+    def location(self) -> str:
+        """Where the run is kept (the folder, or its URL)."""
+        return str(self.root)
+
     def _write_manifest(self) -> None:
         atomic_write_json(self.manifest_path, self._manifest)
+        self._put(MANIFEST)
 
     def record(self, *names: str) -> None:
         """Name files (relative to the root) in the manifest before they are written."""
@@ -234,6 +250,7 @@ class RunOutput:
             _written(self.root / name, _replace_atomically, write)
         else:
             _written(self.root / name, atomic_write_json, obj)
+        self._put(name)
 
     def committed_shards(self) -> set[int]:
         if not self.predictions_dir.exists():
@@ -254,7 +271,9 @@ class RunOutput:
         """Commit one whole shard: errors first, then predictions (the commit marker)."""
         name = shard_name(shard)
         _written(self.errors_dir / name, atomic_write_table, errors)
+        self._put(f"errors/{name}")
         _written(self.predictions_dir / name, atomic_write_table, records)
+        self._put(f"predictions/{name}")
 
     # -- reading back ------------------------------------------------------------------
     def predictions(self) -> Iterator[pa.Table]:
@@ -269,7 +288,113 @@ class RunOutput:
         errors = self.read_errors()
         self.record("errors.parquet")
         _written(self.root / "errors.parquet", atomic_write_table, errors)
+        self._put("errors.parquet")
         return errors
+
+
+def recorded_names(previous: dict[str, Any], shard_files: Sequence[str]) -> list[str]:
+    """The files (relative names) a previous run's manifest says it wrote; for a manifest
+    from before files were recorded, our own names among `shard_files` and the fixed ones."""
+    if "files" in previous:
+        names = list(previous["files"])
+        for folder in SHARD_DIRS:
+            names += [f"{folder}/{shard_name(i)}" for i in range(int(previous.get("shards", 0)))]
+        return names
+    return list(shard_files) + ["errors.parquet", "metrics.json", "run.json", "coco_results.json", "report.html"]
+
+
+class RemoteRunOutput(RunOutput):
+    """A run kept in object storage (`--output s3://bucket/runs/x`), worked on in a local
+    staging folder under the same protocol, each file then put as one object.
+
+    An object store shows an object only once its upload is complete (a single PUT, or a
+    multipart upload completed at close), so each object is whole or absent, as a renamed
+    file is on disk. A shard's errors object is put before its predictions object, the
+    commit marker, and `--resume` takes the committed shards from the objects under
+    `predictions/`. `prepare` first makes the staging folder a copy of the remote run (its
+    manifest, shards and records: what `--resume`, `--overwrite` and the evaluation read);
+    the folder is the cache's (`$RAYINFER_CACHE_DIR/runs/`), never a user's.
+    """
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        from rayinfer.actors.fetch import cache_dir
+
+        self.remote = Location(url, options)
+        super().__init__(cache_dir() / "runs" / hashlib.sha256(self.remote.url.encode()).hexdigest()[:16])
+
+    @property
+    def location(self) -> str:
+        return self.remote.url
+
+    def prepare(self, fingerprint: dict[str, Any], resume: bool = False, overwrite: bool = False) -> set[int]:
+        self._listed = pull_run(self.remote, self.root)
+        return super().prepare(fingerprint, resume=resume, overwrite=overwrite)
+
+    def _check_writable(self) -> None:
+        pass  # the store answers at the first put, in one line
+
+    def _put(self, name: str) -> None:
+        try:
+            (self.remote / name).write_bytes((self.root / name).read_bytes())
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.remote}/{name}: {storage_error(exc)}") from None
+
+    def _delete(self, name: str) -> None:
+        try:
+            (self.remote / name).delete()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot remove {self.remote}/{name}: {storage_error(exc)}") from None
+
+    def _remove_recorded(self, previous: dict[str, Any]) -> None:
+        """The objects a previous run's manifest names, and only those, then the staging copy."""
+        listed = set(self._listed)
+        shards = [n for n in listed if n.split("/")[0] in SHARD_DIRS]
+        for name in recorded_names(previous, shards):
+            if name in listed:
+                self._delete(name)
+        self._delete(MANIFEST)
+        super()._remove_recorded(previous)
+
+
+def pull_run(remote: Location, staging: Path) -> dict[str, tuple[int, int]]:
+    """Make `staging` a copy of the run at `remote` (all but its report and coco_results.json);
+    an empty folder for a prefix that holds nothing. Returns the remote listing. A prefix
+    with objects but no manifest is refused: not a rayinfer run, and nothing is touched."""
+    try:
+        listed = remote.listing()
+    except OSError as exc:
+        raise SetupError(f"output {remote}: {storage_error(exc)}") from None
+    if listed and MANIFEST not in listed:
+        raise SetupError(f"output {remote} holds objects but no rayinfer run ({MANIFEST} missing); nothing there "
+                         "was touched: choose another --output")
+    shutil.rmtree(staging, ignore_errors=True)  # the cache's copy of an earlier pull
+    staging.mkdir(parents=True)
+    try:
+        for name in listed:
+            if name.startswith("report") or name == "coco_results.json" or "/." in f"/{name}":
+                continue
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes((remote / name).read_bytes())
+    except OSError as exc:
+        raise SetupError(f"cannot read the run at {remote}: {storage_error(exc)}") from None
+    return listed
+
+
+def local_run(url: str | Path, options: dict[str, Any] | None = None) -> RunOutput:
+    """A saved run to read (`rayinfer eval`, `compare`): a folder as it is, a run in object
+    storage copied into the cache first (its `root` is then that copy)."""
+    if not is_remote(str(url)):
+        return RunOutput(url)
+    run = RemoteRunOutput(str(url), options)
+    pull_run(run.remote, run.root)
+    return run
+
+
+def open_output(url: str, options: dict[str, Any] | None = None) -> RunOutput:
+    """The run at `url`: a folder, or a prefix in object storage."""
+    return RemoteRunOutput(url, options) if is_remote(url) else RunOutput(url)
 
 
 def _short(value: Any) -> str:

@@ -95,6 +95,7 @@ def test_coco_demo_then_a_second_run_says_where_it_goes_and_the_summary_states_i
         "rayinfer: error: --resume needs --output: the folder of the run to continue")
 
 
+@pytest.mark.slow  # the README's `rayinfer run nyu`; the coco demo test runs the same path in the quick tier
 def test_nyu_demo_reports_meaningful_accuracy(tmp_path):
     metrics, printed = _demo("nyu", tmp_path)
     assert metrics["images"] == 8

@@ -70,16 +70,24 @@ def _demo_model(task: str) -> Path:
     return get_task(task).demo_model
 
 
-def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row(ray_session, s3, tmp_path):
+@pytest.fixture(scope="module")
+def coco_here(ray_session, tmp_path_factory):
+    """24 synthetic COCO images, the demo detector, and the metrics of a run from the disk to a folder."""
+    root = write_coco(tmp_path_factory.mktemp("coco"), n_images=24, seed=0)
+    out = tmp_path_factory.mktemp("local") / "run"
+    here = run_job(JobConfig(task="coco", data_root=str(root), model=str(_demo_model("coco")), output=str(out),
+                             report=False, progress=False, runtime="onnxruntime", shard_size=6))
+    return root, out, here
+
+
+def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row(coco_here, s3, tmp_path):
     """Images and the model in S3: the same metrics as from the disk; the model fetched once
     into the node's cache (keyed by its SHA-256, as pinned in the fingerprint); the report's
     figures read from S3 too; one object deleted -> one error row naming its URL."""
-    root = write_coco(tmp_path / "coco", n_images=24, seed=0)
+    root, _, here = coco_here
     data = s3.upload(root, "coco-job/coco")
     model = s3.upload(_demo_model("coco"), "coco-job/models/detector.onnx")
     common = dict(task="coco", progress=False, runtime="onnxruntime", shard_size=6)
-    here = run_job(JobConfig(data_root=str(root), model=str(_demo_model("coco")), output=str(tmp_path / "local"),
-                             report=False, **common))
     there = run_job(JobConfig(data_root=data, model=model, storage_options=s3.options,
                               output=str(tmp_path / "s3"), **common))
     assert there.metrics == here.metrics and here.metrics["images"] == 24 and here.metrics["AP50"] > 0.3
@@ -165,7 +173,7 @@ def _cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env={**os.environ, **env})
 
 
-@pytest.mark.parametrize("case", ["bucket", "annotations", "model", "endpoint", "credentials", "output"])
+@pytest.mark.parametrize("case", ["bucket", "annotations", "model", "endpoint", "credentials"])
 def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
     """Set up through the standard AWS_ENDPOINT_URL variable (no --storage-options)."""
     root = write_coco(tmp_path / "coco", n_images=2, seed=1)
@@ -183,10 +191,8 @@ def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
         expected = f"model not found: {model}"
     elif case == "endpoint":  # nothing listens there: the SDK's retries, then one line
         endpoint, expected = "http://127.0.0.1:9", f"data root {data}: When getting information"
-    elif case == "credentials":
-        extra, expected = ["--storage-options", "secret_key=abc"], "credentials come from the environment"
     else:
-        extra, expected = ["--output", "s3://bucket/runs/x"], "object storage for outputs is not supported yet"
+        extra, expected = ["--storage-options", "secret_key=abc"], "credentials come from the environment"
     proc = _cli(["run", "coco", "--data-root", data, "--model", model, *extra, "--quiet"],
                 AWS_ENDPOINT_URL=endpoint)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -206,3 +212,104 @@ def test_cluster_yaml_is_valid_for_ray_and_needs_no_shared_file_system():
     assert "--data-root s3://" in text and "--model s3://" in text
     assert "IamInstanceProfile" in config["available_node_types"]["gpu_worker"]["node_config"]
     assert not any("mount" in c for c in config.get("setup_commands", []) + config.get("initialization_commands", []))
+
+
+def test_a_run_kept_in_s3_commits_resumes_and_overwrites_as_on_disk(coco_here, s3, tmp_path):
+    """issue 18 item 3: --output s3://...: every file an object written whole, the same
+    metrics as a local run; a run cut short (its last shard and the final files gone) is
+    refused without --resume and completed with it, exactly once; --overwrite removes only
+    what the run recorded; eval and compare read the run from S3."""
+    root, local, here = coco_here
+    s3.fs.create_dir("runs")
+    common = dict(task="coco", data_root=str(root), model=str(_demo_model("coco")), progress=False,
+                  runtime="onnxruntime", shard_size=6, storage_options=s3.options)
+    url = "s3://runs/ours/coco"
+    first = run_job(JobConfig(output=url, **common))
+    assert first.metrics == here.metrics
+    listed = Location(url, s3.options).listing()
+    assert {"manifest.json", "metrics.json", "run.json", "errors.parquet", "coco_results.json", "report.html",
+            "report/detections.png"} <= set(listed)
+    assert sorted(n for n in listed if n.startswith("predictions/")) == [
+        f"predictions/shard-{i:05d}.parquet" for i in range(4)]
+
+    # as a driver killed after its third shard would leave it: no last shard, no final files
+    for name in ("predictions/shard-00003.parquet", "metrics.json", "run.json", "errors.parquet"):
+        s3.fs.delete_file(f"runs/ours/coco/{name}")
+    out = _cli(["run", "coco", "--data-root", str(root), "--model", str(_demo_model("coco")), "--shard-size", "6",
+                "--runtime", "onnxruntime", "--output", url, "--quiet"], AWS_ENDPOINT_URL=s3.endpoint)
+    assert out.returncode == 2 and "already holds a run; pass --resume" in out.stderr, out.stderr
+    resumed = run_job(JobConfig(output=url, resume=True, **common))
+    assert resumed.metrics == here.metrics and resumed.run["counts"]["shards_resumed"] == 3
+    ids = pq.ParquetDataset("runs/ours/coco/predictions", filesystem=s3.fs).read().column("sample_id").to_pylist()
+    assert len(ids) == 24 and len(set(ids)) == 24  # 0 lost, 0 duplicated
+
+    out = _cli(["eval", "coco", "--predictions", url, "--data-root", str(root), "--json"],
+               AWS_ENDPOINT_URL=s3.endpoint)
+    assert out.returncode == 0 and json.loads(out.stdout)["AP"] == here.metrics["AP"], out.stderr
+    out = _cli(["compare", url, str(local)], AWS_ENDPOINT_URL=s3.endpoint)
+    assert out.returncode == 0 and "+0.0000" in out.stdout, out.stderr
+
+    s3.fs.open_output_stream("runs/ours/coco/notes.txt").close()  # a file the user put there
+    run_job(JobConfig(output=url, overwrite=True, report=False, **common))
+    after = Location(url, s3.options).listing()
+    assert "notes.txt" in after and "report.html" not in after and "metrics.json" in after
+    s3.fs.open_output_stream("runs/ours/other/notes.txt").close()
+    out = _cli(["run", "coco", "--data-root", str(root), "--model", str(_demo_model("coco")),
+                "--output", "s3://runs/ours/other", "--quiet"], AWS_ENDPOINT_URL=s3.endpoint)
+    assert out.returncode == 2 and "holds objects but no rayinfer run" in out.stderr, out.stderr
+
+
+@pytest.mark.slow  # two kills, timing-dependent (about 40 s)
+def test_actor_and_driver_killed_with_the_run_in_s3_lose_and_duplicate_nothing(ray_session, s3, tmp_path):
+    import signal
+
+    import ray
+
+    from tests.conftest import wait_for
+
+    root = write_coco(tmp_path / "coco", n_images=32, seed=5)
+    s3.fs.create_dir("kills")
+    sim = "sim://?latency_ms={ms}&capacity=2&input=1x3x64x64&output=1x7x8"
+    common = dict(task="coco", data_root=str(root), shard_size=4, progress=False, report=False,
+                  storage_options=s3.options)
+
+    def committed(prefix: str) -> int:
+        return sum(n.startswith("predictions/") for n in Location(f"s3://kills/{prefix}", s3.options).listing())
+
+    def sample_ids(prefix: str) -> list[str]:
+        return pq.ParquetDataset(f"kills/{prefix}/predictions", filesystem=s3.fs).read().column("sample_id").to_pylist()
+
+    # an actor killed mid-job: its shards go to the other actor
+    result: dict = {}
+    cfg = JobConfig(model=sim.format(ms=60), output="s3://kills/actor", actors=2, max_actor_restarts=0, **common)
+    job = threading.Thread(target=lambda: result.setdefault("outcome", run_job(cfg)))
+    job.start()
+    wait_for(lambda: committed("actor") >= 1, timeout=120)
+    victim = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("actor-0")][0]
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    job.join(240)
+    assert result["outcome"].run["counts"]["actors_retired"] == ["actor-0"]
+    ids = sample_ids("actor")
+    assert len(ids) == 32 and len(set(ids)) == 32
+
+    # the driver killed mid-job (with the Ray it started), then --resume: the same metrics as a clean run
+    args = ["run", "coco", "--data-root", str(root), "--model", sim.format(ms=150), "--shard-size", "4",
+            "--no-report", "--quiet", "--output", "s3://kills/driver"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3.endpoint}
+    driver = subprocess.Popen([sys.executable, "-m", "rayinfer.jobs", *args], cwd=PROJECT_ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: committed("driver") >= 2, timeout=120)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    before = committed("driver")
+    assert 2 <= before < 8
+    resumed = _cli(args + ["--resume"], AWS_ENDPOINT_URL=s3.endpoint)
+    assert resumed.returncode == 0, resumed.stderr
+    run = json.loads(Location("s3://kills/driver/run.json", s3.options).read_bytes())
+    assert run["counts"]["shards_resumed"] == before
+    ids = sample_ids("driver")
+    assert len(ids) == 32 and len(set(ids)) == 32
+    clean = run_job(JobConfig(model=sim.format(ms=150), output=str(tmp_path / "clean"), quiet=True, **common))
+    assert json.loads(Location("s3://kills/driver/metrics.json", s3.options).read_bytes()) == clean.metrics
