@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import posixpath
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
@@ -23,6 +24,7 @@ from pycocotools.coco import COCO
 from rayinfer.datasets.base import Sample, SetupError, sample_location
 from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
 from rayinfer.datasets.images import DEFAULT_MAX_PIXELS, read_image
+from rayinfer.datasets.packed import PackedReading, member_key
 from rayinfer.datasets.storage import Location, storage_error
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ log = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-class CocoDataset:
-    """COCO instances annotations read with pycocotools."""
+class CocoDataset(PackedReading):
+    """COCO instances annotations read with pycocotools. Pickled (to the inference actors,
+    which only `load`) without the annotations loaded so far (cached properties)."""
 
     name = "coco"
 
@@ -47,12 +50,6 @@ class CocoDataset:
                             else self.root / f"annotations/instances_{split}.json")
         self.image_ids = tuple(image_ids) if image_ids else None
         self.limit = limit
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (to the inference actors, which only `load`): paths and options, without
-        the annotations loaded so far (the cached properties)."""
-        cached = {k for k, v in vars(type(self)).items() if isinstance(v, cached_property)}
-        return {k: v for k, v in self.__dict__.items() if k not in cached}
 
     @cached_property
     def coco(self) -> CompactCoco:
@@ -87,17 +84,38 @@ class CocoDataset:
         if self.limit:
             ids = ids[: self.limit]
         out = []
+        pack = self.pack
         for img in self.coco.loadImgs(ids):
-            out.append(Sample(
-                sample_id=str(img["id"]),
-                file=f"{self.split}/{img['file_name']}",
-                info={"image_id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])},
-            ))
+            file = f"{self.split}/{img['file_name']}"
+            info = {"image_id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])}
+            if pack is not None:  # the packed shard holding it ("" if none does: an error row at load)
+                info["pack"] = pack.shard_of.get(member_key(file), "")
+            out.append(Sample(sample_id=str(img["id"]), file=file, info=info))
         return out
 
     def load(self, sample: Sample) -> np.ndarray:
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
-        return read_image(sample_location(self.root, sample.file), size, max_pixels=self.max_pixels)
+        location = sample_location(self.root, sample.file)
+        if self.reader is not None:  # a packed set: the member of its shard
+            member = member_key(sample.file) + posixpath.splitext(sample.file)[1]
+            data = self.packed_member(sample, member)
+            # errors name the member in its shard: "ROOT/shards/shard-00001.tar:val2017/x.jpg: ..."
+            shard = sample.info.get("pack") or self.reader.index.shard_of.get(member_key(sample.file), "")
+            return read_image(f"{self.root / shard}:{member}", size, max_pixels=self.max_pixels, data=data)
+        return read_image(location, size, max_pixels=self.max_pixels)
+
+    def pack_members(self, sample: Sample) -> dict[str, bytes]:
+        """What `rayinfer pack` stores for a sample: the image file's bytes as they are, and its
+        image record (WebDataset's `jpg` + `json`)."""
+        from rayinfer.datasets.images import read_bytes
+
+        ext = posixpath.splitext(sample.file)[1].lstrip(".").lower() or "jpg"
+        record = self.coco.loadImgs([int(sample.sample_id)])[0]
+        return {ext: read_bytes(sample_location(self.root, sample.file)), "json": json.dumps(record).encode()}
+
+    def pack_extras(self) -> dict[str, Location]:
+        """Files a packed copy keeps as they are (relative name -> source): the annotations."""
+        return {f"annotations/instances_{self.split}.json": self.annotations}
 
     def fingerprint(self) -> dict[str, Any]:
         """The annotations' path and content hash (an edited category id changes it, whatever
@@ -110,6 +128,7 @@ class CocoDataset:
             "annotations_sha256": digest,
             "image_ids": list(self.image_ids) if self.image_ids else None,
             "limit": self.limit,
+            **({"packed": self.pack.fingerprint()} if self.pack is not None else {}),
         }
 
     # -- evaluation ----------------------------------------------------------

@@ -28,8 +28,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def read_image(path: Path | Location, expected_size: tuple[int, int] | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: Path | Location | str, expected_size: tuple[int, int] | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
     """Decode an image file to uint8 BGR HxWx3.
 
     JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode: data the
@@ -45,9 +45,11 @@ def read_image(path: Path | Location, expected_size: tuple[int, int] | None = No
     missing, empty, truncated or corrupt file, one that is not a regular file (a FIFO
     would block the reader forever), one over `max_pixels` (by the annotations' size or
     the file's header, before decoding), or a size that contradicts the annotations.
-    A remote `path` (a Location in object storage) is fetched in one request.
+    A remote `path` (a Location in object storage) is fetched in one request; `data`, when
+    given, are the file's bytes already read (a packed shard's member), `path` only names it.
     """
-    data = read_bytes(path)
+    if data is None:
+        data = read_bytes(path)
     if not data:
         raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
     for said, size in (("the annotations say ", expected_size), ("", header_size(data))):

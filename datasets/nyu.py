@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow as pa
 from rayinfer.datasets.base import Sample, SampleError, SetupError, sample_location
 from rayinfer.datasets.depth import METRIC_NAMES
 from rayinfer.datasets.images import read_bytes
+from rayinfer.datasets.packed import PackedReading
 from rayinfer.datasets.storage import Location, storage_error
 
 
@@ -25,7 +27,7 @@ from rayinfer.datasets.storage import Location, storage_error
 MAX_METRES = 100.0
 
 
-class NyuDataset:
+class NyuDataset(PackedReading):
     """Reader for `DATA_ROOT/val/official/*.h5` (or `*.h5` directly under DATA_ROOT)."""
 
     name = "nyu"
@@ -50,10 +52,13 @@ class NyuDataset:
             raise SetupError(f"{self.root}: cannot list the frames: {storage_error(exc)}") from None
 
     def samples(self) -> list[Sample]:
-        files = self.files()
-        if not files:
+        if self.pack is not None:  # the frames the packed shards hold, by their loose names
+            samples = [Sample(posixpath.basename(k), f"{k}.h5", {"pack": self.pack.shard_of[k]})
+                       for k in sorted(self.pack.keys())]
+        else:
+            samples = [Sample(f.stem, f.relative_to(self.root)) for f in self.files()]
+        if not samples:
             raise SetupError(f"no .h5 files in {self.root}/val/official (nor in {self.root})")
-        samples = [Sample(f.stem, f.relative_to(self.root)) for f in files]
         if self.sample_ids:
             wanted = set(self.sample_ids)
             unknown = wanted - {s.sample_id for s in samples}
@@ -69,7 +74,10 @@ class NyuDataset:
         path = sample_location(self.root, sample.file)
         # a local file is opened in place (h5py reads only the datasets), a remote one
         # fetched in one request and read from memory
-        source = path.path if path.is_local else io.BytesIO(read_bytes(path))
+        if self.reader is not None:  # a packed set: the member of its shard
+            source: Any = io.BytesIO(self.packed_member(sample, sample.file))
+        else:
+            source = path.path if path.is_local else io.BytesIO(read_bytes(path))
         try:
             with h5py.File(source, "r") as f:
                 missing = [k for k in ("rgb", "depth") if k not in f]
@@ -101,11 +109,19 @@ class NyuDataset:
             depth = np.where(finite, depth, np.float32(0))  # no reading, as the dataset marks holes
         return np.ascontiguousarray(rgb), depth
 
+    def pack_members(self, sample: Sample) -> dict[str, bytes]:
+        """What `rayinfer pack` stores for a frame: its HDF5 file's bytes (WebDataset's `h5`)."""
+        return {"h5": read_bytes(sample_location(self.root, sample.file))}
+
+    def pack_extras(self) -> dict[str, Location]:
+        return {}
+
     def fingerprint(self) -> dict[str, Any]:
         return {
             "dataset": self.name,
             "root": str(self.root.path.resolve()) if self.root.is_local else self.root.url,
-            "files": len(self.files()) if self.root.is_dir() else 0,
+            "files": (len(self.pack.keys()) if self.pack is not None else len(self.files())) if self.root.is_dir() else 0,
+            **({"packed": self.pack.fingerprint()} if self.pack is not None else {}),
             "sample_ids": list(self.sample_ids) if self.sample_ids else None,
             "limit": self.limit,
         }

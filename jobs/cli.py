@@ -274,6 +274,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from rayinfer.jobs.pack import pack_dataset
+
+    cfg = JobConfig(task=args.task, data_root=args.data_root, model="", output="",
+                    storage_options=args.storage_options)
+    dataset = get_task(args.task).dataset(cfg)
+    done = pack_dataset(dataset, Location.of(args.to, args.storage_options), args.format, args.samples_per_shard)
+    skipped = f"; {len(done['skipped'])} skipped (unreadable, see the warnings)" if done["skipped"] else ""
+    sys.stdout.write(f"{done['samples']} samples in {done['shards']} {args.format} shards at {args.to}{skipped}\n")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from rayinfer.jobs.download import DownloadError, main_download
 
@@ -365,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", help="a run's folder or URL")
     cmp.add_argument("--storage-options", **storage)
     cmp.set_defaults(func=cmd_compare)
+
+    pk = sub.add_parser("pack", parents=[common], help="a dataset's files as WebDataset tar or Parquet shards")
+    add_task(pk)
+    pk.add_argument("--data-root", required=True, help="the dataset (a folder or URL) in its loose layout")
+    pk.add_argument("--to", required=True, help="an empty folder or URL (s3://...) for the packed copy")
+    pk.add_argument("--format", choices=("tar", "parquet"), default="tar", help="WebDataset tar or Parquet (default: tar)")
+    pk.add_argument("--samples-per-shard", type=int, default=256, help="samples per shard, the job's work unit (default: 256)")
+    pk.add_argument("--storage-options", **storage)
+    pk.set_defaults(func=cmd_pack)
 
     from rayinfer.jobs.download import SPECS
 

@@ -267,7 +267,7 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
         t_work = time.time()
         work.setup_s = t_work - t_setup
         work.stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
-                                 shard_timeout_s=cfg.request_timeout_s * (cfg.shard_size + 2),
+                                 shard_timeout_s=cfg.request_timeout_s * (max(len(s.samples) for s in todo) + 2),
                                  restart_wait_s=cfg.actor_restart_timeout_s,
                                  max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts)
         running = setup.task.running_metric()

@@ -62,6 +62,13 @@ class FailedShard:
 
 
 def make_shards(samples: Sequence[Sample], size: int) -> list[Shard]:
+    """Work units of `size` samples, in order; for a packed dataset (samples with a "pack"
+    in their info) one unit per packed shard, so each is read front to back, once."""
+    if samples and all("pack" in s.info for s in samples):
+        groups: dict[str, list[Sample]] = {}
+        for s in samples:
+            groups.setdefault(s.info["pack"], []).append(s)
+        return [Shard(i, tuple(group)) for i, group in enumerate(groups.values())]
     return [Shard(i // size, tuple(samples[i : i + size])) for i in range(0, len(samples), size)]
 
 

@@ -142,7 +142,7 @@ def test_one_restartable_actor_killed_is_waited_for(ray_session, coco_set, clean
     assert outcome.run["counts"]["actor_restarts"] >= 1
 
 
-TRIALS = [pytest.param(i, marks=pytest.mark.slow) for i in range(5)]
+TRIALS = [pytest.param(i, marks=pytest.mark.slow) for i in range(3)]
 
 
 def killed_job(ray, root: Path, out: Path, busy: bool, rounds: int, every: str, **kw) -> tuple[object, int]:
@@ -163,7 +163,8 @@ def test_all_actors_killed_at_once_under_load(ray_session, coco_set, clean_sim_r
     assert outcome.run["counts"]["actors_retired"] == []
 
 
-@pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow  # three rounds of kills on a slow device (about 20 s each)
+@pytest.mark.parametrize("busy", [False, True])
 def test_all_actors_killed_repeatedly_during_one_job(ray_session, coco_set, clean_sim_run, tmp_path, busy):
     # slower device: the job must outlast three rounds of kills and restarts
     outcome, kills = killed_job(ray_session, coco_set, tmp_path / "out", busy, 3, "all", model=SIM.format(ms=400))

@@ -136,6 +136,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # five CLI runs (about 35 s); tests/test_storage.py has the same with the run in S3, also slow
 def test_driver_killed_mid_run_resumes_to_the_same_metrics(ray_session, coco_set, tmp_path):
     model = SIM.format(ms=150)
     args = ["run", "coco", "--data-root", str(coco_set), "--model", model, "--shard-size", "2", "--no-report", "--quiet"]

@@ -149,8 +149,10 @@ def _http_server(folder: Path):
 
 
 @pytest.mark.shared
-@pytest.mark.slow  # four whole real-data jobs (about 40 s)
+@pytest.mark.slow  # eight whole real-data jobs (about 70 s)
 def test_the_real_mini_sets_from_s3_give_the_local_metrics(ray_session, s3, tmp_path):
+    """Loose, WebDataset tar and Parquet, all in S3: the local run's metrics."""
+    from rayinfer.jobs.pack import pack_dataset
     from tests.conftest import need_shared
 
     for task, data, model in (("coco", "coco-val2017-mini", "yolov8n_int8.onnx"),
@@ -164,6 +166,13 @@ def test_the_real_mini_sets_from_s3_give_the_local_metrics(ray_session, s3, tmp_
         there = run_job(JobConfig(data_root=url, model=model_url, storage_options=s3.options,
                                   output=str(tmp_path / f"{task}-s3"), **common)).metrics
         assert there == here, task
+        for fmt in ("tar", "parquet"):  # packed into S3, 16 samples a shard
+            dest = Location(f"s3://real/{data}-{fmt}", s3.options)
+            pack_dataset(get_task(task).dataset(JobConfig(task=task, data_root=str(root), model="", output="")),
+                         dest, fmt, 16)
+            packed = run_job(JobConfig(data_root=dest.url, model=model_url, storage_options=s3.options,
+                                       output=str(tmp_path / f"{task}-{fmt}"), **common)).metrics
+            assert packed == here, (task, fmt)
         if task == "coco":
             assert here["images"] == 79 and round(here["AP"], 4) == 0.4255
 
@@ -313,3 +322,57 @@ def test_actor_and_driver_killed_with_the_run_in_s3_lose_and_duplicate_nothing(r
     assert len(ids) == 32 and len(set(ids)) == 32
     clean = run_job(JobConfig(model=sim.format(ms=150), output=str(tmp_path / "clean"), quiet=True, **common))
     assert json.loads(Location("s3://kills/driver/metrics.json", s3.options).read_bytes()) == clean.metrics
+
+
+def test_packed_shards_tar_and_parquet_local_and_in_s3_give_the_loose_metrics(coco_here, s3, tmp_path):
+    """issue 18 item 2: `rayinfer pack` writes WebDataset tars or Parquet files (locally or to
+    S3); a job on them gives the loose files' metrics, with one work unit per packed shard; a
+    corrupt member is one error row and the rest of its tar is read."""
+    root, _, here = coco_here
+    common = dict(task="coco", model=str(_demo_model("coco")), progress=False, runtime="onnxruntime",
+                  report=False, storage_options=s3.options)
+    s3.fs.create_dir("packed")
+    for fmt, dest in (("tar", str(tmp_path / "coco-tar")), ("parquet", "s3://packed/coco-parquet")):
+        out = _cli(["pack", "coco", "--data-root", str(root), "--to", dest, "--format", fmt,
+                    "--samples-per-shard", "5"], AWS_ENDPOINT_URL=s3.endpoint)
+        assert out.returncode == 0 and "24 samples in 5 " in out.stdout, out.stderr
+        packed = run_job(JobConfig(data_root=dest, output=str(tmp_path / f"run-{fmt}"), **common))
+        assert packed.metrics == here.metrics, fmt
+        assert packed.run["counts"]["shards"] == 5  # the packed shards are the work units
+    index = json.loads((tmp_path / "coco-tar/packed.json").read_text())
+    assert index["format"] == "tar" and sum(len(s["keys"]) for s in index["shards"]) == 24
+    out = _cli(["pack", "coco", "--data-root", str(root), "--to", str(tmp_path / "coco-tar")])
+    assert out.returncode == 2 and "is not empty; nothing there was touched" in out.stderr
+
+    # one member's bytes damaged in place (same size): that sample is an error row, the others read
+    import tarfile
+
+    shard = tmp_path / "coco-tar" / index["shards"][1]["name"]
+    with tarfile.open(shard) as tar:
+        victim = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+    raw = bytearray(shard.read_bytes())
+    raw[victim.offset_data:victim.offset_data + victim.size] = b"\x00" * victim.size
+    shard.write_bytes(bytes(raw))
+    damaged = run_job(JobConfig(data_root=str(tmp_path / "coco-tar"), output=str(tmp_path / "damaged"), **common))
+    errors = pq.read_table(tmp_path / "damaged/errors.parquet").to_pylist()
+    assert damaged.errors == 1 and errors[0]["message"].startswith(f"{shard}:{victim.name}: "), errors
+    assert pq.read_table(tmp_path / "damaged/predictions").num_rows == 23
+
+
+def test_nyu_packed_in_s3_gives_the_loose_metrics_and_the_reader_lets_shards_go(ray_session, s3, tmp_path):
+    from rayinfer.datasets.nyu import NyuDataset
+    from rayinfer.jobs.pack import pack_dataset
+
+    root = write_nyu(tmp_path / "nyu", n_frames=5, seed=0)
+    s3.fs.create_dir("packed-nyu")
+    dest = Location("s3://packed-nyu/tar", s3.options)
+    assert pack_dataset(NyuDataset(root), dest, "tar", 2) == {"shards": 3, "samples": 5, "skipped": []}
+    common = dict(task="nyu", model=str(_demo_model("nyu")), progress=False, runtime="onnxruntime", report=False)
+    here = run_job(JobConfig(data_root=str(root), output=str(tmp_path / "local"), **common))
+    there = run_job(JobConfig(data_root=dest.url, storage_options=s3.options, output=str(tmp_path / "s3"), **common))
+    assert there.metrics == here.metrics and there.run["counts"]["shards"] == 3
+    packed = NyuDataset(dest)
+    assert [s.sample_id for s in packed.samples()] == [s.sample_id for s in NyuDataset(root).samples()]
+    for sample in packed.samples():
+        packed.load(sample)
+    assert packed.reader.members == {}  # each shard let go once its frames were served

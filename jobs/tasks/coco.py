@@ -175,9 +175,8 @@ def _load_results_json(path: Path) -> list[dict[str, Any]]:
 def _detection_grid(ev: CocoEvaluation, data_root: Location, n_images: int) -> Any:
     import cv2
 
-    from rayinfer.datasets.base import SampleError, sample_location
+    from rayinfer.datasets.base import Sample, SampleError
     from rayinfer.datasets.coco import CocoDataset
-    from rayinfer.datasets.images import read_image
 
     plt = pyplot()
     dataset = CocoDataset(data_root)
@@ -188,7 +187,7 @@ def _detection_grid(ev: CocoEvaluation, data_root: Location, n_images: int) -> A
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows):
         try:
-            image = read_image(sample_location(data_root, row["file"]))
+            image = dataset.load(Sample(str(row["image_id"]), row["file"]))
         except SampleError:
             continue
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
