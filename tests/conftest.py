@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rayinfer.jobs.bench.s3server import use_dummy_credentials
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # `--runtime auto` caches its probes; the tests keep theirs apart from the user's (set before
@@ -18,9 +20,7 @@ os.environ.setdefault("RAYINFER_CACHE_DIR", tempfile.mkdtemp(prefix="rayinfer-te
 # Object storage in tests is moto's S3 server on 127.0.0.1 (the `s3` fixture), which takes
 # any credentials: dummy ones, set before any Ray starts so actors inherit them, and no
 # instance-metadata lookups.
-for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
-    os.environ.setdefault(_key, _value)
+use_dummy_credentials()
 
 
 def inference_actor(cfg: Any, name: str = "actor-0", actor_class: Any = None) -> Any:
@@ -202,64 +202,11 @@ def _embedded_ray_stops_at_the_end():
         ray.shutdown()
 
 
-class S3Server:
-    """moto's S3-compatible server, in its own process, on a free 127.0.0.1 port."""
-
-    def __init__(self) -> None:
-        import socket
-        import subprocess
-        import sys
-        import time
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("moto's S3 server did not start") from None
-                time.sleep(0.1)
-
-    @property
-    def options(self) -> dict[str, str]:
-        """The job's storage options for this server."""
-        return {"endpoint_override": self.endpoint}
-
-    @property
-    def fs(self) -> Any:
-        import pyarrow.fs as pafs
-
-        return pafs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
-                                 allow_bucket_deletion=True)
-
-    def upload(self, local: Path, bucket_and_prefix: str) -> str:
-        """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its s3:// URL."""
-        import pyarrow.fs as pafs
-
-        fs = self.fs
-        fs.create_dir(bucket_and_prefix.split("/")[0])
-        if Path(local).is_dir():
-            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
-        else:
-            with fs.open_output_stream(bucket_and_prefix) as f:
-                f.write(Path(local).read_bytes())
-        return f"s3://{bucket_and_prefix}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
 @pytest.fixture(scope="session")
 def s3():
     """An S3 server on 127.0.0.1 (moto's server mode: no client is patched)."""
+    from rayinfer.jobs.bench.s3server import S3Server
+
     server = S3Server()
     yield server
     server.stop()

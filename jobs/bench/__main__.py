@@ -34,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ac.add_argument("--devices", type=int, default=2)
     ac.add_argument("--latency-ms", type=float, default=20.0)
     ac.add_argument("--capacity", type=int, default=4)
+    st = sub.add_parser("storage", help="the job from a folder, tar shards, S3 (moto), S3 with added latency")
+    st.add_argument("--data-root", type=Path, required=True)
+    st.add_argument("--images", type=int, default=1000)
+    st.add_argument("--devices", type=int, default=2)
+    st.add_argument("--latency-ms", type=float, default=20.0)
+    st.add_argument("--capacity", type=int, default=4)
+    st.add_argument("--delay-ms", type=float, default=50.0, help="added to every request in the s3_delayed mode")
+    st.add_argument("--samples-per-shard", type=int, default=64)
     sc = sub.add_parser("scale", help="1..N simulated devices, trivial host work")
     sc.add_argument("--max-devices", type=int, default=64)
     sc.add_argument("--latency-ms", type=float, default=200.0)
@@ -71,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rayinfer.jobs.bench.accel import run_accel_bench
 
         result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+    elif args.bench == "storage":
+        from rayinfer.jobs.bench.storage import run_storage_bench
+
+        result = run_storage_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity,
+                                   args.delay_ms, args.samples_per_shard)
     elif args.bench == "runtimes":
         from rayinfer.jobs.bench.runtimes import run_runtimes_bench
 

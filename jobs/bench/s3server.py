@@ -1,0 +1,127 @@
+"""A local S3-compatible server for the tests and the storage bench: moto's server mode, in
+its own process, on a free 127.0.0.1 port (no client is patched; needs `moto[server]`, in the
+`test` extra), and a proxy in front of it that delays every request."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+#: moto takes any credentials: these, where the environment has none (set before Ray starts,
+#: so actors inherit them), and no instance-metadata lookups
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def use_dummy_credentials() -> None:
+    for key, value in DUMMY_CREDENTIALS.items():
+        os.environ.setdefault(key, value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, alive: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or not alive():
+                raise RuntimeError(f"nothing came to listen on 127.0.0.1:{port}") from None
+            time.sleep(0.1)
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1; `endpoint`, `options` (a job's storage options), `fs`."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(port, lambda: self.process.poll() is None)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The job's storage options for this server."""
+        return {"endpoint_override": self.endpoint}
+
+    @property
+    def fs(self) -> Any:
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, allow_bucket_creation=True,
+                                 allow_bucket_deletion=True)
+
+    def upload(self, local: Path, bucket_and_prefix: str) -> str:
+        """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its s3:// URL."""
+        import pyarrow.fs as pafs
+
+        fs = self.fs
+        fs.create_dir(bucket_and_prefix.split("/")[0])
+        if Path(local).is_dir():
+            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
+        else:
+            with fs.open_output_stream(bucket_and_prefix) as f:
+                f.write(Path(local).read_bytes())
+        return f"s3://{bucket_and_prefix}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds what a client sends
+    for `delay_s` before passing it on, each time it sends (a GET is one send): the latency
+    of a far-away store, on every request."""
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.upstream, self.delay_s = upstream_port, delay_s
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pump, args=(client, server, self.delay_s), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, 0.0), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if delay_s:
+                    time.sleep(delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.listener.close()
