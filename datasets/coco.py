@@ -100,8 +100,8 @@ class CocoDataset(PackedReading):
             member = member_key(sample.file) + posixpath.splitext(sample.file)[1]
             data = self.packed_member(sample, member)
             # errors name the member in its shard: "ROOT/shards/shard-00001.tar:val2017/x.jpg: ..."
-            shard = sample.info.get("pack") or self.reader.index.shard_of.get(member_key(sample.file), "")
-            return read_image(f"{self.root / shard}:{member}", size, max_pixels=self.max_pixels, data=data)
+            return read_image(f"{self.root / self.packed_shard(sample)}:{member}", size, max_pixels=self.max_pixels,
+                              data=data)
         return read_image(location, size, max_pixels=self.max_pixels)
 
     def pack_members(self, sample: Sample) -> dict[str, bytes]:
@@ -123,8 +123,8 @@ class CocoDataset(PackedReading):
         digest = self.annotations.sha256() if self.annotations.is_file() else None
         return {
             "dataset": self.name,
-            "root": _resolved(self.root),
-            "annotations": _resolved(self.annotations),
+            "root": self.root.resolved(),
+            "annotations": self.annotations.resolved(),
             "annotations_sha256": digest,
             "image_ids": list(self.image_ids) if self.image_ids else None,
             "limit": self.limit,
@@ -301,11 +301,6 @@ class CompactCoco(COCO):
             with_cat = set(self.ann_image[self.ann_category == cat].tolist())
             ids = with_cat if i == 0 and not ids else ids & with_cat
         return list(ids)
-
-
-def _resolved(location: Location) -> str:
-    """A local path made absolute (links followed), a URL as it is."""
-    return str(location.path.resolve()) if location.path is not None else location.url
 
 
 def _array_like(obj: Any) -> bool:

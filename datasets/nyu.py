@@ -119,7 +119,7 @@ class NyuDataset(PackedReading):
     def fingerprint(self) -> dict[str, Any]:
         return {
             "dataset": self.name,
-            "root": str(self.root.path.resolve()) if self.root.is_local else self.root.url,
+            "root": self.root.resolved(),
             "files": (len(self.pack.keys()) if self.pack is not None else len(self.files())) if self.root.is_dir() else 0,
             **({"packed": self.pack.fingerprint()} if self.pack is not None else {}),
             "sample_ids": list(self.sample_ids) if self.sample_ids else None,

@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from rayinfer.datasets.base import SampleError, SetupError
+from rayinfer.datasets.images import read_bytes
 from rayinfer.datasets.storage import Location, storage_error
 
 INDEX = "packed.json"
@@ -91,7 +92,7 @@ class PackReader:
         """The bytes of member `name` (KEY.ext) of `shard`; SampleError when absent or unreadable."""
         if not shard:
             raise SampleError(f"{self.index.root}: {name} is in none of the packed shards ({INDEX})", stage="load")
-        key = name.rsplit(".", 1)[0]
+        key = member_key(name)
         with self.lock:
             gate = self.gates.setdefault(shard, threading.Lock())
         with gate:  # one reader per shard; the other threads wait for its members
@@ -114,13 +115,7 @@ class PackReader:
         return data
 
     def _read(self, shard: str) -> dict[str, bytes]:
-        location = self.index.root / shard
-        try:
-            data = location.read_bytes()
-        except FileNotFoundError:
-            raise SampleError(f"{location}: file not found", stage="load") from None
-        except OSError as exc:
-            raise SampleError(f"{location}: cannot read: {storage_error(exc)}", stage="load") from None
+        data = read_bytes(self.index.root / shard)
         if self.index.format == "tar":
             return read_tar(data)
         return read_parquet(data)
@@ -146,11 +141,16 @@ class PackedReading:
         """This process's reader of packed shards (made where `load` runs, never pickled)."""
         return PackReader(self.pack) if self.pack is not None else None
 
+    def packed_shard(self, sample: Any) -> str:
+        """The packed shard holding `sample` ("" where none does): its info's, or the index's
+        for a sample made without it (a saved row read back)."""
+        assert self.pack is not None
+        return sample.info.get("pack", self.pack.shard_of.get(member_key(sample.file), ""))
+
     def packed_member(self, sample: Any, member: str) -> bytes:
         """The bytes of `member` of the shard holding `sample` (a packed set only)."""
         assert self.reader is not None
-        shard = sample.info.get("pack", self.reader.index.shard_of.get(member_key(sample.file), ""))
-        return self.reader.member(shard, member)
+        return self.reader.member(self.packed_shard(sample), member)
 
 
 def read_tar(data: bytes) -> dict[str, bytes]:

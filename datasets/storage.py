@@ -155,6 +155,10 @@ class Location:
         parts = urllib.parse.urlsplit(self.url)
         return Location(f"{parts.scheme}://{parts.netloc}", self.options)
 
+    def resolved(self) -> str:
+        """A local path made absolute (links followed), a URL as it is."""
+        return str(self.path.resolve()) if self.path is not None else self.url
+
     def relative_to(self, root: Location) -> str:
         if self.path is not None and root.path is not None:
             return str(self.path.relative_to(root.path))
@@ -235,17 +239,7 @@ class Location:
         return [self / n for n in names if fnmatch.fnmatch(n, pattern)]
 
     def size(self) -> int:
-        if self.path is not None:
-            return self.path.stat().st_size
-        if self.scheme in ("http", "https"):
-            with self._http("HEAD") as answer:
-                return int(answer.headers.get("Content-Length", -1))
-        import pyarrow.fs as pafs
-
-        info = self._info()
-        if info.type != pafs.FileType.File:
-            raise FileNotFoundError(f"{self.url}: no such object")
-        return int(info.size)
+        return self.stat_key()[0]
 
     def stat_key(self) -> tuple[int, int]:
         """(size, mtime in ns; -1 where unknown): what identifies a file's version without reading it."""
@@ -253,7 +247,8 @@ class Location:
             st = self.path.stat()
             return st.st_size, st.st_mtime_ns
         if self.scheme in ("http", "https"):
-            return self.size(), -1
+            with self._http("HEAD") as answer:
+                return int(answer.headers.get("Content-Length", -1)), -1
         import pyarrow.fs as pafs
 
         info = self._info()

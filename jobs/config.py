@@ -17,7 +17,7 @@ from rayinfer.actors.backends import RUNTIMES
 from rayinfer.actors.backends.openvino import PRECISIONS
 from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.depth import DepthOptions
-from rayinfer.datasets.storage import check_options, check_url, is_remote
+from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
 
@@ -233,9 +233,5 @@ def resolve_paths(cfg: JobConfig) -> JobConfig:
     from rayinfer.actors.backends import backend_for
 
     model = cfg.model if is_remote(cfg.model) else backend_for(cfg.model, cfg.runtime).resolve(cfg.model)
-    return dataclasses.replace(
-        cfg,
-        data_root=cfg.data_root if is_remote(cfg.data_root) else str(Path(cfg.data_root).expanduser().resolve()),
-        model=model,
-        output=cfg.output if is_remote(cfg.output) else str(Path(cfg.output).expanduser().resolve()),
-    )
+    return dataclasses.replace(cfg, data_root=Location(cfg.data_root).resolved(), model=model,
+                               output=Location(cfg.output).resolved())

@@ -312,7 +312,7 @@ class RemoteRunOutput(RunOutput):
     file is on disk. A shard's errors object is put before its predictions object, the
     commit marker, and `--resume` takes the committed shards from the objects under
     `predictions/`. `prepare` first makes the staging folder a copy of the remote run (its
-    manifest, shards and records: what `--resume`, `--overwrite` and the evaluation read);
+    manifest; for `--resume` also its shards and records, which the evaluation reads);
     the folder is the cache's (`$RAYINFER_CACHE_DIR/runs/`), never a user's.
     """
 
@@ -327,7 +327,9 @@ class RemoteRunOutput(RunOutput):
         return self.remote.url
 
     def prepare(self, fingerprint: dict[str, Any], resume: bool = False, overwrite: bool = False) -> set[int]:
-        self._listed = pull_run(self.remote, self.root)
+        # the shards only where they are read: --resume skips the committed ones (a new run,
+        # one refused, and --overwrite need the manifest alone)
+        self._listed = pull_run(self.remote, self.root, whole=resume)
         return super().prepare(fingerprint, resume=resume, overwrite=overwrite)
 
     def _check_writable(self) -> None:
@@ -358,10 +360,11 @@ class RemoteRunOutput(RunOutput):
         super()._remove_recorded(previous)
 
 
-def pull_run(remote: Location, staging: Path) -> dict[str, tuple[int, int]]:
-    """Make `staging` a copy of the run at `remote` (all but its report and coco_results.json);
-    an empty folder for a prefix that holds nothing. Returns the remote listing. A prefix
-    with objects but no manifest is refused: not a rayinfer run, and nothing is touched."""
+def pull_run(remote: Location, staging: Path, whole: bool = True) -> dict[str, tuple[int, int]]:
+    """Make `staging` a copy of the run at `remote` (all but its report and coco_results.json;
+    its manifest only, unless `whole`); an empty folder for a prefix that holds nothing.
+    Returns the remote listing. A prefix with objects but no manifest is refused: not a
+    rayinfer run, and nothing is touched."""
     try:
         listed = remote.listing()
     except OSError as exc:
@@ -373,6 +376,8 @@ def pull_run(remote: Location, staging: Path) -> dict[str, tuple[int, int]]:
     staging.mkdir(parents=True)
     try:
         for name in listed:
+            if not whole and name != MANIFEST:
+                continue
             if name.startswith("report") or name == "coco_results.json" or "/." in f"/{name}":
                 continue
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
