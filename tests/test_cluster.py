@@ -16,18 +16,13 @@ import urllib.request
 import pytest
 
 import rayinfer.actors
+from rayinfer.jobs.bench.s3server import free_port
 from rayinfer.jobs.submit import client
 from tests.conftest import need_shared
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(400), pytest.mark.usefixtures("no_embedded_ray")]
 
 DASHBOARD = "http://127.0.0.1:8265"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def head():
         if s.connect_ex(("127.0.0.1", 8265)) == 0:
             pytest.skip("port 8265 is taken: another Ray dashboard is running here")
     temp = tempfile.mkdtemp(prefix="rayinfer-head-", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     cmd = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--num-cpus=2", f"--temp-dir={temp}",
            "--disable-usage-stats"]
@@ -139,7 +134,7 @@ def test_submitted_jobs_are_followed_and_stopped_by_id(head, tmp_path):
 
     # mistakes: one line, exit 2, within seconds
     for args in (("status", "raysubmit_nosuchjob", "--dashboard", dashboard),
-                 ("submit", "coco", "--dashboard", f"http://127.0.0.1:{_free_port()}", "--no-wait")):
+                 ("submit", "coco", "--dashboard", f"http://127.0.0.1:{free_port()}", "--no-wait")):
         t = time.monotonic()
         wrong = _cli(*args)
         assert wrong.returncode == 2 and wrong.stderr.count("rayinfer: error: ") == 1, (args, wrong.stderr)
