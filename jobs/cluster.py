@@ -1,19 +1,15 @@
-"""The cluster side of a job: connecting to Ray (or starting it embedded, loopback only),
-shipping the package to the cluster's workers, and placing the inference actors.
+"""The cluster side of a job: connecting to Ray (or starting it embedded, loopback only)
+and shipping the package to the cluster's workers. Placing the actors: jobs/placement.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
-from rayinfer.actors.actor import InferenceActor
-from rayinfer.actors.backends import candidates, device_for, settled
-from rayinfer.datasets.base import Adapter, Dataset, SetupError
+from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.loader import first_line
 
@@ -57,6 +53,12 @@ def connect_ray(cfg: JobConfig) -> bool:
     except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)
         raise SetupError(f"Ray did not start here: {type(exc).__name__}: {first_line(exc)}") from None
     return True
+
+
+def may_grow(cfg: JobConfig) -> bool:
+    """A cluster the job joined (--address, or a Ray Job's) may grow and shrink: its actors
+    are asked for as the job goes (jobs/placement.py). Ray embedded here is fixed."""
+    return bool(cfg.address or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
 
 
 def quiet_packaging() -> None:
@@ -168,98 +170,3 @@ def shipped_runtime_env() -> dict[str, Any]:
     """The `runtime_env` of a job sent to a cluster: the package travels as a `py_modules`
     entry, so the driver of a Ray Job and every worker import it, never site-packages."""
     return {"py_modules": [str(job_package())]}
-
-
-def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
-    """(actors, cpus per actor, gpus per actor) from the cluster's resources."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
-    if not nodes:
-        raise SetupError("the Ray cluster has no alive node with CPUs")
-    if cfg.resource:
-        units = sum(n["Resources"].get(cfg.resource, 0) for n in nodes)
-        if units < 1:
-            raise SetupError(f"the Ray cluster has no {cfg.resource!r} resource")
-        actors = cfg.actors or int(units)
-        per_node = -(-actors // len(nodes))
-        return actors, cfg.cpus_per_actor or min(n["Resources"]["CPU"] for n in nodes) / per_node, 0.0
-    if device_for(cfg) == "gpu":
-        gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
-        if gpus < cfg.gpus_per_actor or gpus == 0:
-            raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")
-        actors = cfg.actors or int(gpus // cfg.gpus_per_actor)
-        # each GPU actor gets its share of its node's CPUs for decoding
-        per_gpu = min(n["Resources"]["CPU"] / n["Resources"]["GPU"] for n in nodes if n["Resources"].get("GPU"))
-        return actors, cfg.cpus_per_actor or max(1.0, float(int(per_gpu * cfg.gpus_per_actor))), cfg.gpus_per_actor
-    node_cpus = min(n["Resources"]["CPU"] for n in nodes)
-    if cfg.actors:
-        per_node = -(-cfg.actors // len(nodes))
-        return cfg.actors, cfg.cpus_per_actor or node_cpus / per_node, 0.0
-    cpus = cfg.cpus_per_actor or node_cpus
-    actors = sum(int(n["Resources"]["CPU"] // cpus) for n in nodes)
-    return max(1, actors), cpus, 0.0
-
-
-def start_actors(cfg: JobConfig, dataset: Dataset, adapter: Adapter) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
-    """Start the inference actors with the dataset reader and adapter the driver built and
-    checked (so no actor re-reads the annotations) and wait until each has its model."""
-    import ray
-
-    n, cpus, gpus = plan_actors(cfg)
-    cfg, probe = resolve_runtime(cfg, cpus, gpus)
-    log.info("starting %d inference actor%s (each loads the model)", n, "" if n == 1 else "s")
-    remote = ray.remote(InferenceActor)
-    names = [f"actor-{i}" for i in range(n)]
-    run_tag = uuid.uuid4().hex[:8]
-    actors = [
-        remote.options(name=f"rayinfer-{run_tag}-{name}", num_cpus=cpus, num_gpus=gpus, resources={cfg.resource: 1} if cfg.resource else None,
-                       max_restarts=cfg.max_actor_restarts, max_task_retries=0,
-                       max_concurrency=cfg.shards_in_flight + 2, scheduling_strategy="SPREAD").remote(cfg, name, dataset, adapter)
-        for name in names
-    ]
-    try:
-        infos = ray.get([a.info.remote() for a in actors], timeout=600)
-    except Exception as exc:
-        for a in actors:
-            ray.kill(a)
-        cause = str(exc).strip().splitlines()
-        raise SetupError(f"inference actors failed to start: {cause[-1] if cause else exc}") from None
-    log.info("%d actor%s ready, each with %.2g CPUs%s", n, "" if n == 1 else "s", cpus,
-             f" and {gpus:g} GPUs" if gpus else "")
-    if probe:
-        for info in infos:  # what chose their runtime
-            info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
-    return actors, names, infos
-
-
-def resolve_runtime(cfg: JobConfig, cpus: float, gpus: float) -> tuple[JobConfig, dict[str, Any] | None]:
-    """One runtime for every actor of a job, so that a sample's prediction never depends on
-    which actor ran it (runtimes differ in the last digits; OpenVINO may compute in bf16).
-
-    Under `--runtime auto` with several installed CPU runtimes, the choice is measured
-    once, in a Ray task with one actor's resources (so on an actor's kind of node, with its
-    CPUs), and the actors get the chosen runtime by name. Returns the config the actors get
-    and the probe's record (None when nothing had to be chosen).
-    """
-    import ray
-
-    if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto"), cfg):
-        return cfg, None
-    log.info("choosing the runtime: measuring each installed one on the model for a few seconds")
-    task = ray.remote(_probe_runtime).options(num_cpus=cpus, num_gpus=gpus,
-                                              resources={cfg.resource: 1} if cfg.resource else None)
-    try:
-        probe = ray.get(task.remote(cfg), timeout=600)
-    except Exception as exc:  # noqa: BLE001 - the task's SetupError, or the cluster's
-        cause = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise SetupError(f"choosing the runtime for {cfg.model} failed: {cause[-1] if cause else exc}") from None
-    return dataclasses.replace(cfg, runtime=probe["name"]), probe
-
-
-def _probe_runtime(cfg: JobConfig) -> dict[str, Any]:
-    """(A Ray task) the runtime an actor with these CPUs would choose, and its probe."""
-    from rayinfer.actors.backends import open_model
-    from rayinfer.actors.model import available_cpus
-
-    return open_model(cfg, available_cpus()).runtime.record()

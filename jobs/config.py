@@ -62,7 +62,14 @@ class JobConfig:
                                        "output signature the model has")
     # Ray and placement
     address: str | None = option(None, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here")
-    actors: int = option(0, "inference actors; 0 = one per GPU, or one per node's CPUs")
+    actors: int = option(0, "inference actors; 0 = one per GPU, or one per node's CPUs (on a cluster the job "
+                            "joined: as many as it gives, growing as nodes join)")
+    min_actors: int = option(0, "on a cluster the job joined: actors asked for at start, even where no node is "
+                                "up yet (an autoscaler brings nodes up for them); 0 = what fits now, at least 1")
+    max_actors: int = option(0, "on a cluster the job joined: most actors it grows to; 0 = no limit")
+    actor_wait_s: float = option(600.0, "seconds to wait for the first actor (an autoscaler starting a node) "
+                                        "before the job stops with what it asked for and what the cluster offers",
+                                 flag="--actor-wait")
     cpus_per_actor: float = option(0.0, "CPUs reserved per actor; 0 = automatic (all of a node's, or its CPUs per GPU)")
     gpus_per_actor: float = option(1.0, "GPUs per actor when a GPU provider is chosen")
     # runtime
@@ -98,6 +105,9 @@ class JobConfig:
     actor_restart_timeout_s: float = option(
         120.0, "seconds a lost actor that Ray may restart is waited for before it is retired",
         flag="--actor-restart-timeout")
+    speculation: bool = option(True, "no speculative copies of straggling shards")
+    speculation_factor: float = option(1.5, "with the queue empty, a shard running this many times the median "
+                                            "shard time gets a copy on an idle actor; the first result commits")
     # bad input
     max_image_pixels: int = option(100_000_000, "images with more pixels are errors, refused before decoding")
     hash_samples: bool = option(False, "the --resume fingerprint hashes every sample file's content too")
@@ -118,9 +128,15 @@ class JobConfig:
         for name in ("shard_size", "shards_in_flight", "max_shard_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("actors", "requests", "loader_threads"):
+        for name in ("actors", "min_actors", "max_actors", "requests", "loader_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.max_actors and self.min_actors > self.max_actors:
+            raise ConfigError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        if self.actors and (self.min_actors or self.max_actors):
+            raise ConfigError("actors: a fixed count, or min_actors / max_actors for a range, not both")
+        if self.speculation_factor <= 1:
+            raise ConfigError(f"speculation_factor: must be > 1, got {self.speculation_factor}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ConfigError("cpus_per_actor / gpus_per_actor: must be >= 0")
         if self.preprocess_in not in PREPROCESS_IN:
@@ -134,7 +150,8 @@ class JobConfig:
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit: must be >= 1, got {self.limit}")
-        for name in ("request_timeout_s", "load_timeout_s", "actor_restart_timeout_s", "progress_interval_s"):
+        for name in ("request_timeout_s", "load_timeout_s", "actor_restart_timeout_s", "progress_interval_s",
+                     "actor_wait_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.max_image_pixels < 1:

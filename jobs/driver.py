@@ -30,10 +30,11 @@ from rayinfer.actors.fetch import fetched, pin
 from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema
 from rayinfer.datasets.storage import Location, storage_error
 from rayinfer.jobs.config import JobConfig, resolve_paths
-from rayinfer.jobs.cluster import connect_ray, start_actors
+from rayinfer.jobs.cluster import connect_ray, may_grow
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
 from rayinfer.jobs.output import RunOutput, open_output, read_shards, writing
+from rayinfer.jobs.placement import ActorPool, actor_stats, open_pool
 from rayinfer.jobs.progress import Progress
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
@@ -244,6 +245,15 @@ class Work:
     infos: list[dict[str, Any]] = field(default_factory=list)
     actor_stats: list[dict[str, Any]] = field(default_factory=list)
     stage: LoaderStage | None = None
+    pool: dict[str, Any] = field(default_factory=dict)
+
+
+def _actors_text(stage: LoaderStage, pool: ActorPool) -> str:
+    """"3 actors up, 2 pending" on a cluster that may grow (nothing on a fixed one)."""
+    if not pool.placement.growable:
+        return ""
+    up = len(stage.actors) - len(stage.retired) - len(stage.released)
+    return f"{up} actor{'' if up == 1 else 's'} up" + (f", {pool.pending} pending" if pool.pending else "")
 
 
 def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, total: int,
@@ -259,17 +269,28 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
     t_ray = time.time()
     started_ray = connect_ray(cfg)
     work.ray_s = time.time() - t_ray
-    actors: list[Any] = []
+    pool: ActorPool | None = None
     try:
         t_setup = time.time()
-        actors, names, work.infos = start_actors(cfg, setup.dataset, setup.adapter)
+        growable = may_grow(cfg)
+        pool, probe = open_pool(cfg, setup.dataset, setup.adapter, growable)
+        first = pool.wait_first(cfg.actor_wait_s)
+        shape = pool.placement.shape
+        log.info("%d actor%s ready, each with %s%s", len(first), "" if len(first) == 1 else "s", shape,
+                 f"; {pool.pending} pending: work starts" if pool.pending else "")
+        if probe:
+            for _, _, info in first:  # what chose their runtime
+                info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
         output.start(shards)  # the manifest: only now, so a failed setup leaves the folder as it was
         t_work = time.time()
         work.setup_s = t_work - t_setup
-        work.stage = LoaderStage(actors, names, cfg.shards_in_flight, cfg.max_shard_attempts,
+        work.stage = LoaderStage([h for h, _, _ in first], [n for _, n, _ in first], cfg.shards_in_flight,
+                                 cfg.max_shard_attempts,
                                  shard_timeout_s=cfg.request_timeout_s * (max(len(s.samples) for s in todo) + 2),
                                  restart_wait_s=cfg.actor_restart_timeout_s,
-                                 max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts)
+                                 max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts, pool=pool,
+                                 actor_wait_s=cfg.actor_wait_s, speculation=cfg.speculation,
+                                 speculation_factor=cfg.speculation_factor)
         running = setup.task.running_metric()
         log.info("inference: %d samples in %d shards", sum(len(s.samples) for s in todo), len(todo))
         with Progress(cfg.task, total, done_before, cfg.progress_interval_s,
@@ -290,12 +311,17 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
                     running.add(result.records)
                     n = result.records.num_rows + result.errors.num_rows
                 work.processed += n
-                bar.update(n, running.text())
+                bar.update(n, "; ".join(filter(None, [running.text(), _actors_text(work.stage, pool)])))
         work.work_s = time.time() - t_work
-        work.actor_stats = _collect_stats(actors)
+        stage = work.stage
+        released = set(stage.released)
+        work.infos = [pool.infos[name] for name in stage.names]
+        work.actor_stats = [pool.stats[name] if name in released else actor_stats(h)
+                            for h, name in zip(stage.actors, stage.names)]
+        work.pool = pool.record()
     finally:
-        for a in actors:
-            ray.kill(a)
+        if pool is not None:
+            pool.shutdown(work.stage.actors if work.stage else [])
         if started_ray:
             t_stop = time.time()
             ray.shutdown()
@@ -311,7 +337,9 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
     for info, st in zip(work.infos, work.actor_stats):
         entry = {**info, **st}
         entry["shards"] = work.stage.shards_per_actor.get(info["name"], 0) if work.stage else 0
-        entry["busy_fraction"] = round(st["busy_s"] / work.work_s, 4) if work.work_s > 0 and "busy_s" in st else None
+        # over the part of the inference phase the actor was there for (it may join late, or go early)
+        span = min(work.work_s, st.get("uptime_s", work.work_s))
+        entry["busy_fraction"] = round(st["busy_s"] / span, 4) if span > 0 and "busy_s" in st else None
         per_actor.append(entry)
     return {
         "complete": not (work.stage and work.stage.unfinished),
@@ -347,7 +375,14 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
             "shards_unfinished": len(work.stage.unfinished) if work.stage else 0,
             "actor_restarts": work.stage.restarts if work.stage else 0,
             "actors_retired": work.stage.retired if work.stage else [],
+            "actors_released": work.stage.released if work.stage else [],
+            "shards_speculated": work.stage.speculated if work.stage else 0,
+            "speculative_wins": work.stage.speculative_wins if work.stage else 0,
+            "copies_dropped": work.stage.dropped_copies if work.stage else 0,
         },
+        "pool": work.pool,
+        # per shard run, for the report's actor timeline: seconds from `started` (epoch seconds)
+        "timeline": {"started": work.stage.started_at, "runs": work.stage.timeline} if work.stage else None,
         "actors": per_actor,
     }
 
@@ -380,18 +415,6 @@ def runtime_record(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
     if any(r["name"] != first["name"] for r in runtimes):
         first["per_actor"] = {i["name"]: i["runtime"]["name"] for i in infos if i.get("runtime")}
     return first
-
-
-def _collect_stats(actors: list[Any]) -> list[dict[str, Any]]:
-    import ray
-
-    out = []
-    for a in actors:
-        try:
-            out.append(ray.get(a.stats.remote(), timeout=30))
-        except Exception as exc:  # noqa: BLE001 - a dead actor has no stats
-            out.append({"error": f"{type(exc).__name__}"})
-    return out
 
 
 __all__ = ["JobOutcome", "ShardResult", "run_job", "EXIT_OK", "EXIT_PARTIAL", "EXIT_SETUP", "EXIT_INCOMPLETE"]

@@ -14,6 +14,13 @@
 - Honest at the end: when no actor is left and none can come back, the shards not
   run are left in `unfinished`, never returned as failed: the driver does not commit
   them, and `--resume` runs them.
+- Elastic (with an `ActorPool`, jobs/placement.py): actors that become ready mid-run join
+  and take queued shards at once; while shards wait the pool is asked for more; when the
+  queue is empty, pending actors are cancelled and idle ones released.
+- Ahead of stragglers (`speculation`): with the queue empty, a shard running longer than
+  `speculation_factor` x the median shard time gets a copy on an idle actor. The first
+  whole result is yielded; the other copy's is dropped when it comes (or never waited
+  for): each shard is yielded exactly once.
 
 What travels is sample ids and file names; actors read the files themselves.
 """
@@ -21,8 +28,9 @@ What travels is sample ids and file names; actors read the files themselves.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +80,16 @@ def make_shards(samples: Sequence[Sample], size: int) -> list[Shard]:
     return [Shard(i // size, tuple(samples[i : i + size])) for i in range(0, len(samples), size)]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A shard running on actor `a` since `started`; `copy`: a speculative copy."""
+
+    a: int
+    shard: Shard
+    started: float
+    copy: bool = False
+
+
 @dataclass
 class _Recovery:
     """An actor being waited for: a probe in flight, or the time to send the next one."""
@@ -89,43 +107,76 @@ class LoaderStage:
     >>> for result in stage.run(make_shards(samples, 16)):
     ...     commit(result)
     >>> stage.unfinished  # shards no actor was left to run
+
+    `pool`: an ActorPool whose actors join as they become ready (None: only `actors`);
+    `actor_wait_s`: how long shards wait with no actor alive for one to join.
     """
 
     def __init__(self, actors: Sequence[Any], names: Sequence[str], in_flight: int = 2,
                  max_attempts: int = 3, shard_timeout_s: float | None = None,
                  max_consecutive_failures: int = 3, restart_wait_s: float = 120.0,
-                 max_losses: int = 6) -> None:
+                 max_losses: int = 6, pool: Any = None, actor_wait_s: float = 600.0,
+                 speculation: bool = False, speculation_factor: float = 1.5) -> None:
         if not actors:
             raise ValueError("no actors to run on")
-        self.actors = list(actors)
-        self.names = list(names)
+        self.pool = pool
+        self.actor_wait_s = actor_wait_s
+        self.speculation = speculation
+        self.speculation_factor = speculation_factor
+        self.actors: list[Any] = []
+        self.names: list[str] = []
         self.in_flight = in_flight
         self.max_attempts = max_attempts
         self.shard_timeout_s = shard_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
         self.restart_wait_s = restart_wait_s
         self.max_losses = max_losses  # a shard in flight at this many actor losses is given up (transient)
-        self.shards_per_actor = dict.fromkeys(self.names, 0)
+        self.shards_per_actor: dict[str, int] = {}
         self.requeued = 0
         self.restarts = 0
         self.retired: list[str] = []
+        self.released: list[str] = []
         self.unfinished: list[Shard] = []
+        self.speculated = 0  # copies started
+        self.speculative_wins = 0  # shards whose copy finished first
+        self.dropped_copies = 0  # results that came after their shard's first
+        #: per shard run: {shard, actor, start_s, end_s, outcome, copy}, seconds from the run's start
+        self.timeline: list[dict[str, Any]] = []
         # run state
         self._queue: deque[Shard] = deque()
         self._attempts: dict[int, int] = {}
         self._losses: dict[int, int] = {}
-        self._running: dict[Any, tuple[int, Shard, float]] = {}
-        self._load = [0] * len(self.actors)
-        self._failures = [0] * len(self.actors)
-        self._ready = set(range(len(self.actors)))
+        self._running: dict[Any, _Run] = {}
+        self._abandoned: dict[Any, _Run] = {}  # copies whose shard another copy already finished
+        self._done: set[int] = set()
+        self._durations: list[float] = []
+        self._load: list[int] = []
+        self._failures: list[int] = []
+        self._ready: set[int] = set()
         self._recovering: dict[int, _Recovery] = {}
+        self._t0, self.started_at = time.monotonic(), time.time()  # the timeline's zero
+        self._starved_since: float | None = None
+        for actor, name in zip(actors, names):
+            self.add(actor, name)
+
+    def add(self, actor: Any, name: str) -> None:
+        """An actor that joins (its model loaded): it gets shards from the next deal on."""
+        self.actors.append(actor)
+        self.names.append(name)
+        self.shards_per_actor[name] = 0
+        self._load.append(0)
+        self._failures.append(0)
+        self._ready.add(len(self.actors) - 1)
 
     def run(self, shards: Iterable[Shard]) -> Iterator[ShardResult | FailedShard]:
+        self._t0, self.started_at = time.monotonic(), time.time()
         self._queue.extend(shards)
         self._fill()
-        while self._running or (self._queue and self._recovering):
+        self._scale()
+        while self._running or (self._queue and (self._recovering or self._may_get_actors())):
             probes = {r.probe: a for a, r in self._recovering.items() if r.probe is not None}
-            refs = list(self._running) + list(probes)
+            joining = set(self.pool.pending_refs()) if self.pool else set()
+            refs = list(self._running) + list(probes) + list(joining) + list(self._abandoned)
             timeout = self._wait_timeout()
             if refs:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
@@ -135,11 +186,17 @@ class LoaderStage:
             for ref in ready:
                 if ref in probes:
                     self._probed(probes[ref], ref)
+                elif ref in joining:
+                    self._join(ref)
+                elif ref in self._abandoned:
+                    self._dropped(ref)
                 else:
                     yield from self._finish(ref)
             yield from self._expire()
             self._advance_recoveries()
             self._fill()
+            self._speculate()
+            self._scale()
         if self._queue:
             self.unfinished = list(self._queue)
             self._queue.clear()
@@ -152,32 +209,69 @@ class LoaderStage:
             while self._queue and self._load[a] < self.in_flight:
                 shard = self._queue.popleft()
                 attempt = self._attempts[shard.index] = self._attempts.get(shard.index, 0) + 1
-                ref = self.actors[a].process.remote(shard.index, shard.samples, attempt >= self.max_attempts)
-                self._running[ref] = (a, shard, time.monotonic())
-                self._load[a] += 1
+                self._dispatch(a, shard, attempt >= self.max_attempts)
+
+    def _dispatch(self, a: int, shard: Shard, final_attempt: bool, copy: bool = False) -> None:
+        ref = self.actors[a].process.remote(shard.index, shard.samples, final_attempt)
+        self._running[ref] = _Run(a, shard, time.monotonic(), copy)
+        self._load[a] += 1
 
     def _finish(self, ref: Any) -> Iterator[ShardResult | FailedShard]:
-        a, shard, _ = self._running.pop(ref)
+        run = self._running.pop(ref)
+        a, shard = run.a, run.shard
         self._load[a] -= 1
+        twins = [r for r, other in self._running.items() if other.shard.index == shard.index]
         try:
             result: ShardResult = ray.get(ref)
         except RayActorError as exc:
             # The actor was lost (killed, crashed, its node gone): not this shard's fault.
+            self._note(run, "lost")
+            if twins:  # its other copy goes on
+                if not run.copy:
+                    self._attempts[shard.index] -= 1  # not an attempt of its own
+                log.warning("actor %s lost while running a copy of shard %d (%s)", self.names[a], shard.index,
+                            type(exc).__name__)
+                self._recover(a)
+                return
             yield from self._lost(a, shard, exc)
             return
         except Exception as exc:  # noqa: BLE001 - the actor's own error (RayTaskError), or a hang
             reason = f"actor {self.names[a]} failed on shard {shard.index}: {type(exc).__name__}: {first_line(exc)}"
-            log.warning("%s; re-queueing the shard", reason)
+            log.warning("%s; %s", reason, "its other copy goes on" if twins else "re-queueing the shard")
+            self._note(run, "failed")
             self._failures[a] += 1
             if self._failures[a] >= self.max_consecutive_failures:
                 self._retire(a, f"{self._failures[a]} shards failed in a row")
             elif isinstance(exc, RequestTimeout):
                 self._restart(a)  # a hung request leaves its slot stuck: start the actor afresh
-            yield from self._retry(shard, reason)
+            if not twins:
+                yield from self._retry(shard, reason)
         else:
+            self._note(run, "ok")
             self._failures[a] = 0
+            self._done.add(shard.index)
+            self._durations.append(time.monotonic() - run.started)
+            self.speculative_wins += run.copy
+            for twin in twins:  # the slower copy: its result is dropped when it comes
+                self._abandoned[twin] = self._running.pop(twin)
             self.shards_per_actor[self.names[a]] += 1
             yield result
+
+    def _dropped(self, ref: Any) -> None:
+        """A copy whose shard was already yielded came back: its result is dropped (its
+        failure still tells of its actor's health)."""
+        run = self._abandoned.pop(ref)
+        self._load[run.a] -= 1
+        self.dropped_copies += 1
+        self._note(run, "dropped")
+        try:
+            ray.get(ref)
+        except RayActorError:
+            self._recover(run.a)
+        except RequestTimeout:
+            self._restart(run.a)
+        except Exception:  # noqa: BLE001 - the shard is done; the actor's next shards tell more
+            pass
 
     def _lost(self, a: int, shard: Shard, exc: BaseException) -> Iterator[FailedShard]:
         self._attempts[shard.index] -= 1  # not an attempt of its own
@@ -197,11 +291,14 @@ class LoaderStage:
         if self.shard_timeout_s is None:
             return
         now = time.monotonic()
-        for ref, (a, shard, started) in list(self._running.items()):
-            if now - started <= self.shard_timeout_s:
+        for ref, run in list(self._running.items()):
+            a, shard = run.a, run.shard
+            if now - run.started <= self.shard_timeout_s:
                 continue
             self._running.pop(ref)
             self._load[a] -= 1
+            self._note(run, "timed out")
+            twins = any(other.shard.index == shard.index for other in self._running.values())
             reason = f"shard {shard.index} on actor {self.names[a]} timed out after {self.shard_timeout_s:.0f}s"
             log.warning("%s; restarting the actor and re-queueing the shard", reason)
             self._failures[a] += 1
@@ -209,7 +306,80 @@ class LoaderStage:
                 self._retire(a, f"{self._failures[a]} shards failed in a row")
             else:
                 self._restart(a)
-            yield from self._retry(shard, reason)
+            if not twins:
+                yield from self._retry(shard, reason)
+
+    # -- the actors: joining, straggling, leaving --------------------------------------
+    def _join(self, ref: Any) -> None:
+        joined = self.pool.take(ref)
+        if joined is None:
+            return
+        handle, name, info = joined
+        self.add(handle, name)
+        log.info("actor %s joined on node %s (%d up, %d pending)", name, str(info.get("node_id"))[-8:],
+                 len(self._ready) + len(self._recovering), self.pool.pending)
+
+    def _speculate(self) -> None:
+        """Copies of straggling shards on idle actors, once the queue is empty."""
+        if not self.speculation or self._queue or len(self._durations) < 3:
+            return
+        idle = [a for a in self._ready if self._load[a] == 0]
+        if not idle:
+            return
+        limit = self.speculation_factor * statistics.median(self._durations)
+        now = time.monotonic()
+        copies = Counter(run.shard.index for run in self._running.values())
+        for run in sorted(self._running.values(), key=lambda r: r.started):
+            others = [a for a in idle if a != run.a]
+            if not others:
+                break
+            if copies[run.shard.index] > 1 or now - run.started <= limit:
+                continue
+            a = others[0]
+            idle.remove(a)
+            copies[run.shard.index] += 1
+            self.speculated += 1
+            log.info("shard %d has run %.1f s on actor %s (median %.1f s): a copy starts on actor %s",
+                     run.shard.index, now - run.started, self.names[run.a], limit / self.speculation_factor,
+                     self.names[a])
+            self._dispatch(a, run.shard, final_attempt=False, copy=True)
+
+    def _scale(self) -> None:
+        """With a pool: more actors while shards wait; with none waiting, pending ones cancelled
+        and idle ones released (those speculation may still use kept)."""
+        if self.pool is None:
+            return
+        alive = len(self._ready) + len(self._recovering)
+        self._starved_since = (self._starved_since or time.monotonic()) if self._queue and not alive else None
+        if self._queue:
+            spare = sum(self.in_flight - self._load[a] for a in self._ready)
+            self.pool.grow(-(-(len(self._queue) - spare) // self.in_flight), alive)
+            return
+        if not self.pool.placement.growable or not self._running:
+            return  # (nothing running: the run ends, and the driver ends every actor)
+        self.pool.cancel_pending()
+        idle = [a for a in sorted(self._ready) if self._load[a] == 0]
+        copies = Counter(run.shard.index for run in self._running.values())
+        keep = sum(1 for n in copies.values() if n == 1) if self.speculation else 0
+        for a in idle[keep:]:
+            self._ready.discard(a)
+            self.released.append(self.names[a])
+            log.info("actor %s released: no queued work left", self.names[a])
+            self.pool.release(self.actors[a], self.names[a])
+
+    def _may_get_actors(self) -> bool:
+        """Shards wait with no actor alive: is one pending or may one be asked for, in time?"""
+        if self.pool is None or not (self.pool.pending or self.pool.placement.growable):
+            return False
+        if self._starved_since is not None and time.monotonic() - self._starved_since > self.actor_wait_s:
+            log.error("no inference actor joined within %g s", self.actor_wait_s)
+            return False
+        return True
+
+    def _note(self, run: _Run, outcome: str) -> None:
+        self.timeline.append({"shard": run.shard.index, "actor": self.names[run.a], "copy": run.copy,
+                              "start_s": round(run.started - self._t0, 3),
+                              "end_s": round(time.monotonic() - self._t0, 3), "outcome": outcome})
 
     # -- actor health ------------------------------------------------------------------
     def _restart(self, a: int) -> None:
@@ -279,15 +449,27 @@ class LoaderStage:
 
     def _wait_timeout(self) -> float | None:
         deadlines = []
+        now = time.monotonic()
         if self.shard_timeout_s is not None and self._running:
-            deadlines.append(min(t for _, _, t in self._running.values()) + self.shard_timeout_s)
+            deadlines.append(min(r.started for r in self._running.values()) + self.shard_timeout_s)
+        if self.pool is not None and self._queue:
+            deadlines.append(now + 1.0)  # look for room to grow into
+            if self._starved_since is not None:
+                deadlines.append(self._starved_since + self.actor_wait_s)
+        idle = any(self._load[a] == 0 for a in self._ready)
+        if self.speculation and idle and not self._queue and len(self._durations) >= 3 and self._running:
+            limit = self.speculation_factor * statistics.median(self._durations)
+            copies = Counter(r.shard.index for r in self._running.values())
+            later = [r.started + limit for r in self._running.values() if copies[r.shard.index] == 1]
+            if later:
+                deadlines.append(max(now + 0.05, min(later)))
         for recovery in self._recovering.values():
             deadlines.append(recovery.deadline)
             if recovery.probe is None:
                 deadlines.append(recovery.next_probe)
         if not deadlines:
             return None
-        return max(0.05, min(deadlines) - time.monotonic())
+        return max(0.05, min(deadlines) - now)
 
 
 def first_line(exc: BaseException) -> str:

@@ -64,4 +64,6 @@ def test_removing_a_worker_node_mid_job_keeps_outputs_exactly_once(cluster, tmp_
     ids = pq.read_table(out / "predictions").column("sample_id").to_pylist()
     assert len(ids) == 36 and len(set(ids)) == 36
     assert stormy.metrics == calm.metrics
-    assert stormy.run["counts"]["shards_requeued"] >= 1
+    # the lost node's shards were re-queued, or (the queue already empty) copies outran them
+    counts = stormy.run["counts"]
+    assert counts["shards_requeued"] + counts["speculative_wins"] >= 1, counts

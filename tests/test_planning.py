@@ -6,7 +6,7 @@ import pytest
 
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
-from rayinfer.jobs.cluster import plan_actors
+from rayinfer.jobs.placement import plan_actors
 
 
 def node(cpu: float, gpu: float = 0, **extra: float) -> dict:

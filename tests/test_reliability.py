@@ -70,7 +70,8 @@ def test_a_hung_request_is_timed_out_and_retried_elsewhere(ray_session, coco_set
     flag.write_text("")
     out = tmp_path / "out"
     model = SIM.format(ms=5) + f"&hang_file={flag}"
-    outcome = run_job(cfg_for(coco_set, out, model, actors=2, request_timeout_s=2.0))
+    # no speculative copy: the timeout itself is what is tested
+    outcome = run_job(cfg_for(coco_set, out, model, actors=2, request_timeout_s=2.0, speculation=False))
     assert not flag.exists()  # one request did hang
     assert outcome.exit_code == EXIT_OK
     exactly_once(out, 32)

@@ -12,7 +12,9 @@ matters) and by the fault tests (`hang`).
 URI form, usable as `--model`:
     sim://?latency_ms=20&capacity=4&input=1x3x640x640&output=1x84x8400&hang=0
 `hang=1` makes every request block forever; `hang_file=PATH` makes the one request
-that claims (deletes) that file block forever.
+that claims (deletes) that file block forever. A node whose environment sets
+`RAYINFER_SIM_SLOWDOWN=3` has devices 3x slower (a straggling node in the elastic tests
+and benchmark).
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ class SimulatedModel:
     def from_uri(cls, uri: str) -> SimulatedModel:
         q = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
         kwargs: dict[str, Any] = {}
-        if "latency_ms" in q:
-            kwargs["latency_ms"] = float(q["latency_ms"])
+        slowdown = float(os.environ.get("RAYINFER_SIM_SLOWDOWN") or 1.0)
+        kwargs["latency_ms"] = float(q.get("latency_ms", 20.0)) * slowdown
         if "capacity" in q:
             kwargs["capacity"] = int(q["capacity"])
         if "input" in q:

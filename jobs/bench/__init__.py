@@ -25,6 +25,13 @@ its last line, one JSON object.
     own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
     driver_mb_5k, actor_mb_1k, actor_mb_5k (sizes named in thousands), driver_growth,
     actor_growth (5k / 1k - 1).
+`python -m rayinfer.jobs.bench elastic`
+    Clusters that change under a job (simulated devices, the `null` task): from zero workers
+    on Ray's fake autoscaler (time to the first result from the command, and Ray's own node
+    start time), 2 -> 6 devices mid-job (the rate 10 s after the nodes joined against a
+    fixed 6-device run), and 4 devices with one 3x slower (job time / the ideal for that
+    capacity, with and without speculative copies). Keys: first_result_s, node_start_s,
+    growth_ratio, straggler_ratio, straggler_ratio_no_speculation, ...
 
 Each mode (and each Ray Data grid point) gets a freshly started Ray, so nothing one
 leaves behind slows the next. Throughput of a Ray mode counts from the start of its

@@ -60,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     me.add_argument("--data-root", type=Path, required=True)
     me.add_argument("--model", type=Path, required=True)
     me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
+    el = sub.add_parser("elastic", help="from zero workers (fake autoscaler), 2 -> 6 devices mid-job, a straggler")
+    el.add_argument("--latency-ms", type=float, default=200.0)
+    el.add_argument("--capacity", type=int, default=4)
+    el.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader", "rayinfer.jobs.cluster"):
+    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader", "rayinfer.jobs.cluster",
+                  "rayinfer.jobs.placement"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.bench == "runtime":
@@ -88,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rayinfer.jobs.bench.runtimes import run_runtimes_bench
 
         result = run_runtimes_bench(args.task, args.data_root, args.model, args.images, max(1, args.repeat))
+    elif args.bench == "elastic":
+        from rayinfer.jobs.bench.elastic import run_elastic_bench
+
+        result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size)
     elif args.bench == "memory":
         from rayinfer.jobs.bench.memory import run_memory_bench
 
