@@ -153,6 +153,7 @@ class _ShardState:
             self.records.append(record)
             for stage in STAGES:
                 self.stage_s[stage] += record[f"{stage}_ms"] / 1000.0
+            self._check_done()
 
     def fail(self, sample: Sample, stage: str, message: str, transient: bool = False) -> None:
         """`transient`: the failure says nothing about the sample (a timeout); --resume retries it."""
@@ -162,16 +163,27 @@ class _ShardState:
             self.errors.append({"sample_id": sample.sample_id, "file": sample.file, "stage": stage,
                                 "message": message, "shard": self.shard, "actor": self.actor,
                                 "transient": transient})
+            self._check_done()
+
+    def outcomes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The records (in the shard's order) and the errors, once `done`."""
+        with self.lock:
+            return sorted(self.records, key=lambda r: self.order[r["sample_id"]]), list(self.errors)
 
     def _settle(self, sample_id: str) -> bool:
+        """Claim `sample_id`'s one outcome (the caller holds the lock and stores it next)."""
         if self.closed or sample_id in self.finished:
             return False
         self.finished.add(sample_id)
         self.submitted.pop(sample_id, None)
         self.remaining -= 1
+        return True
+
+    def _check_done(self) -> None:
+        # Only after the outcome is stored: `process` wakes on `done` and reads the lists
+        # at once. (Set inside `_settle`, a busy machine lost the last sample's record.)
         if self.remaining == 0:
             self.done.set()
-        return True
 
 
 class InferenceActor:
@@ -273,9 +285,9 @@ class InferenceActor:
             for sample in hung:
                 state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s",
                            transient=True)
-        records = sorted(state.records, key=lambda r: state.order[r["sample_id"]])
+        records, errors = state.outcomes()
         table = to_table(records, self.schema)  # never imports pandas: see actors/rows.py
-        errors = to_table(state.errors, ERROR_SCHEMA)
+        errors = to_table(errors, ERROR_SCHEMA)
         self.samples_done += len(samples)
         self.shards_done += 1
         return ShardResult(shard, table, errors, self.name, time.perf_counter() - t0, state.stage_s)

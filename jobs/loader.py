@@ -11,6 +11,8 @@
   back in time is retired. A shard whose own run fails (an error in the actor, a hung
   request) is retried up to `max_attempts` times, then returned as failed, so its
   samples become error rows instead of a hung or lost job.
+- Whole: a result that does not hold exactly one outcome (record or error row) per
+  sample of its shard is a failed attempt (`check_whole`), never yielded.
 - Honest at the end: when no actor is left and none can come back, the shards not
   run are left in `unfinished`, never returned as failed: the driver does not commit
   them, and `--resume` runs them.
@@ -223,6 +225,7 @@ class LoaderStage:
         twins = [r for r, other in self._running.items() if other.shard.index == shard.index]
         try:
             result: ShardResult = ray.get(ref)
+            check_whole(result, shard)
         except RayActorError as exc:
             # The actor was lost (killed, crashed, its node gone): not this shard's fault.
             self._note(run, "lost")
@@ -470,6 +473,24 @@ class LoaderStage:
         if not deadlines:
             return None
         return max(0.05, min(deadlines) - now)
+
+
+class IncompleteResult(RuntimeError):
+    """A shard's result that does not give each of its samples exactly one outcome."""
+
+
+def check_whole(result: Any, shard: Shard) -> None:
+    """Raise `IncompleteResult` unless `result` (a ShardResult) holds exactly one record or
+    error row per sample of `shard` and nothing else: the commit never takes a shard with a
+    sample lost or doubled. Other results (test doubles) pass."""
+    if not isinstance(result, ShardResult):
+        return
+    got = Counter(result.records.column("sample_id").to_pylist() + result.errors.column("sample_id").to_pylist())
+    wanted = Counter(s.sample_id for s in shard.samples)
+    if got != wanted:
+        missing, extra = sorted((wanted - got).elements()), sorted((got - wanted).elements())
+        raise IncompleteResult(f"shard {shard.index} came back with {sum(got.values())} outcomes for "
+                               f"{len(shard.samples)} samples (missing {missing[:3]}, unexpected {extra[:3]})")
 
 
 def first_line(exc: BaseException) -> str:

@@ -222,3 +222,75 @@ def test_real_model_actors_killed_at_once(ray_session, tmp_path, busy):
     out = tmp_path / "killed"
     outcome, _ = killed_job(ray_session, root, out, busy, 1, "all", model=str(model), limit=32, shard_size=2)
     check_complete(out, outcome, 32, tmp_path / "clean")
+
+
+class _SnapshotOnSet(threading.Event):
+    """`done` that notes how many outcomes its shard held the moment it was set."""
+
+    def __init__(self, state) -> None:
+        super().__init__()
+        self.state, self.seen = state, None
+
+    def set(self) -> None:
+        self.seen = len(self.state.records) + len(self.state.errors)
+        super().set()
+
+
+def test_a_shard_is_done_only_once_its_last_outcome_is_stored():
+    # `process` wakes on `done` and reads the outcomes at once: set before the last one was
+    # stored, a busy machine committed the shard without that sample (seen in the slow tier)
+    from rayinfer.actors.actor import STAGES, _ShardState
+    from rayinfer.datasets.base import Sample
+
+    samples = [Sample("1", "1.jpg"), Sample("2", "2.jpg"), Sample("3", "3.jpg")]
+    for last in ("record", "error"):
+        state = _ShardState(0, samples, "actor-0")
+        state.done = _SnapshotOnSet(state)
+        state.fail(samples[0], "load", "1.jpg: unreadable")
+        record = {"sample_id": "2", **{f"{s}_ms": 1.0 for s in STAGES}}
+        state.add(record) if last == "error" else state.fail(samples[1], "load", "2.jpg: unreadable")
+        assert not state.done.is_set()
+        if last == "record":
+            state.add({**record, "sample_id": "3"})
+        else:
+            state.fail(samples[2], "infer", "3.jpg: failed")
+        assert state.done.is_set() and state.done.seen == 3, last
+        records, errors = state.outcomes()
+        assert len(records) + len(errors) == 3
+
+
+class _Partial:
+    """An actor whose first result for any shard lacks its last sample (the flag file marks it)."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def process(self, index: int, samples, final_attempt: bool = False):
+        import pyarrow as pa
+
+        from rayinfer.actors.actor import ShardResult
+        from rayinfer.datasets.base import ERROR_SCHEMA
+
+        ids = [s.sample_id for s in samples]
+        if os.path.exists(self.flag):
+            os.remove(self.flag)
+            ids = ids[:-1]
+        return ShardResult(index, pa.table({"sample_id": ids}), ERROR_SCHEMA.empty_table(), "partial", 0.0)
+
+
+def test_a_result_missing_a_sample_is_a_failed_attempt_never_yielded(ray_session, tmp_path):
+    from rayinfer.datasets.base import Sample
+    from rayinfer.jobs.loader import LoaderStage, Shard
+
+    ray = ray_session
+    flag = tmp_path / "drop-one"
+    flag.write_text("")
+    actor = ray.remote(_Partial).options(num_cpus=0).remote(str(flag))
+    shards = [Shard(i, tuple(Sample(f"{i}-{k}", f"{i}-{k}.jpg") for k in range(3))) for i in range(4)]
+    stage = LoaderStage([actor], ["partial"], in_flight=1)
+    results = list(stage.run(shards))
+    assert not flag.exists()
+    assert sorted(r.shard for r in results) == [0, 1, 2, 3]
+    assert all(r.records.num_rows == 3 for r in results)  # the short result was run again
+    assert stage.requeued == 1 and [t["outcome"] for t in stage.timeline].count("failed") == 1
+    ray.kill(actor)
