@@ -81,10 +81,11 @@ def test_nodes_joining_and_leaving_during_one_job_lose_and_duplicate_nothing(clu
     first = [c.add_node(**DEVICE) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
-    # 2 devices alone would take 36 s: time for nodes to join and leave three times
+    # 2 devices alone would take 72 s: time for nodes to join and leave three times even where a
+    # node takes tens of seconds to start (a CI run at 300 ms had its queue empty before the last join)
     root = write_coco(tmp_path / "coco", n_images=480, seed=7)
     out = tmp_path / "stormy"
-    job, result = in_thread(JobConfig(task="coco", data_root=str(root), model=SIM.format(ms=300), shard_size=3,
+    job, result = in_thread(JobConfig(task="coco", data_root=str(root), model=SIM.format(ms=600), shard_size=3,
                                       resource="sim_device", progress=False, report=False, output=str(out),
                                       address=c.address, max_actor_restarts=0))
     wait_until(lambda: committed(out) >= 4)
