@@ -217,6 +217,7 @@ class InferenceActor:
         self.loader_threads = cfg.loader_threads or (self.cpus + 1)
         self.loader = LoaderPool(self.loader_threads, name=f"{name}-loader")
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()  # the host's work from here on (every thread)
         self.samples_done = 0
         self.shards_done = 0
 
@@ -238,7 +239,15 @@ class InferenceActor:
             "runtime": {**self.runtime.record(), **getattr(self.model, "details", {})},
             # the rayinfer.actors this process imported: the shipped copy on a cluster
             "imported_from": os.path.dirname(os.path.abspath(__file__)),
+            # what the device takes at most, samples/s: declared (simulated) or measured by the runtime probe
+            "device_rate": self.device_rate(),
         }
+
+    def device_rate(self) -> float | None:
+        declared = getattr(self.model, "device_rate", None)
+        if declared:
+            return float(declared)
+        return (self.runtime.probe or {}).get(self.runtime.name)
 
     def stats(self) -> dict[str, Any]:
         """Counters and the accelerator-busy fraction since start."""
@@ -250,6 +259,8 @@ class InferenceActor:
             "shards": self.shards_done,
             "uptime_s": uptime,
             "busy_s": self.queue.busy_seconds,
+            # CPU seconds of this process (all its threads) since its model was loaded
+            "host_cpu_s": time.process_time() - self.cpu_started,
             "peak_rss_mb": peak_rss_mb(),
             "failed_requests": self.queue.failed,
             "callback_errors": self.queue.callback_errors,

@@ -176,7 +176,13 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
         sys.stdout.write(f"runtime: {runtime_text(run['runtime'])}\n")
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
-            sys.stdout.write(f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}\n")
+            line = f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}"
+            if a.get("host_ms_per_sample") is not None:
+                line += f", host {a['host_ms_per_sample']:.1f} ms/sample"
+            if a.get("host_cores_needed") is not None:
+                line += (f" (keeping its device at {a['device_rate']:.0f}/s takes "
+                         f"{a['host_cores_needed']:.1f} of the node's {a.get('cpus')} cores)")
+            sys.stdout.write(line + "\n")
     sys.stdout.write(f"Results saved to {run['config']['output']}\n")
 
 

@@ -239,6 +239,7 @@ class Work:
     ray_stop_s: float = 0.0
     setup_s: float = 0.0
     work_s: float = 0.0
+    driver_cpu_s: float = 0.0  # the driver's CPU over the inference phase (dealing, committing)
     processed: int = 0
     shards_todo: int = 0
     stage_totals: dict[str, float] = field(default_factory=dict)
@@ -282,7 +283,7 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
             for _, _, info in first:  # what chose their runtime
                 info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
         output.start(shards)  # the manifest: only now, so a failed setup leaves the folder as it was
-        t_work = time.time()
+        t_work, cpu_work = time.time(), time.process_time()
         work.setup_s = t_work - t_setup
         work.stage = LoaderStage([h for h, _, _ in first], [n for _, n, _ in first], cfg.shards_in_flight,
                                  cfg.max_shard_attempts,
@@ -313,6 +314,7 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
                 work.processed += n
                 bar.update(n, "; ".join(filter(None, [running.text(), _actors_text(work.stage, pool)])))
         work.work_s = time.time() - t_work
+        work.driver_cpu_s = time.process_time() - cpu_work
         stage = work.stage
         released = set(stage.released)
         work.infos = [pool.infos[name] for name in stage.names]
@@ -329,6 +331,21 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
     return work
 
 
+def host_need(actor: dict[str, Any]) -> dict[str, Any]:
+    """What one actor's device costs the host: CPU ms per sample (every thread of the actor's
+    process: reading, decoding, pre- and postprocessing, rows, Ray) and the host cores it
+    would take to keep the device at its rate (`device_rate`: declared by a simulated device,
+    measured by the runtime probe). None where the device is the CPU itself (its
+    inference is host work too) or nothing was measured."""
+    samples, cpu = actor.get("samples") or 0, actor.get("host_cpu_s")
+    if not samples or cpu is None:
+        return {"host_ms_per_sample": None, "host_cores_needed": None}
+    per_sample = cpu / samples
+    rate = actor.get("device_rate")
+    needed = round(per_sample * rate, 2) if rate and actor.get("device") != "cpu" else None
+    return {"host_ms_per_sample": round(per_sample * 1000, 3), "host_cores_needed": needed}
+
+
 def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples: int, done_before: int, shards: int,
                predictions: int | None, errors: int, timings: dict[str, Any] | None = None) -> dict[str, Any]:
     """run.json: config, versions, timings (`timings`: those measured outside the dispatch),
@@ -340,6 +357,7 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         # over the part of the inference phase the actor was there for (it may join late, or go early)
         span = min(work.work_s, st.get("uptime_s", work.work_s))
         entry["busy_fraction"] = round(st["busy_s"] / span, 4) if span > 0 and "busy_s" in st else None
+        entry.update(host_need(entry))
         per_actor.append(entry)
     return {
         "complete": not (work.stage and work.stage.unfinished),
@@ -355,6 +373,7 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
             "ray_stop_s": round(work.ray_stop_s, 3),
             "setup_s": round(work.setup_s, 3),  # actor start (their models loaded, a runtime chosen)
             "inference_s": round(work.work_s, 3),
+            "driver_cpu_s": round(work.driver_cpu_s, 3),
             "stage_mean_ms": {k: round(v * 1000 / max(1, work.processed), 3) for k, v in work.stage_totals.items()},
             **(timings or {}),
         },

@@ -75,9 +75,11 @@ def _throughput_section(run: dict[str, Any] | None) -> str:
     actors = run.get("actors") or []
     if actors:
         parts.append("<h3>Actors</h3>")
-        parts.append(_table(["actor", "host", "device", "CPUs", "requests", "samples", "shards", "busy fraction"],
+        parts.append(_table(["actor", "host", "device", "CPUs", "requests", "samples", "shards", "busy fraction",
+                             "host ms/sample", "cores to keep the device busy"],
                             [[a.get("name"), a.get("host"), a.get("device"), a.get("cpus"), a.get("requests"),
-                              a.get("samples"), a.get("shards"), a.get("busy_fraction")] for a in actors]))
+                              a.get("samples"), a.get("shards"), a.get("busy_fraction"), a.get("host_ms_per_sample"),
+                              a.get("host_cores_needed")] for a in actors]))
     return "".join(parts)
 
 

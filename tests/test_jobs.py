@@ -58,6 +58,8 @@ def test_coco_job_writes_every_output(ray_session, coco_set, tmp_path):
     assert run["counts"]["predictions"] == 20 and run["throughput"]["samples_per_s"] > 0
     assert sum(a["samples"] for a in run["actors"]) == 20
     assert all(0 <= a["busy_fraction"] <= 1.0 for a in run["actors"])
+    # on the CPU the host does the inference too: its CPU per sample, no "cores to keep it busy"
+    assert all(a["host_ms_per_sample"] > 0 and a["host_cores_needed"] is None for a in run["actors"])
     assert set(run["timings"]["stage_mean_ms"]) == {"load", "preprocess", "queue", "infer", "postprocess"}
     spread = run["timings"]["stage_percentiles_ms"]
     assert set(spread) == set(run["timings"]["stage_mean_ms"])
@@ -250,3 +252,26 @@ def test_fastdepth_reference_metrics(ray_session, tmp_path):
     table = pq.read_table(tmp_path / "d/predictions")
     assert table.column("height").to_pylist() == [224] * 5
 
+
+
+def test_each_actor_says_what_host_cpu_its_device_costs_and_the_cores_to_keep_it_busy(ray_session, coco_set,
+                                                                                       tmp_path, capsys):
+    from rayinfer.jobs.cli import _summary
+
+    root, _ = coco_set
+    output = np.zeros((1, 7, 8), np.float32)
+    output[0, :4, 0] = [32, 32, 20, 10]  # one box, class 1 at 0.9: the host decodes it for every image
+    output[0, 5, 0] = 0.9
+    np.save(tmp_path / "out.npy", output)
+    uri = f"sim://?latency_ms=5&capacity=2&input=1x3x64x64&output_file={tmp_path / 'out.npy'}"
+    outcome = run_job(coco_cfg(root, uri, tmp_path / "out", actors=1))
+    assert outcome.exit_code == EXIT_OK
+    scores = pq.read_table(tmp_path / "out" / "predictions").column("score").to_pylist()
+    assert len(scores) == 20 and all(s == [pytest.approx(0.9)] for s in scores)
+    (actor,) = outcome.run["actors"]
+    assert actor["device_rate"] == pytest.approx(400.0)  # 2 streams / 5 ms
+    assert actor["host_ms_per_sample"] > 0
+    assert actor["host_cores_needed"] == pytest.approx(actor["host_ms_per_sample"] / 1000 * 400, abs=0.01)
+    _summary(outcome.metrics, outcome.run)
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.strip().startswith("actor-0"))
+    assert "ms/sample" in line and "keeping its device at 400/s takes" in line, line

@@ -11,7 +11,10 @@ matters) and by the fault tests (`hang`).
 
 URI form, usable as `--model`:
     sim://?latency_ms=20&capacity=4&input=1x3x640x640&output=1x84x8400&hang=0
-`hang=1` makes every request block forever; `hang_file=PATH` makes the one request
+`output_file=PATH` (a .npy) is returned in place of zeros, its shape the output's: a real
+model's output for one image, so the host decodes and filters as many candidates as it
+would for real (the accel benchmark). `hang=1` makes every request block forever;
+`hang_file=PATH` makes the one request
 that claims (deletes) that file block forever. A node whose environment sets
 `RAYINFER_SIM_SLOWDOWN=3` has devices 3x slower (a straggling node in the elastic tests
 and benchmark).
@@ -47,16 +50,20 @@ class SimulatedModel:
     def __init__(self, latency_ms: float = 20.0, capacity: int = 4,
                  input_shape: tuple[int, ...] = (1, 3, 640, 640), output_shape: tuple[int, ...] = (1, 84, 8400),
                  input_name: str = "images", output_name: str = "output0", hang: bool = False,
-                 hang_file: str | None = None) -> None:
+                 hang_file: str | None = None, output: np.ndarray | None = None) -> None:
         if capacity < 1 or latency_ms < 0:
             raise ValueError("capacity must be >= 1 and latency_ms >= 0")
         self.latency_s = latency_ms / 1000.0
         self.capacity = capacity
         self.optimal_requests = 2 * capacity
+        #: requests per second with every stream busy: what the device can take at most
+        self.device_rate = capacity / self.latency_s if self.latency_s > 0 else None
+        if output is not None:
+            output_shape = output.shape
         self.inputs = (TensorSpec(input_name, tuple(input_shape), np.dtype(np.float32)),)
         self.outputs = (TensorSpec(output_name, tuple(output_shape), np.dtype(np.float32)),)
         self.metadata: dict[str, str] = {}
-        self._output = np.zeros(output_shape, np.float32)
+        self._output = np.zeros(output_shape, np.float32) if output is None else np.asarray(output, np.float32)
         self._output.setflags(write=False)
         self._lock = threading.Lock()
         self._free_at = [0.0] * capacity  # per stream: when it finishes its queued work (a heap)
@@ -82,6 +89,11 @@ class SimulatedModel:
             kwargs["output_name"] = q["output_name"]
         kwargs["hang"] = q.get("hang", "0") in ("1", "true")
         kwargs["hang_file"] = q.get("hang_file")
+        if q.get("output_file"):
+            try:
+                kwargs["output"] = np.load(q["output_file"], allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"output_file {q['output_file']}: {exc}") from None
         return cls(**kwargs)
 
     def prepare(self, inputs: Any) -> dict[str, np.ndarray]:

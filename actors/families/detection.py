@@ -67,13 +67,33 @@ def xywh2xyxy(b: np.ndarray) -> np.ndarray:
 
 def batched_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: float,
                 max_det: int, max_wh: float = 7680.0) -> np.ndarray:
-    """Indices kept by class-aware greedy NMS, best score first, at most `max_det`."""
+    """Indices kept by class-aware greedy NMS, best score first (ties: lower index first),
+    at most `max_det`.
+
+    One greedy pass per class present. The same boxes survive as in Ultralytics' single pass
+    over all boxes shifted apart by `max_wh` per class (boxes of different classes never
+    overlap there), but each box is compared only with its own class's kept boxes: 1.18
+    instead of 2.24 ms for the 1624 candidates of a real YOLOv8n output, identical kept
+    indices on 60 COCO images (tests/test_detection.py checks it against textbook greedy
+    NMS, ties included). `max_wh` stays for the option's meaning; the result needs no offset.
+    """
     if len(scores) == 0:
         return np.zeros(0, np.int64)
-    shifted = xyxy.astype(np.float64) + (classes.astype(np.float64) * max_wh)[:, None]
-    rects = np.column_stack([shifted[:, :2], shifted[:, 2:] - shifted[:, :2]])
-    keep = cv2.dnn.NMSBoxes(rects, scores.astype(np.float32), 0.0, float(iou_thres))
-    return np.asarray(keep, np.int64).reshape(-1)[:max_det]
+    xyxy = xyxy.astype(np.float64)
+    scores = scores.astype(np.float32)
+    rects = np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+    by_class = np.argsort(classes, kind="stable")  # each class's indices ascending
+    starts = np.flatnonzero(np.diff(classes[by_class])) + 1
+    kept = []
+    for members in np.split(by_class, starts):
+        if len(members) == 1:
+            kept.append(members)
+            continue
+        keep = cv2.dnn.NMSBoxes(rects[members], scores[members], 0.0, float(iou_thres))
+        kept.append(members[np.asarray(keep, np.int64).reshape(-1)])
+    merged = np.concatenate(kept)
+    # NMSBoxes orders by score with a stable sort: merge the classes the same way
+    return merged[np.lexsort((merged, -scores[merged]))][:max_det]
 
 
 def image_input_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:

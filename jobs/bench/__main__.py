@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ac.add_argument("--devices", type=int, default=2)
     ac.add_argument("--latency-ms", type=float, default=20.0)
     ac.add_argument("--capacity", type=int, default=4)
+    ac.add_argument("--output-model", type=Path,
+                    default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_int8.onnx",
+                    help="its output for one image is what the devices return (default: YOLOv8n in $RAYINFER_SHARED)")
+    ac.add_argument("--raydata-batches", default="1,4,16,64", help="Ray Data's batch sizes to try")
     st = sub.add_parser("storage", help="the job from a folder, tar shards, S3 (moto), S3 with added latency")
     st.add_argument("--data-root", type=Path, required=True)
     st.add_argument("--images", type=int, default=1000)
@@ -83,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.bench == "accel":
         from rayinfer.jobs.bench.accel import run_accel_bench
 
-        result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity)
+        result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity,
+                                 args.output_model, [int(v) for v in args.raydata_batches.split(",")])
     elif args.bench == "storage":
         from rayinfer.jobs.bench.storage import run_storage_bench
 

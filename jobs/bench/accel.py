@@ -1,7 +1,26 @@
-"""`accel`: real JPEG decode + letterbox feeding simulated devices: Ray Data vs rayinfer."""
+"""`accel`: real JPEG decode + letterbox feeding simulated devices: Ray Data vs rayinfer,
+against an honest bound.
+
+The devices (`sim://`, fixed latency, `capacity` streams each) return a real YOLOv8n
+output for one image of the set (`--output-model`: run once here), so the host decodes
+and filters as many candidates as for real. The bound is min(device side, host side):
+
+- device side: devices x streams / latency;
+- host side: cores / the host's seconds per image for every step a sample needs (read +
+  JPEG decode, letterbox + blob, output decode + NMS, its row in a shard table), one
+  image at a time (`host_bound`, the plain loop) and with every core running that loop at
+  once (`host_bound_loaded`: what the cores cost each other: caches, memory, the GIL).
+
+Occupancy is the devices' mean busy streams / streams over the inference phase (for a
+fixed-latency device: its rate / its bound), not "at least one request on the device".
+`host_ms_per_image` is the CPU the actors' processes spent per image (every thread),
+against the plain loop's.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,28 +32,41 @@ from rayinfer.actors.model import TensorSpec, available_cpus
 from rayinfer.jobs.bench.common import _bench_set, _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
+#: host steps per image, in the order a sample goes through them
+STEPS = ("load", "preprocess", "postprocess", "rows")
+ROWS_PER_TABLE = 16  # the job's default shard size: rows are built a shard at a time
+
 
 class SimDeviceUDF:
-    """Ray Data stage owning one simulated device: batch-1 requests, one after another."""
+    """Ray Data stage owning one simulated device: batch-1 requests, one after another,
+    each output decoded as rayinfer's actors do."""
 
-    def __init__(self, latency_ms: float, capacity: int) -> None:
+    def __init__(self, latency_ms: float, capacity: int, output_file: str | None) -> None:
         from rayinfer.actors.backends.simulated import SimulatedModel
 
-        self.device = SimulatedModel(latency_ms, capacity)
+        output = np.load(output_file) if output_file else None
+        self.device = SimulatedModel(latency_ms, capacity, output=output)
+        self.adapter = _accel_adapter(range(80))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for image in batch["image"]:
-            self.device.run({"images": image[None]})
-        return {"done": np.ones(len(batch["image"]), np.int8)}
+        from rayinfer.datasets.base import Sample
+        from rayinfer.datasets.images import Letterbox
+
+        found = []
+        for i, image in enumerate(batch["image"]):
+            out = self.device.run({"images": image[None]})
+            lb = Letterbox(*(batch[k][i].item() for k in ("gain_x", "gain_y", "left", "top", "height", "width")))
+            found.append(len(self.adapter.postprocess(out, lb, Sample("0", "0.jpg", {"image_id": 0}))["score"]))
+        return {"detections": np.asarray(found)}
 
 
 def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
-    """The YOLOv8 adapter (640x640 input) whose preprocessing every accel mode runs."""
+    """The YOLOv8 adapter (640x640 input) whose pre- and postprocessing every accel mode runs."""
     from rayinfer.actors.families.detection import DetectionOptions
     from rayinfer.actors.families.yolov8 import YoloV8
 
     spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
-    return YoloV8(spec, DetectionOptions(), category_ids)
+    return YoloV8(spec, DetectionOptions(), list(category_ids))
 
 
 def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -43,57 +75,142 @@ def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from rayinfer.datasets.images import read_image
 
     adapter = _accel_adapter()
-    out = []
+    out, boxes = [], []
     for path in batch["path"]:
-        feed, _ = adapter.preprocess(read_image(Path(path)), Sample(str(path), str(path), {}))
+        feed, lb = adapter.preprocess(read_image(Path(path)), Sample(str(path), str(path), {}))
         out.append(feed[adapter.input_name][0])
-    return {"image": np.stack(out)}
+        boxes.append((lb.gain_x, lb.gain_y, lb.left, lb.top, lb.height, lb.width))
+    columns = np.asarray(boxes, np.float64).T
+    fitted = {k: columns[i] for i, k in enumerate(("gain_x", "gain_y"))}
+    fitted.update({k: columns[i + 2].astype(np.int64) for i, k in enumerate(("left", "top", "height", "width"))})
+    return {"image": np.stack(out), **fitted}
 
 
-def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: int, batch: int) -> float:
+def _raydata_accel(paths: list[str], devices: int, latency_ms: float, capacity: int, batch: int,
+                   output_file: str | None) -> float:
     import ray.data
 
     start_ray(available_cpus(), {"sim_device": devices})
     t0 = time.perf_counter()
     ds = (ray.data.from_items([{"path": p} for p in paths])
           .map_batches(_decode_batch, batch_size=batch)
-          .map_batches(SimDeviceUDF, fn_constructor_args=(latency_ms, capacity), batch_size=batch,
+          .map_batches(SimDeviceUDF, fn_constructor_args=(latency_ms, capacity, output_file), batch_size=batch,
                        compute=ray.data.ActorPoolStrategy(size=devices), num_cpus=0, resources={"sim_device": 1}))
-    n = sum(len(b["done"]) for b in ds.iter_batches(batch_size=None))
+    n = sum(len(b["detections"]) for b in ds.iter_batches(batch_size=None))
     return n / (time.perf_counter() - t0)
 
 
-def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: float, capacity: int) -> dict[str, float]:
+def real_output(ds: Any, sample: Any, model: Path, dest: Path) -> Path:
+    """`model`'s output for `sample` saved as .npy (what the simulated devices return)."""
+    from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
+
+    m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
+    adapter = _accel_adapter(ds.category_ids)
+    feed, _ = adapter.preprocess(ds.load(sample), sample)
+    np.save(dest, m.run(feed)[0])
+    return dest
+
+
+def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, threads: int) -> dict[str, float]:
+    """Seconds per image for each of `STEPS`, the loop run by `threads` threads at once
+    (each times its own steps, so the costs include what the threads cost each other)."""
+    from rayinfer.actors.rows import to_table
+    from rayinfer.datasets.base import records_schema
+
+    adapter = _accel_adapter(ds.category_ids)
+    schema = records_schema(adapter.schema)
+    extra = {"file": "", "shard": 0, "actor": "bench", **{f"{k}_ms": 0.0 for k in
+                                                          ("load", "preprocess", "queue", "infer", "postprocess")}}
+    totals: list[dict[str, float]] = []
+    outputs = [output]
+
+    def loop(first: int) -> None:
+        spent = dict.fromkeys(STEPS, 0.0)
+        rows: list[dict[str, Any]] = []
+        for i in range(first, first + n):
+            s = samples[i % len(samples)]
+            t0 = time.perf_counter()
+            raw = ds.load(s)
+            t1 = time.perf_counter()
+            _, lb = adapter.preprocess(raw, s)
+            t2 = time.perf_counter()
+            record = adapter.postprocess(outputs, lb, s)
+            record.update(sample_id=s.sample_id, **extra)
+            rows.append(record)
+            t3 = time.perf_counter()
+            if len(rows) == ROWS_PER_TABLE:
+                to_table(rows, schema)
+                rows = []
+            t4 = time.perf_counter()
+            for step, dt in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                spent[step] += dt
+        totals.append(spent)
+
+    loop(0)  # warm: first calls import and allocate
+    totals.clear()
+    workers = [threading.Thread(target=loop, args=(k * n,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {step: sum(t[step] for t in totals) / (n * threads) for step in STEPS}
+
+
+def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: float, capacity: int,
+                    output_model: Path | None = None, grid: Sequence[int] = (1, 4, 16, 64)) -> dict[str, float]:
     cpus = available_cpus()
     work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-accel-")
-    adapter = _accel_adapter(ds.category_ids)
-    t0 = time.perf_counter()
-    for s in samples[:40]:
-        adapter.preprocess(ds.load(s), s)
-    pre = (time.perf_counter() - t0) / 40
+    output_file = None
+    if output_model is not None and output_model.exists():
+        output_file = str(real_output(ds, samples[0], output_model, work / "output.npy"))
+    else:
+        print(f"no --output-model ({output_model}): the devices return zeros, so decode + NMS cost less than for real")
+    output = np.load(output_file) if output_file else np.zeros((1, 84, 8400), np.float32)
+    plain = host_costs(ds, samples, output, 48, 1)
+    loaded = host_costs(ds, samples, output, 48, cpus)
+    plain_s, loaded_s = sum(plain.values()), sum(loaded.values())
     device_bound = devices * capacity / (latency_ms / 1000)
-    cpu_bound = cpus / pre
-    bound = min(device_bound, cpu_bound)
+    host_bound, host_bound_loaded = cpus / plain_s, cpus / loaded_s
+    bound = min(device_bound, host_bound_loaded)
 
     rows: list[list[object]] = []
     best, best_b = 0.0, 0
-    for b in (1, 4, 16, 64):
-        rate = _raydata_accel(paths, devices, latency_ms, capacity, b)
+    for b in grid:
+        rate = _raydata_accel(paths, devices, latency_ms, capacity, b, output_file)
         rows.append([f"raydata batch {b}", rate])
         if rate > best:
             best, best_b = rate, b
-    uri = f"sim://?latency_ms={latency_ms}&capacity={capacity}&input=1x3x640x640&output=1x84x8400"
+    uri = f"sim://?latency_ms={latency_ms:g}&capacity={capacity}&input=1x3x640x640&output=1x84x8400"
+    if output_file:
+        uri += f"&output_file={output_file}"
     start_ray(cpus, {"sim_device": devices})
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=uri, output=str(work / "out"),
                                resource="sim_device"))
-    busy = [a["busy_fraction"] for a in run["actors"]]
+    driver_cpu = run["timings"]["driver_cpu_s"]  # over the inference phase
+    actors = run["actors"]
+    done = sum(a["samples"] for a in actors)
+    host_ms = sum(a["host_cpu_s"] for a in actors) * 1000 / max(1, done)
+    steady = run["throughput"]["samples_per_s"]
+    occupancy = min(1.0, steady / device_bound)
     rows.append(["rayinfer", rate])
-    rows.append(["rayinfer without actor start-up", run["throughput"]["samples_per_s"]])
-    rows.append([f"bound = min({devices} x {capacity} / {latency_ms:g} ms = {device_bound:.0f}, "
-                 f"{cpus} cores / {pre * 1e3:.1f} ms = {cpu_bound:.0f})", bound])
-    print(f"accel: {images} images, {devices} simulated devices (C={capacity}, {latency_ms:g} ms), {cpus} CPUs")
+    rows.append(["rayinfer without actor start-up", steady])
+    rows.append([f"device side: {devices} x {capacity} / {latency_ms:g} ms", device_bound])
+    rows.append([f"host side: {cpus} cores / {plain_s * 1e3:.2f} ms (one image at a time)", host_bound])
+    rows.append([f"host side loaded: {cpus} cores / {loaded_s * 1e3:.2f} ms (every core at once)", host_bound_loaded])
+    rows.append(["bound = min(device side, host side loaded)", bound])
+    print(f"accel: {images} images, {devices} simulated devices ({capacity} streams, {latency_ms:g} ms), {cpus} CPUs, "
+          f"{os.cpu_count()} logical CPUs on the machine")
     print(format_table(["mode", "img/s"], rows))
-    print(f"rayinfer / bound = {rate / bound:.2f}; rayinfer / raydata (batch {best_b}) = {rate / best:.2f}; "
-          f"device busy fraction {', '.join(f'{b:.2f}' for b in busy)}")
-    return {"raydata": round(best, 2), "rayinfer": round(rate, 2), "bound": round(bound, 2),
-            "rayinfer_steady": run["throughput"]["samples_per_s"], "busy_min": min(busy)}
+    print(format_table(["host step (ms per image)"] + list(STEPS) + ["total"],
+                       [["one at a time"] + [plain[s] * 1e3 for s in STEPS] + [plain_s * 1e3],
+                        ["every core at once"] + [loaded[s] * 1e3 for s in STEPS] + [loaded_s * 1e3]]))
+    print(f"rayinfer / bound = {rate / bound:.2f} (steady {steady / bound:.2f}); rayinfer / raydata (batch {best_b}) = "
+          f"{rate / best:.2f}; stream occupancy {occupancy:.2f}; host CPU per image {host_ms:.2f} ms in the actors "
+          f"({host_ms / (plain_s * 1e3):.2f}x the plain loop), {driver_cpu * 1000 / max(1, done):.2f} ms in the driver")
+    return {"raydata": round(best, 2), "raydata_batch": best_b, "rayinfer": round(rate, 2),
+            "rayinfer_steady": steady, "bound": round(bound, 2), "device_bound": round(device_bound, 2),
+            "host_bound": round(host_bound, 2), "host_bound_loaded": round(host_bound_loaded, 2),
+            "occupancy": round(occupancy, 3), "host_ms_per_image": round(host_ms, 3),
+            "plain_loop_ms_per_image": round(plain_s * 1e3, 3),
+            "driver_ms_per_image": round(driver_cpu * 1000 / max(1, done), 3),
+            "busy_min": min(a["busy_fraction"] for a in actors)}
