@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 
 from rayinfer.datasets.base import Sample, SetupError, sample_location
 from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
+from rayinfer.datasets.detection_errors import DetectionErrors, ImageErrors
 from rayinfer.datasets.images import DEFAULT_MAX_PIXELS, read_image
 from rayinfer.datasets.packed import PackedReading, member_key
 from rayinfer.datasets.storage import Location, storage_error
@@ -83,15 +84,19 @@ class CocoDataset(PackedReading):
             ids = [i for i in ids if i in wanted]
         if self.limit:
             ids = ids[: self.limit]
-        out = []
         pack = self.pack
-        for img in self.coco.loadImgs(ids):
-            file = f"{self.split}/{img['file_name']}"
-            info = {"image_id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])}
-            if pack is not None:  # the packed shard holding it ("" if none does: an error row at load)
-                info["pack"] = pack.shard_of.get(member_key(file), "")
-            out.append(Sample(sample_id=str(img["id"]), file=file, info=info))
-        return out
+        return [self._sample(img, pack) for img in self.coco.loadImgs(ids)]
+
+    def sample(self, image_id: int) -> Sample:
+        """The sample of one image (what `load` takes), e.g. for the report's gallery."""
+        return self._sample(self.coco.loadImgs([image_id])[0], self.pack)
+
+    def _sample(self, img: dict[str, Any], pack: Any) -> Sample:
+        file = f"{self.split}/{img['file_name']}"
+        info = {"image_id": int(img["id"]), "height": int(img["height"]), "width": int(img["width"])}
+        if pack is not None:  # the packed shard holding it ("" if none does: an error row at load)
+            info["pack"] = pack.shard_of.get(member_key(file), "")
+        return Sample(sample_id=str(img["id"]), file=file, info=info)
 
     def load(self, sample: Sample) -> np.ndarray:
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
@@ -149,6 +154,28 @@ class CocoDataset(PackedReading):
         out[:, 5] = pc.list_flatten(score).to_numpy()
         out[:, 6] = pc.list_flatten(predictions.column("category_id")).to_numpy()
         return out
+
+    def add_errors(self, errors: DetectionErrors, results: np.ndarray, image_ids: Sequence[int],
+                   collect: bool = False) -> list[ImageErrors]:
+        """Match the predictions `results` (`results_array`'s Nx7) of each of `image_ids`
+        (images without a prediction included: their objects are missed) into `errors`;
+        `collect`: return each image's ImageErrors too (else an empty list)."""
+        cats = np.asarray(self.category_ids, np.int64)
+        coco = self.coco
+        at = np.minimum(np.searchsorted(cats, results[:, 6].astype(np.int64)), len(cats) - 1)
+        results = results[cats[at] == results[:, 6]]  # a category the dataset lacks cannot be matched
+        results = results[np.argsort(results[:, 0], kind="stable")]
+        keys = results[:, 0].astype(np.int64)
+        images = []
+        for image_id in image_ids:
+            lo, hi = np.searchsorted(keys, image_id, "left"), np.searchsorted(keys, image_id, "right")
+            r = results[lo:hi]
+            pos = coco._positions([int(image_id)], ())
+            image = errors.add(int(image_id), coco.ann_bbox[pos], np.searchsorted(cats, coco.ann_category[pos]),
+                               coco.ann_crowd[pos], r[:, 1:5], r[:, 5], np.searchsorted(cats, r[:, 6].astype(np.int64)))
+            if collect:
+                images.append(image)
+        return images
 
     def results_json(self, predictions: pa.Table) -> list[dict[str, Any]]:
         """The standard COCO results format, loadable by `COCO.loadRes`."""

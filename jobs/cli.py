@@ -230,8 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = saved.root
     run = read_run_record(out) if out.is_dir() else None
     changes = given(args, eval_flags())  # the job's own options, these changed
-    saved = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
-    options = task.options_with(saved, changes)
+    used = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
+    options = task.options_with(used, changes)
     # remote data is read with the storage options given, else those the job ran with
     storage = args.storage_options or (run or {}).get("config", {}).get("storage_options") or {}
     root = Location.of(args.data_root, storage)
@@ -248,9 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if speed:
         sys.stdout.write(speed + "\n")
     if args.report and out.is_dir():
-        from rayinfer.jobs.report import write_report
-
-        from rayinfer.jobs.report import report_files
+        from rayinfer.jobs.report import report_files, write_report
 
         page = write_report(out, ev, task, root, run, options)
         saved.publish(*report_files(task))
@@ -273,11 +271,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rayinfer.jobs.format import format_table
     from rayinfer.jobs.evaluate import compare
 
+    run_a, run_b = local_run(args.a, args.storage_options), local_run(args.b, args.storage_options)
+    compared = compare(run_a.root, run_b.root)
     rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+d}" if isinstance(d, int) else f"{d:+.4f}"]
-            for k, a, b, d in compare(local_run(args.a, args.storage_options).root,
-                                      local_run(args.b, args.storage_options).root)]
+            for k, a, b, d in compared]
     sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
+    if args.report:
+        _compare_report(args, run_a.root, run_b.root, compared)
     return 0
+
+
+def _compare_report(args: argparse.Namespace, a: Path, b: Path, compared: list[Any]) -> None:
+    """Both runs evaluated on the same ground truth (--data-root, else A's), then one page."""
+    from rayinfer.jobs.evaluate import SavedRun, read_run_record
+    from rayinfer.jobs.report import write_compare_report
+
+    record = read_run_record(a)
+    if record is None:
+        raise SetupError(f"{a}/run.json not found: the comparison report needs the runs' task")
+    task = get_task(record["config"]["task"])
+    storage = args.storage_options or record["config"].get("storage_options") or {}
+    data_root = args.data_root or record["config"]["data_root"]
+    root = Location.of(data_root, storage)
+    runs = (SavedRun.open(a), SavedRun.open(b))
+    ev_a, ev_b = (task.evaluate(run, root, None) for run in runs)
+    page = write_compare_report(args.report, (str(args.a), str(args.b)), compared, ev_a, ev_b, runs, task, data_root)
+    sys.stdout.write(f"compare report: {page}\n")
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -382,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("a", help="a run's folder or URL")
     cmp.add_argument("b", help="a run's folder or URL")
     cmp.add_argument("--storage-options", **storage)
+    cmp.add_argument("--report", type=Path, metavar="PAGE",
+                     help="also write one HTML page: the metrics side by side, per-class AP changes, the images "
+                          "whose errors changed most (figures also under PAGE-figures/)")
+    cmp.add_argument("--data-root", help="the ground truth for --report (default: the data the first run used)")
     cmp.set_defaults(func=cmd_compare)
 
     pk = sub.add_parser("pack", parents=[common], help="a dataset's files as WebDataset tar or Parquet shards")

@@ -401,7 +401,9 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         },
         "pool": work.pool,
         # per shard run, for the report's actor timeline: seconds from `started` (epoch seconds)
-        "timeline": {"started": work.stage.started_at, "runs": work.stage.timeline} if work.stage else None,
+        # and when each actor joined (0: there from the start, after `setup_s` of start-up)
+        "timeline": {"started": work.stage.started_at, "runs": work.stage.timeline,
+                     "joined": work.stage.joined} if work.stage else None,
         "actors": per_actor,
     }
 

@@ -144,6 +144,8 @@ class LoaderStage:
         self.dropped_copies = 0  # results that came after their shard's first
         #: per shard run: {shard, actor, start_s, end_s, outcome, copy}, seconds from the run's start
         self.timeline: list[dict[str, Any]] = []
+        #: when each actor joined, seconds from the run's start (0: there from the start)
+        self.joined: dict[str, float] = {}
         # run state
         self._queue: deque[Shard] = deque()
         self._attempts: dict[int, int] = {}
@@ -169,9 +171,11 @@ class LoaderStage:
         self._load.append(0)
         self._failures.append(0)
         self._ready.add(len(self.actors) - 1)
+        self.joined[name] = max(0.0, round(time.monotonic() - self._t0, 3))
 
     def run(self, shards: Iterable[Shard]) -> Iterator[ShardResult | FailedShard]:
         self._t0, self.started_at = time.monotonic(), time.time()
+        self.joined = dict.fromkeys(self.joined, 0.0)  # those given before the run
         self._queue.extend(shards)
         self._fill()
         self._scale()

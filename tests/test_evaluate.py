@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ import pytest
 
 from rayinfer.datasets.base import SampleError
 from rayinfer.datasets.depth import summarize_bins
+from rayinfer.datasets.storage import Location
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.cli import main
 from rayinfer.jobs.config import JobConfig
@@ -24,18 +26,23 @@ from tests.conftest import make_const_depth, make_const_detector
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def coco_run(ray_session, tmp_path_factory):
-    root = write_coco(tmp_path_factory.mktemp("coco"), n_images=12, seed=4)
+def _first_image_boxes(root):
+    """[cx, cy, w, h, class, score] where the first image's objects are, in model pixels
+    (320x240 -> 64x64: gain 0.2, 8 px pad)."""
     ann = json.loads((root / "annotations/instances_val2017.json").read_text())
     first = ann["images"][0]
-    # boxes where the first image's objects are, in model pixels (320x240 -> 64x64: gain 0.2, 8 px pad)
     boxes = []
     for a in (a for a in ann["annotations"] if a["image_id"] == first["id"]):
         x, y, w, h = a["bbox"]
         cls = [1, 3, 7].index(a["category_id"])
         boxes.append([(x + w / 2) * 0.2, (y + h / 2) * 0.2 + 8, w * 0.2, h * 0.2, cls, 0.8])
-    model = make_const_detector(root / "det.onnx", 64, np.array(boxes))
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def coco_run(ray_session, tmp_path_factory):
+    root = write_coco(tmp_path_factory.mktemp("coco"), n_images=12, seed=4)
+    model = make_const_detector(root / "det.onnx", 64, np.array(_first_image_boxes(root)))
     out = tmp_path_factory.mktemp("out") / "run"
     run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(out), shard_size=5,
                       progress=False))
@@ -179,28 +186,102 @@ def test_compare_refuses_runs_of_different_tasks_and_folders_without_metrics(coc
     assert err.count("\n") == 1 and "metrics.json not found" in err
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+#: where the report tests leave their screenshots, for a person to look at
+SCREENSHOTS = Path(os.environ.get("RAYINFER_SCREENSHOTS", Path(__file__).resolve().parent.parent / "build/report-screenshots"))
+REPORT_FILES = {"coco": {"confusion_matrix", "confidence_curves", "pr_curves", "per_class_ap", "worst_images",
+                         "best_images", "timeline", "stage_latency"},
+                "nyu": {"depth_samples", "error_vs_depth", "timeline", "stage_latency"}}
+
+
+def open_in_chromium(page: Path, profile: Path, screenshot: Path) -> str:
+    """The page's DOM after load, checked for console messages (the page writes none: any
+    is an error, a figure that failed to load included); a full-width screenshot saved."""
+    from rayinfer.jobs.bench.report import chromium, headless
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium on PATH (.ci/run installs Debian's chromium)")
+    proc = headless(browser, page, profile, "--dump-dom", "--enable-logging=stderr", "--v=0")
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    headless(browser, page, profile, f"--screenshot={screenshot}", "--window-size=1280,6000", "--hide-scrollbars")
+    assert screenshot.stat().st_size > 10_000
+    return proc.stdout
 
 
 @pytest.mark.parametrize("which", ["coco", "nyu"])
 def test_report_opens_in_headless_chromium_with_its_figures(coco_run, nyu_run, tmp_path, which):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no Chromium on PATH (.ci/run installs Debian's chromium)")
     _, out = coco_run if which == "coco" else nyu_run
-    report = out / "report.html"
-    expected = {"coco": {"pr_curves", "per_class_ap", "detections"}, "nyu": {"depth_samples", "error_vs_depth"}}[which]
-    assert {p.stem for p in (out / "report").glob("*.png")} == expected
-    profile = tmp_path / "profile"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", report.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    assert f'data-figures-shown="{len(expected)}"' in dom, dom[-2000:]
+    expected = REPORT_FILES[which]
+    assert {p.stem for p in (out / "report").iterdir()} == expected
+    dom = open_in_chromium(out / "report.html", tmp_path / "profile", SCREENSHOTS / f"{which}.png")
+    assert f'data-figures-shown="{len(expected)}"' in dom and f'data-figures="{len(expected)}"' in dom, dom[-2000:]
     for name in expected:
         assert f'id="fig-{name}"' in dom
-    assert "Throughput and utilisation" in dom and "busy fraction" in dom
+    gallery = {"coco": "fig-worst_images", "nyu": "fig-depth_samples"}[which]
+    assert f'id="{gallery}"' in dom and "<figcaption>" in dom
+    assert "Where the time went" in dom and "busy fraction" in dom and "data-load-ms" in dom
+
+
+def test_the_gallery_shows_the_worst_images_first_with_their_errors_counted(coco_run):
+    """The const detector predicts the first image's objects on every image: that image is
+    right, every other image has its objects missed and the first image's boxes as false
+    positives; the worst are those with the most errors."""
+    from rayinfer.datasets.coco import CocoDataset
+    from rayinfer.jobs.tasks.coco import TASK
+
+    root, out = coco_run
+    ev = TASK.evaluate(SavedRun.open(out), Location.of(root), None)
+    ann = json.loads((root / "annotations/instances_val2017.json").read_text())
+    first = ann["images"][0]["id"]
+    objects = {im["id"]: 0 for im in ann["images"]}
+    for a in ann["annotations"]:
+        objects[a["image_id"]] += not a.get("iscrowd", 0)
+    predicted = objects[first]  # boxes the detector gives every image
+    counts = {i: fp + missed for i, _, fp, missed in ev.errors.images}
+    worst = ev.errors.worst()
+    assert len(worst) == 6 and [w.errors for w in worst] == sorted(counts.values(), reverse=True)[:6]
+    assert [w.errors for w in worst] == [counts[w.image_id] for w in worst]
+    assert counts[first] == 0 and all(0 < counts[i] <= objects[i] + predicted for i in objects if i != first)
+    assert [b.image_id for b in ev.errors.best()] == [first]
+    totals = ev.errors.totals()  # every prediction right or wrong, every object found or missed
+    assert totals["true_positives"] + totals["false_positives"] == predicted * len(objects)
+    assert totals["true_positives"] + totals["missed"] == sum(objects.values())
+    assert len(ev.errors.images) == len(objects) == CocoDataset(root).coco.getImgIds().__len__()
+
+
+def test_eval_report_rewrites_the_runs_report(coco_run, tmp_path, capsys):
+    root, out = coco_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    assert main(["eval", "coco", "--predictions", str(copy), "--data-root", str(root), "--report"]) == 0
+    assert f"report: {copy / 'report.html'}" in capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    assert 'id="fig-worst_images"' in page and 'id="fig-timeline"' in page
+
+
+@pytest.mark.parametrize("which", ["coco", "nyu"])
+def test_the_compare_report_shows_both_runs_and_what_changed_in_chromium(coco_run, nyu_run, tmp_path, which, capsys):
+    root, out = coco_run if which == "coco" else nyu_run
+    other = tmp_path / "other"
+    if which == "coco":  # the first image's objects but one: that image misses it, the others lose a false positive
+        model = make_const_detector(tmp_path / "det.onnx", 64, np.array(_first_image_boxes(root)[:-1]))
+    else:
+        model = make_const_depth(tmp_path / "depth.onnx", 224, 2.0)
+    run_job(JobConfig(task=which, data_root=str(root), model=str(model), output=str(other), shard_size=5,
+                      progress=False, report=False))
+    page = tmp_path / "compare.html"
+    assert main(["compare", str(out), str(other), "--report", str(page)]) == 0
+    assert f"compare report: {page}" in capsys.readouterr().out
+    figures = {"coco": {"ap_deltas", "changed_images"}, "nyu": {"frame_deltas"}}[which]
+    assert {p.stem for p in (tmp_path / "compare-figures").iterdir()} == figures
+    dom = open_in_chromium(page, tmp_path / "profile", SCREENSHOTS / f"compare-{which}.png")
+    assert f'data-figures-shown="{len(figures)}"' in dom and f'data-figures="{len(figures)}"' in dom
+    assert str(out) in dom and str(other) in dom and "change" in dom
+    if which == "coco":
+        assert "AP50-95 per class, largest drop first" in dom and 'id="fig-changed_images"' in dom
 
 
 def test_results_array_and_streamed_json_match_the_per_row_reference(tmp_path):
@@ -240,4 +321,4 @@ def test_a_null_job_writes_a_report_without_reading_any_data(ray_session, tmp_pa
                                 output=str(out), limit=8, progress=False))
     assert outcome.metrics["predictions"] == 8
     page = (out / "report.html").read_text()
-    assert "rayinfer null report" in page and "Throughput" in page
+    assert "rayinfer null report" in page and "Where the time went" in page and "This task draws no figures" in page

@@ -97,7 +97,7 @@ def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row
     sha = manifest["fingerprint"]["model"]["sha256"]
     assert manifest["fingerprint"]["model"]["path"] == model and run["config"]["model_sha256"] == sha
     assert (cache_dir() / "models" / sha / "detector.onnx").read_bytes() == _demo_model("coco").read_bytes()
-    assert (tmp_path / "s3/report/detections.png").stat().st_size > 0
+    assert (tmp_path / "s3/report/confusion_matrix.png").stat().st_size > 0
     # the same over plain HTTP (read-only, no listing: COCO's files are named by its annotations)
     (tmp_path / "web").mkdir()
     shutil.copytree(root, tmp_path / "web/coco")
@@ -237,7 +237,7 @@ def test_a_run_kept_in_s3_commits_resumes_and_overwrites_as_on_disk(coco_here, s
     assert first.metrics == here.metrics
     listed = Location(url, s3.options).listing()
     assert {"manifest.json", "metrics.json", "run.json", "errors.parquet", "coco_results.json", "report.html",
-            "report/detections.png"} <= set(listed)
+            "report/confusion_matrix.png", "report/timeline.png"} <= set(listed)
     assert sorted(n for n in listed if n.startswith("predictions/")) == [
         f"predictions/shard-{i:05d}.parquet" for i in range(4)]
 

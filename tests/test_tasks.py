@@ -63,7 +63,7 @@ def test_a_toy_classification_task_runs_the_whole_pipeline_with_its_report(ray_s
     assert outcome.metrics == {"top1": 10 / 12, "images": 12}
     assert json.loads((out / "metrics.json").read_text())["top1"] == pytest.approx(10 / 12)
     page = (out / "report.html").read_text()
-    assert 'id="fig-confusion"' in page and "<h2>Per class</h2>" in page and (out / "report/confusion.png").is_file()
+    assert 'id="fig-confusion"' in page and "<h3>Per class</h3>" in page and (out / "report/confusion.png").is_file()
     # offline, through the CLI: the same number
     assert main(["eval", "toy", "--predictions", str(out), "--data-root", str(root)]) == 0
     # --resume with everything committed evaluates again to the same metrics

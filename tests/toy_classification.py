@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from rayinfer.datasets.base import Sample, SampleError, safe_join
 from rayinfer.jobs.evaluate import Evaluation, SavedRun
-from rayinfer.jobs.report import pyplot, save_png
+from rayinfer.jobs.report import Figure, pyplot, save_figure
 from rayinfer.jobs.tasks import RunningMetric, Table, Task
 
 CLASSES = ("red", "green", "blue")
@@ -88,7 +88,7 @@ class MeanScore(RunningMetric):
 class Classification(Task):
     name = "toy"
     summary_keys = ("top1", "images")
-    figure_names = ("confusion",)
+    figure_names = ("confusion.png",)
 
     def dataset(self, cfg: Any) -> ToyDataset:
         return ToyDataset(cfg.data_root)
@@ -117,13 +117,13 @@ class Classification(Task):
                       [[name, sum(row), row[k] / sum(row) if sum(row) else None]
                        for k, (name, row) in enumerate(zip(CLASSES, ev.confusion))])]
 
-    def figures(self, ev: Any, data_root: Path, folder: Path, options: Any) -> list[tuple[str, bytes]]:
+    def figures(self, ev: Any, data_root: Path, folder: Path, options: Any) -> list[Figure]:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(3.5, 3))
         ax.imshow(np.array(ev.confusion), cmap="Blues")
         ax.set(xticks=range(3), yticks=range(3), xticklabels=CLASSES, yticklabels=CLASSES,
                xlabel="predicted", ylabel="true", title="Confusion")
-        return [("confusion", save_png(fig, folder, "confusion"))]
+        return [save_figure(fig, folder, "confusion.png", "Confusion: rows the true class, columns the predicted one.")]
 
 
 TASK = Classification()

@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     me.add_argument("--data-root", type=Path, required=True)
     me.add_argument("--model", type=Path, required=True)
     me.add_argument("--sizes", default="1000,5000", help="comma-separated image counts")
+    rp = sub.add_parser("report", help="the report's writing time, memory, size and render time")
+    rp.add_argument("--data-root", type=Path, required=True)
+    rp.add_argument("--model", type=Path, required=True)
+    rp.add_argument("--sizes", default="79,5000", help="comma-separated image counts")
     el = sub.add_parser("elastic", help="from zero workers (fake autoscaler), 2 -> 6 devices mid-job, a straggler")
     el.add_argument("--latency-ms", type=float, default=200.0)
     el.add_argument("--capacity", type=int, default=4)
@@ -103,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rayinfer.jobs.bench.elastic import run_elastic_bench
 
         result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size)
+    elif args.bench == "report":
+        from rayinfer.jobs.bench.report import run_report_bench
+
+        result = run_report_bench(args.data_root, args.model, [int(v) for v in args.sizes.split(",")])
     elif args.bench == "memory":
         from rayinfer.jobs.bench.memory import run_memory_bench
 

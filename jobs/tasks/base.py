@@ -41,6 +41,7 @@ from rayinfer.jobs.evaluate import Evaluation, SavedRun
 
 if TYPE_CHECKING:
     from rayinfer.actors.model import Model
+    from rayinfer.jobs.report import Figure
 
 
 @dataclasses.dataclass
@@ -50,6 +51,17 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[Any]]
+    #: the report sorts the rows by this column, highest first (None: as given), the first
+    #: `pinned` rows (totals) kept on top
+    sort_by: str | None = None
+    pinned: int = 0
+
+    def sorted_rows(self) -> list[list[Any]]:
+        if self.sort_by is None:
+            return self.rows
+        at = self.header.index(self.sort_by)
+        rest = sorted(self.rows[self.pinned:], key=lambda r: (r[at] is not None, r[at] or 0), reverse=True)
+        return self.rows[:self.pinned] + rest
 
 
 class RunningMetric:
@@ -73,8 +85,11 @@ class Task:
     options_type: type | None = None
     #: the metrics shown first, in this order (default: every number in metrics.json)
     summary_keys: tuple[str, ...] = ()
-    #: the report's figure names (report/NAME.png), recorded in the run's manifest before writing
+    #: the report's figure files (report/FILE: .png, .jpg for photographs), recorded in the
+    #: run's manifest before writing
     figure_names: tuple[str, ...] = ()
+    #: the metrics in the report's header (default: the first four of `summary_keys`)
+    headline_keys: tuple[str, ...] = ()
     #: the built-in demo model (with `write_demo`), or None when the task has no demo
     demo_model: Path | None = None
 
@@ -135,13 +150,24 @@ class Task:
         """The metrics shown first (`rayinfer eval`, the report): `summary_keys`, or every number."""
         return list(self.summary_keys) or [k for k, v in ev.metrics.items() if isinstance(v, (int, float))]
 
+    def headline(self, ev: Evaluation) -> list[str]:
+        """The few metrics the report's header shows."""
+        return list(self.headline_keys) or self.summary(ev)[:4]
+
     def tables(self, ev: Evaluation, everything: bool = False) -> list[Table]:
         """Sliced metrics (per class, per depth range, ...): the summary after `run` and
         `eval`, and the report's tables. `everything`: also the empty slices (`-v`)."""
         return []
 
-    def figures(self, ev: Evaluation, data_root: Location, folder: Path, options: Any) -> list[tuple[str, bytes]]:
-        """(name, PNG bytes) for the report, each also written to folder/NAME.png."""
+    def figures(self, ev: Evaluation, data_root: Location, folder: Path, options: Any) -> list[Figure]:
+        """The report's figures (`rayinfer.jobs.report.save_figure`: each written to
+        folder/FILE, with a caption saying how to read it)."""
+        return []
+
+    def compare_figures(self, a: Evaluation, b: Evaluation, runs: tuple[SavedRun, SavedRun], data_root: Location,
+                        folder: Path, labels: tuple[str, str]) -> list[Figure]:
+        """The figures of `rayinfer compare A B --report` (`a`, `b`: the two runs evaluated
+        on the same ground truth; `runs`: their predictions). The default draws none."""
         return []
 
     # -- the demo ---------------------------------------------------------------------------
