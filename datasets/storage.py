@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import http.client
 import io
 import logging
 import os
@@ -281,8 +282,7 @@ class Location:
         if self.path is not None:
             return self.path.read_bytes()
         if self.scheme in ("http", "https"):
-            with self._http("GET") as answer:
-                return answer.read()
+            return self._http_body()
         with self.fs.open_input_file(self._key) as f:
             return f.read()
 
@@ -314,6 +314,26 @@ class Location:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()
+
+    def _http_body(self) -> bytes:
+        """GET the whole body; a connection that drops part-way (fewer bytes than the
+        server announced, or a reset) is retried with back-off like a failed request."""
+        delay = 0.5
+        for attempt in range(1, HTTP_ATTEMPTS + 1):
+            with self._http("GET") as answer:
+                try:
+                    return answer.read()
+                except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
+                    got = len(exc.partial) if isinstance(exc, http.client.IncompleteRead) else None
+                    why = (f"connection dropped after {got:,} of {got + (exc.expected or 0):,} bytes" if got is not None
+                           else f"connection dropped mid-body ({exc})")
+            if attempt == HTTP_ATTEMPTS:
+                raise OSError(f"{why} ({HTTP_ATTEMPTS} tries)")
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
+                        HTTP_ATTEMPTS)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
 
     def _http(self, method: str) -> Any:
         """An HTTP answer for this URL; retries connection errors and 5xx with back-off

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayinfer.actors.fetch import cache_dir
+from rayinfer.datasets.base import SampleError
 from rayinfer.datasets.storage import Location
 from rayinfer.datasets.synthetic import write_coco, write_nyu
 from rayinfer.jobs.config import ConfigError, JobConfig
@@ -137,7 +138,13 @@ def _http_server(folder: Path):
         def log_message(self, *args: object) -> None:
             pass
 
-    handler = functools.partial(Quiet, directory=str(folder))
+    with _serve(functools.partial(Quiet, directory=str(folder))) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _serve(handler):
+    """`handler` (an http.server request handler) on 127.0.0.1; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -146,6 +153,43 @@ def _http_server(folder: Path):
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_an_http_server_that_drops_the_connection_mid_object_is_retried_then_named(tmp_path, caplog):
+    """A body cut short (fewer bytes than Content-Length, then the connection closed) is a
+    transient error: retried with back-off; one that never comes whole is a one-line
+    sample error naming the URL and how much arrived."""
+    from rayinfer.datasets.images import read_bytes
+
+    data = os.urandom(90_000)
+    drops = {"/flaky.jpg": 2, "/broken.jpg": 99}
+
+    class Dropping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if drops.get(self.path, 0) > 0:
+                drops[self.path] -= 1
+                self.wfile.write(data[:30_000])
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with _serve(Dropping) as base, caplog.at_level("WARNING", logger="rayinfer.datasets.storage"):
+        assert Location(f"{base}/flaky.jpg").read_bytes() == data
+        assert drops["/flaky.jpg"] == 0
+        retried = [r.getMessage() for r in caplog.records]
+        assert len(retried) == 2 and all(f"{base}/flaky.jpg: connection dropped after 30,000 of 90,000 bytes" in m
+                                         for m in retried)
+        with pytest.raises(SampleError) as failed:
+            read_bytes(Location(f"{base}/broken.jpg"))
+    message = str(failed.value)
+    assert message == f"{base}/broken.jpg: cannot read: connection dropped after 30,000 of 90,000 bytes (4 tries)"
+    assert "\n" not in message and drops["/broken.jpg"] == 99 - 4
 
 
 @pytest.mark.shared
