@@ -25,7 +25,7 @@ from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
-from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given, parser_for
+from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given, parser_for, task_flags
 from rayinfer.jobs.output import local_run
 from rayinfer.jobs.tasks import get_task, task_names
 
@@ -61,6 +61,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_task(parser)
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
     add_flags(parser, flags())
+    add_flags(parser, task_flags())
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -76,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of options")
         data.update(loaded)
-    for key, value in given(args, flags()).items():
+    for key, value in given(args, flags() + task_flags()).items():
         if isinstance(value, dict):
             section = data.get(key)
             data[key] = {**(section if isinstance(section, dict) else {}), **value}
@@ -84,20 +85,15 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
             data[key] = value
     data["task"] = args.task
     _defaults_for_demo(data)
-    return JobConfig.from_dict(data)
+    cfg = JobConfig.from_dict(data)
+    get_task(cfg.task).options(cfg)  # the task's options checked now, not when the job starts
+    return cfg
 
 
 def eval_flags() -> list[Flag]:
-    """The task options that change the metrics, not the predictions (`metadata["eval"]`),
-    of every task that has options; help says which task's."""
-    found: dict[str, Flag] = {}
-    for name in task_names():
-        kind = get_task(name).options_type
-        for f in flags(kind) if kind else []:
-            if f.eval and f.flag not in found:
-                found[f.flag] = dataclasses.replace(f, help=f"({name}) {f.help} (default: the job's own)",
-                                                    default=None)
-    return list(found.values())
+    """The task options that change the metrics, not the predictions (`metadata["eval"]`)."""
+    return [dataclasses.replace(f, help=f"{f.help} (default: the job's own)", default=None)
+            for f in task_flags(eval_only=True)]
 
 
 def _defaults_for_demo(data: dict[str, Any]) -> None:
@@ -229,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     saved = local_run(args.predictions, args.storage_options)  # a run in object storage: copied here
     out = saved.root
     run = read_run_record(out) if out.is_dir() else None
-    changes = given(args, eval_flags())  # the job's own options, these changed
+    changes = given(args, eval_flags()).get("options", {})  # the job's own options, these changed
     used = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
     options = task.options_with(used, changes)
     # remote data is read with the storage options given, else those the job ran with

@@ -15,8 +15,6 @@ from typing import Any
 
 from rayinfer.actors.backends import RUNTIMES
 from rayinfer.actors.backends.openvino import PRECISIONS
-from rayinfer.actors.families.detection import DetectionOptions
-from rayinfer.datasets.depth import DepthOptions
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
@@ -41,8 +39,10 @@ class JobConfig:
     """Everything a run depends on. Defaults are the automatic, tuned choices.
 
     Each field carries its command-line help; `rayinfer run` and `submit` build their flags
-    from the fields and their types (jobs/options.py), option sections (`detection`,
-    `depth`) included, so a field added here is a flag without another table to edit.
+    from the fields and their types (jobs/options.py), so a field added here is a flag
+    without another table to edit. The task's own options are not fields here: each task
+    declares its options dataclass (`Task.options_type`), `options` holds the values set,
+    and `rayinfer run TASK` has a flag for each of that task's fields.
     """
 
     task: str = field(metadata={"positional": True})
@@ -112,9 +112,10 @@ class JobConfig:
     max_image_pixels: int = option(100_000_000, "images with more pixels are errors, refused before decoding")
     hash_samples: bool = option(False, "the --resume fingerprint hashes every sample file's content too")
     resource: str | None = option(None, "a custom Ray resource per actor (an NPU, sim_device)")
-    # task options: sections whose fields carry their own help
-    detection: DetectionOptions = field(default_factory=DetectionOptions)
-    depth: DepthOptions = field(default_factory=DepthOptions)
+    # the task's options, as set (YAML `options: {conf_thres: 0.1}`, or each as its flag
+    # `--conf-thres 0.1`); `Task.options(cfg)` checks them against the task's dataclass and
+    # fills in its defaults
+    options: dict[str, Any] = field(default_factory=dict, metadata={"task_options": True})
     # presentation
     quiet: bool = option(False, "no progress bar; only warnings and the summary")
     progress: bool = option(True, "no progress bar on a terminal, no progress lines in logs")
@@ -125,6 +126,10 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not self.task:
             raise ConfigError("task: missing")
+        if dataclasses.is_dataclass(self.options):  # a task's options object: kept as plain data
+            object.__setattr__(self, "options", dataclasses.asdict(self.options))
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options: expected a mapping of the task's options, got {self.options!r}")
         for name in ("shard_size", "shards_in_flight", "max_shard_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,8 @@ read another tool's results file (COCO: a results JSON, e.g. Ultralytics `save_j
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +79,12 @@ class SavedRun:
 
     @property
     def config(self) -> JobConfig | None:
-        return JobConfig.from_dict(self.record["config"]) if self.record is not None else None
+        if self.record is None:
+            return None
+        known = {f.name for f in dataclasses.fields(JobConfig)}
+        # runs written before `options` kept each task's options in a top-level section
+        return JobConfig.from_dict({k: v for k, v in self.record["config"].items()
+                                    if k in known or not isinstance(v, dict)})
 
     def tables(self) -> Iterator[pa.Table]:
         """The predictions of `ids`, a shard at a time (memory flat with the run's size)."""

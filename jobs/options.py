@@ -4,13 +4,15 @@ the field itself (its type, and `metadata["help"]`), option sections included.
     >>> [f.flag for f in flags()][:3]
     ['--data-root', '--model', '--output']
 
-`rayinfer run` and `submit` add these flags (jobs/cli.py), `rayinfer submit` writes a config
-back as the same flags (jobs/submit.py), and `rayinfer eval` takes the section fields marked
-`metadata["eval"]` (the ones that change the metrics, not the predictions).
+`rayinfer run` and `submit` add these flags and each task's option flags (`task_flags`:
+the fields of every registered task's `options_type`, set into `options`) (jobs/cli.py),
+`rayinfer submit` writes a config back as the same flags (jobs/submit.py), and `rayinfer
+eval` takes the task option fields marked `metadata["eval"]` (the ones that change the
+metrics, not the predictions).
 
 Spelling: `--field-name` (`metadata["flag"]` where it differs); a bool that is off by default is
 a switch, one that is on by default a `--no-field-name` switch, and `bool | None` takes
-true/false. Section fields keep their own names (`--conf-thres` sets `detection.conf_thres`).
+true/false. Task options keep their own names (`--conf-thres` sets `options.conf_thres`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Flag:
     """One command-line option of a config field."""
 
     flag: str  # "--conf-thres"
-    key: str  # "detection.conf_thres": where the value goes
+    key: str  # "options.conf_thres": where the value goes
     parse: Callable[[str], Any] | None  # None: a switch
     help: str
     default: Any
@@ -55,7 +57,7 @@ def _flags(kind: type, prefix: str) -> Iterator[Flag]:
     for f in dataclasses.fields(kind):
         hint = hints[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.metadata.get("positional"):
+        if f.metadata.get("positional") or f.metadata.get("task_options"):
             continue
         if dataclasses.is_dataclass(hint):
             yield from _flags(hint, f"{prefix}{f.name}.")
@@ -71,6 +73,24 @@ def _flags(kind: type, prefix: str) -> Iterator[Flag]:
             negative=negative,
             eval=bool(f.metadata.get("eval")),
         )
+
+
+def task_flags(eval_only: bool = False) -> list[Flag]:
+    """The option flags of every registered task (each sets `options.NAME`), one flag per
+    spelling where two tasks share a field; the help says whose (`(coco) ...`). `eval_only`:
+    only the fields marked `metadata["eval"]`."""
+    from rayinfer.jobs.tasks import get_task, task_names
+
+    found: dict[str, Flag] = {}
+    owners: dict[str, list[str]] = {}
+    for name in task_names():
+        kind = get_task(name).options_type
+        for f in flags(kind, "options.") if kind else []:
+            if eval_only and not f.eval:
+                continue
+            owners.setdefault(f.flag, []).append(name)
+            found.setdefault(f.flag, f)
+    return [dataclasses.replace(f, help=f"({', '.join(owners[f.flag])}) {f.help}") for f in found.values()]
 
 
 def parser_for(hint: Any) -> Callable[[str], Any]:

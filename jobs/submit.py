@@ -28,14 +28,18 @@ log = logging.getLogger(__name__)
 
 def entrypoint(cfg: JobConfig) -> str:
     """The `python -m rayinfer.jobs run ...` command line equivalent to `cfg`."""
-    from rayinfer.jobs.options import flags
+    from rayinfer.jobs.options import flags, task_flags
+    from rayinfer.jobs.tasks import get_task
 
     default = JobConfig(task=cfg.task, data_root="", model="", output="")
+    task = get_task(cfg.task)
+    values = {**_values(cfg), **_values(task.options(cfg), "options.")}
+    defaults = {**_values(default), **_values(task.options(default), "options.")}
     words = ["python", "-m", "rayinfer.jobs", "run", cfg.task]
-    for o in flags():
-        value, base = _get(cfg, o.key), _get(default, o.key)
-        if value == base or o.key == "address":
+    for o in flags() + task_flags():
+        if o.key not in values or values[o.key] == defaults[o.key] or o.key == "address":
             continue
+        value = values[o.key]
         if o.parse is None:  # a switch: present when the value differs from the default
             words.append(o.flag)
             continue
@@ -51,11 +55,9 @@ def entrypoint(cfg: JobConfig) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _get(cfg: JobConfig, key: str) -> object:
-    value: object = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
+def _values(obj: object, prefix: str = "") -> dict[str, object]:
+    """A config dataclass's fields by flag key (`options.conf_thres`); {} for None."""
+    return {prefix + f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} if obj is not None else {}
 
 
 def auth_headers() -> dict[str, str]:

@@ -187,7 +187,7 @@ def test_when_no_actor_can_come_back_the_job_stops_without_committing_and_resume
     assert errors.num_rows == 0  # the shards not run are not committed as errors
     assert len(ids_of(out)) == done * 4
 
-    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True}))
     check_complete(out, resumed, 96, clean_sim_run)
     assert resumed.run["counts"]["shards_resumed"] == done
 
@@ -203,7 +203,7 @@ def test_transient_errors_are_marked_and_resume_retries_them(ray_session, coco_s
     assert not flag.exists() and outcome.exit_code == EXIT_PARTIAL
     errors = pq.read_table(out / "errors.parquet").to_pylist()
     assert len(errors) >= 1 and all(e["transient"] for e in errors), errors
-    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True}))
     assert resumed.exit_code == EXIT_OK
     assert pq.read_table(out / "errors.parquet").num_rows == 0
     ids = ids_of(out)

@@ -13,6 +13,7 @@ import pytest
 from rayinfer.jobs.cli import build_parser, config_from_args, main
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.submit import entrypoint
+from rayinfer.jobs.tasks import get_task
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,11 +25,16 @@ def parse(argv):
 
 
 def test_flags_build_a_typed_config():
-    cfg = parse(BASE + ["--actors", "3", "--conf-thres", "0.25", "--providers", "cuda,cpu", "--no-eigen-crop"])
-    assert cfg.actors == 3 and cfg.detection.conf_thres == 0.25
+    cfg = parse(BASE + ["--actors", "3", "--conf-thres", "0.25", "--providers", "cuda,cpu"])
+    assert cfg.actors == 3 and get_task("coco").options(cfg).conf_thres == 0.25
     assert cfg.providers == ("cuda", "cpu")
-    assert cfg.depth.eigen_crop is False
     assert JobConfig.from_dict(cfg.to_dict()) == cfg  # run.json round trip
+    depth = parse(["run", "nyu", "--data-root", "d", "--model", "m.onnx", "--output", "o", "--no-eigen-crop"])
+    assert get_task("nyu").options(depth).eigen_crop is False
+    with pytest.raises(ConfigError, match="task 'coco' has no option eigen_crop \\(its options: conf_thres"):
+        parse(BASE + ["--no-eigen-crop"])  # another task's option
+    with pytest.raises(ConfigError, match="task 'null' has no option conf_thres \\(it takes none\\)"):
+        parse(["run", "null", "--data-root", "d", "--model", "m.onnx", "--output", "o", "--conf-thres", "0.3"])
 
 
 def test_requests_in_flight_are_requests_and_an_older_run_json_still_loads():
@@ -51,34 +57,36 @@ def test_a_mistyped_task_is_one_line_naming_the_closest(capsys):
 
 def test_yaml_then_flags_win(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text("shard_size: 8\nactors: 2\ndetection:\n  iou_thres: 0.6\n  max_det: 100\n")
-    cfg = parse(BASE + ["--config", str(path), "--actors", "4"])
+    path.write_text("shard_size: 8\nactors: 2\noptions:\n  iou_thres: 0.6\n  max_det: 100\n")
+    cfg = parse(BASE + ["--config", str(path), "--actors", "4", "--max-det", "50"])
     assert cfg.shard_size == 8 and cfg.actors == 4
-    assert cfg.detection.iou_thres == 0.6 and cfg.detection.max_det == 100
+    options = get_task("coco").options(cfg)
+    assert options.iou_thres == 0.6 and options.max_det == 50 and options.conf_thres == 0.001
 
 
 @pytest.mark.parametrize(
-    ("yaml_text", "message"),
+    ("task", "yaml_text", "message"),
     [
-        ("shard_sise: 8\n", "unknown configuration keys: \\['shard_sise'\\]"),
-        ("shard_size: 0\n", "shard_size: must be >= 1"),
-        ("actors: two\n", "actors: expected int, got str 'two'"),
-        ("detection:\n  conf_thres: 2\n", "conf_thres must be in"),
-        ("depth:\n  align: scale\n", "align must be one of"),
-        ("detection:\n  max_det: many\n", "detection.max_det: expected int, got str 'many'"),
-        ("depth:\n  mean: [0.5, 0.5]\n", r"depth.mean: expected 3 values, got 2"),
-        ("depth:\n  colour: red\n", r"unknown keys under depth: \['colour'\]"),
-        ("resume: yes please\n", "resume: expected bool, got str 'yes please'"),
-        ("provider_options: cuda\n", "provider_options: expected a mapping"),
-        ("preprocess_in: gpu\n", "preprocess_in: must be one of \\('auto', 'request', 'loader'\\)"),
-        ("- a list\n", "expected a mapping"),
+        ("coco", "shard_sise: 8\n", "unknown configuration keys: \\['shard_sise'\\]"),
+        ("coco", "shard_size: 0\n", "shard_size: must be >= 1"),
+        ("coco", "actors: two\n", "actors: expected int, got str 'two'"),
+        ("coco", "options:\n  conf_thres: 2\n", "conf_thres must be in"),
+        ("nyu", "options:\n  align: scale\n", "align must be one of"),
+        ("coco", "options:\n  max_det: many\n", "options.max_det: expected int, got str 'many'"),
+        ("nyu", "options:\n  mean: [0.5, 0.5]\n", r"options.mean: expected 3 values, got 2"),
+        ("nyu", "options:\n  colour: red\n", r"task 'nyu' has no option colour \(its options: profile"),
+        ("coco", "options: fast\n", "options: expected a mapping"),
+        ("coco", "resume: yes please\n", "resume: expected bool, got str 'yes please'"),
+        ("coco", "provider_options: cuda\n", "provider_options: expected a mapping"),
+        ("coco", "preprocess_in: gpu\n", "preprocess_in: must be one of \\('auto', 'request', 'loader'\\)"),
+        ("coco", "- a list\n", "expected a mapping"),
     ],
 )
-def test_bad_config_values_give_clear_errors(tmp_path, yaml_text, message):
+def test_bad_config_values_give_clear_errors(tmp_path, task, yaml_text, message):
     path = tmp_path / "job.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
-        parse(BASE + ["--config", str(path)])
+        parse(["run", task] + BASE[2:] + ["--config", str(path)])
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
@@ -101,20 +109,19 @@ def test_the_flags_are_generated_from_the_config_fields_each_with_its_help():
     """So --help lists everything, and `submit` can rebuild any configuration as flags."""
     import dataclasses
 
-    from rayinfer.jobs.options import flags
+    from rayinfer.jobs.options import flags, task_flags
+    from rayinfer.jobs.tasks import task_names
 
-    expected = set()
-    for f in dataclasses.fields(JobConfig):
-        if f.name in ("detection", "depth"):
-            default = f.default_factory()  # type: ignore[misc]
-            expected |= {f"{f.name}.{g.name}" for g in dataclasses.fields(default)}
-        elif f.name != "task":
-            expected.add(f.name)
-    generated = flags()
+    expected = {f.name for f in dataclasses.fields(JobConfig)} - {"task", "options"}
+    for name in task_names():  # each task's options, set into `options`
+        kind = get_task(name).options_type
+        expected |= {f"options.{g.name}" for g in dataclasses.fields(kind)} if kind else set()
+    generated = flags() + task_flags()
     assert {o.key for o in generated} == expected
     assert all(o.help for o in generated), [o.key for o in generated if not o.help]
     spelled = {o.key: o.flag for o in generated}
-    assert spelled["detection.conf_thres"] == "--conf-thres" and spelled["depth.eigen_crop"] == "--no-eigen-crop"
+    assert spelled["options.conf_thres"] == "--conf-thres" and spelled["options.eigen_crop"] == "--no-eigen-crop"
+    assert {o.help.split(")")[0] for o in task_flags()} == {"(coco", "(nyu"}  # whose option each is
     assert spelled["request_timeout_s"] == "--request-timeout" and spelled["report"] == "--no-report"
 
 
@@ -140,19 +147,21 @@ def test_a_field_added_to_the_config_is_a_typed_flag_without_another_table(tmp_p
 
 
 def test_submit_entrypoint_round_trips_options_without_a_simple_form():
-    cfg = parse(BASE + ["--provider-options", '{"cuda": {"device_id": "1"}}', "--mean", "0.5,0.4,0.3",
-                        "--resource", "sim_device", "--no-progress"])
+    cfg = parse(["run", "nyu"] + BASE[2:] + ["--provider-options", '{"cuda": {"device_id": "1"}}', "--mean",
+                                             "0.5,0.4,0.3", "--no-eigen-crop", "--resource", "sim_device",
+                                             "--no-progress"])
     import shlex
 
     words = shlex.split(entrypoint(cfg))
+    assert "--mean 0.5,0.4,0.3 --no-eigen-crop" in " ".join(words)
     assert parse(words[3:]) == cfg
 
 
 def test_submit_entrypoint_carries_non_default_options():
-    cfg = parse(BASE + ["--actors", "2", "--iou-thres", "0.6", "--resume", "--no-eigen-crop"])
+    cfg = parse(BASE + ["--actors", "2", "--iou-thres", "0.6", "--resume", "--multi-label", "false"])
     cmd = entrypoint(cfg)
     assert cmd.startswith("python -m rayinfer.jobs run coco --data-root d --model m.onnx --output o")
-    assert "--actors 2" in cmd and "--iou-thres 0.6" in cmd and "--resume" in cmd and "--no-eigen-crop" in cmd
+    assert "--actors 2" in cmd and "--iou-thres 0.6" in cmd and "--resume" in cmd and "--multi-label False" in cmd
     assert "--conf-thres" not in cmd
     assert "--quiet" not in cmd  # the job's log shows its phases and progress lines
     reparsed = parse(cmd.split()[3:])  # drop "python -m rayinfer.jobs"

@@ -159,7 +159,7 @@ def test_resume_skips_committed_shards_and_refuses_a_changed_config(ray_session,
     with pytest.raises(SetupError, match="configuration changed .*model"):
         run_job(dataclasses.replace(cfg, resume=True, model=str(other)))
     with pytest.raises(SetupError, match="configuration changed .*iou_thres"):
-        run_job(dataclasses.replace(cfg, resume=True, detection=dataclasses.replace(cfg.detection, iou_thres=0.5)))
+        run_job(dataclasses.replace(cfg, resume=True, options={**cfg.options, "iou_thres": 0.5}))
     rerun = run_job(dataclasses.replace(cfg, overwrite=True))
     assert rerun.run["counts"]["shards_resumed"] == 0
 
@@ -184,8 +184,7 @@ def test_nyu_job_on_synthetic_frames_with_a_bad_file(ray_session, tmp_path):
     (folder / "zz_truncated.h5").write_bytes((folder / "00000.h5").read_bytes()[:1000])
     model = make_const_depth(tmp_path / "depth.onnx", 32, 2.0)
     cfg = JobConfig(task="nyu", data_root=str(root), model=str(model), output=str(tmp_path / "out"),
-                    depth=dataclasses.replace(JobConfig(task="nyu", data_root="", model="", output="").depth,
-                                              profile="resize"), progress=False)
+                    options={"profile": "resize"}, progress=False)
     outcome = run_job(cfg)
     assert outcome.exit_code == EXIT_PARTIAL and outcome.errors == 1
     table = pq.read_table(tmp_path / "out/predictions")

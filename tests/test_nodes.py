@@ -46,7 +46,7 @@ def test_removing_a_worker_node_mid_job_keeps_outputs_exactly_once(cluster, tmp_
     out = tmp_path / "stormy"
     result: dict = {}
     job = threading.Thread(target=lambda: result.setdefault("outcome", run_job(
-        JobConfig(**{**base.to_dict(), "output": str(out), "detection": base.detection, "depth": base.depth}))))
+        JobConfig(**{**base.to_dict(), "output": str(out)}))))
     job.start()
     deadline = time.monotonic() + 120
     while len(list((out / "predictions").glob("shard-*.parquet"))) < 2:

@@ -76,7 +76,7 @@ def test_resume_refuses_an_annotation_file_edited_to_the_same_size(ray_session, 
     assert len(edited) == len(text) and edited != text
     path.write_text(edited)
     with pytest.raises(SetupError, match=r"configuration changed \(data\.annotations_sha256: "):
-        run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+        run_job(JobConfig(**{**cfg.to_dict(), "resume": True}))
 
 
 def test_resume_refuses_a_changed_image_and_names_the_sample_list(ray_session, coco_set, tmp_path):
@@ -86,7 +86,7 @@ def test_resume_refuses_a_changed_image_and_names_the_sample_list(ray_session, c
     image = sorted((coco_set / "val2017").glob("*.jpg"))[0]
     image.write_bytes(image.read_bytes() + b"\0")  # an edited image: size and mtime differ
     with pytest.raises(SetupError, match=r"samples\.sha256: "):
-        run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+        run_job(JobConfig(**{**cfg.to_dict(), "resume": True}))
 
 
 # -- 3. overwrite touches only our files ---------------------------------------------------
@@ -119,7 +119,7 @@ def test_overwrite_removes_only_what_the_manifest_recorded(ray_session, coco_set
         path.write_text("user's")
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"metrics.json", "run.json", "errors.parquet", "report.html"} <= set(manifest["files"])
-    again = run_job(JobConfig(**{**cfg.to_dict(), "overwrite": True, "detection": cfg.detection, "depth": cfg.depth}))
+    again = run_job(JobConfig(**{**cfg.to_dict(), "overwrite": True}))
     assert again.exit_code == EXIT_OK
     assert all(p.read_text() == "user's" for p in mine)
     ids = pq.read_table(out / "predictions/shard-00000.parquet").column("sample_id").to_pylist()
@@ -191,7 +191,7 @@ def test_a_full_disk_is_a_one_line_error_and_resume_completes(ray_session, coco_
     finally:
         output_module.pq.write_table = real
     assert not list(out.rglob(".*tmp-*"))  # no half-written temporary files
-    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True, "detection": cfg.detection, "depth": cfg.depth}))
+    resumed = run_job(JobConfig(**{**cfg.to_dict(), "resume": True}))
     assert resumed.exit_code == EXIT_OK
     ids = pq.read_table(out / "predictions").column("sample_id").to_pylist()
     assert len(ids) == 8 == len(set(ids))

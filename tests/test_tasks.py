@@ -49,7 +49,7 @@ def toy(monkeypatch):
     monkeypatch.setitem(REGISTRY, "toy", "tests.toy_classification:TASK")  # the one registry line
 
 
-def test_a_toy_classification_task_runs_the_whole_pipeline_with_its_report(ray_session, toy, tmp_path):
+def test_a_toy_classification_task_runs_the_whole_pipeline_with_its_report(ray_session, toy, tmp_path, capsys):
     from rayinfer.jobs.cli import main
     from rayinfer.jobs.config import JobConfig
     from rayinfer.jobs.driver import EXIT_OK, run_job
@@ -70,6 +70,17 @@ def test_a_toy_classification_task_runs_the_whole_pipeline_with_its_report(ray_s
     again = run_job(JobConfig(task="toy", data_root=str(root), model=str(model), output=str(out), resume=True,
                               shard_size=4, quiet=True, report=False))
     assert again.metrics == outcome.metrics
+    # its option, a flag generated from its dataclass: on the job and, marked "eval", on eval
+    assert main(["run", "toy", "--data-root", str(root), "--model", str(model), "--output", str(tmp_path / "k3"),
+                 "--top-k", "3", "--quiet", "--no-report"]) == 0
+    assert json.loads((tmp_path / "k3/metrics.json").read_text())["top3"] == 1.0
+    assert json.loads((tmp_path / "k3/run.json").read_text())["task_options"] == {"top_k": 3}
+    capsys.readouterr()
+    assert main(["eval", "toy", "--predictions", str(out), "--data-root", str(root), "--top-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"top3": 1.0, "images": 12}
+    assert main(["run", "toy", "--data-root", str(root), "--model", str(model), "--output", str(tmp_path / "k4"),
+                 "--top-k", "4"]) == 2  # checked by its own type: one line, nothing run
+    assert "top_k must be in 1..3, got 4" in capsys.readouterr().err and not (tmp_path / "k4").exists()
 
 
 def test_an_unknown_task_is_a_setup_error_naming_the_known_ones():

@@ -54,8 +54,22 @@ class ToyDataset:
         return {}
 
 
+@dataclass(frozen=True)
+class ToyOptions:
+    """The task's options: each field is a flag of `rayinfer run toy` (`--top-k 3`) and, marked
+    "eval", of `rayinfer eval toy`; nothing else in the project lists them."""
+
+    top_k: int = field(default=1, metadata={"help": "a sample is right when its class is among its k best scores",
+                                            "eval": True})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= len(CLASSES):
+            raise ValueError(f"top_k must be in 1..{len(CLASSES)}, got {self.top_k}")
+
+
 class ToyAdapter:
-    schema = pa.schema([pa.field("predicted", pa.int32()), pa.field("score", pa.float32())])
+    schema = pa.schema([pa.field("predicted", pa.int32()), pa.field("score", pa.float32()),
+                        pa.field("ranked", pa.list_(pa.int32()))])
 
     def __init__(self, input_name: str) -> None:
         self.input_name = input_name
@@ -65,7 +79,8 @@ class ToyAdapter:
 
     def postprocess(self, outputs: Sequence[np.ndarray], meta: Any, sample: Sample) -> dict[str, Any]:
         scores = outputs[0][0]
-        return {"predicted": int(scores.argmax()), "score": float(scores.max())}
+        return {"predicted": int(scores.argmax()), "score": float(scores.max()),
+                "ranked": [int(k) for k in np.argsort(-scores, kind="stable")]}
 
 
 @dataclass
@@ -87,6 +102,7 @@ class MeanScore(RunningMetric):
 
 class Classification(Task):
     name = "toy"
+    options_type = ToyOptions
     summary_keys = ("top1", "images")
     figure_names = ("confusion.png",)
 
@@ -100,15 +116,19 @@ class Classification(Task):
         return MeanScore()
 
     def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> ClassificationEvaluation:
+        options = options or self.saved_options(run) or ToyOptions()
         labels = ToyDataset(data_root).labels()
         table = run.table()
-        predicted = dict(zip(table.column("sample_id").to_pylist(), table.column("predicted").to_pylist()))
+        ids = table.column("sample_id").to_pylist()
+        predicted = dict(zip(ids, table.column("predicted").to_pylist()))
+        ranked = dict(zip(ids, table.column("ranked").to_pylist()))
         confusion = [[0] * len(CLASSES) for _ in CLASSES]
         for sample_id in run.ids:
             if sample_id in predicted:
                 confusion[labels[sample_id]][predicted[sample_id]] += 1
-        correct = sum(confusion[k][k] for k in range(len(CLASSES)))
-        metrics = {"top1": correct / len(run.ids), "images": len(run.ids)}  # failed samples count as wrong
+        correct = sum(labels[i] in ranked[i][:options.top_k] for i in run.ids if i in ranked)
+        # failed samples count as wrong
+        metrics = {f"top{options.top_k}": correct / len(run.ids), "images": len(run.ids)}
         return ClassificationEvaluation(self.name, metrics, head=table.slice(0, 16), rows=table.num_rows,
                                         sample_ids=run.ids, confusion=confusion)
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from rayinfer.datasets.base import Adapter, Dataset, SetupError
 from rayinfer.datasets.storage import Location
+from rayinfer.jobs.config import ConfigError, from_data
 
 from rayinfer.jobs.evaluate import Evaluation, SavedRun
 
@@ -80,9 +81,10 @@ class Task:
 
     #: the name on the command line (`rayinfer run NAME`) and in run.json
     name: str = ""
-    #: the JobConfig field holding this task's options, and their type (a dataclass), or None
-    options_key: str | None = None
+    #: this task's options (a dataclass whose fields carry `metadata["help"]`, each a flag of
+    #: `rayinfer run NAME`), or None; and the name they go by in the `--resume` fingerprint
     options_type: type | None = None
+    options_key: str | None = None
     #: the metrics shown first, in this order (default: every number in metrics.json)
     summary_keys: tuple[str, ...] = ()
     #: the report's figure files (report/FILE: .png, .jpg for photographs), recorded in the
@@ -103,8 +105,15 @@ class Task:
         raise NotImplementedError
 
     def options(self, cfg: Any) -> Any:
-        """This task's options as configured (None for a task without options)."""
-        return getattr(cfg, self.options_key) if self.options_key else None
+        """This task's options (an `options_type`), from the values `cfg.options` sets over
+        the defaults; None for a task without options. A key the task does not have, or a
+        value of the wrong type, is a ConfigError naming it."""
+        known = [f.name for f in dataclasses.fields(self.options_type)] if self.options_type else []
+        unknown = sorted(set(cfg.options) - set(known))
+        if unknown:
+            raise ConfigError(f"task {self.name!r} has no option {', '.join(unknown)} "
+                              f"({'its options: ' + ', '.join(known) if known else 'it takes none'})")
+        return from_data(self.options_type, dict(cfg.options), "options.") if self.options_type else None
 
     def resolved_options(self, cfg: Any, adapter: Adapter) -> Any:
         """The options the job really uses, once the model is known (a declared preprocessing
@@ -112,14 +121,16 @@ class Task:
         return self.options(cfg)
 
     def saved_options(self, run: SavedRun) -> Any:
-        """The options a saved job used: run.json's `task_options`, else its config's section
-        (runs written before `task_options`), else None."""
-        if self.options_type is None:
+        """The options a saved job used: run.json's `task_options`, else its config's (runs
+        written before `task_options` kept them in a config section named `options_key`),
+        else None."""
+        if self.options_type is None or run.record is None:
             return None
         recorded = run.options()
-        if recorded is not None:
-            return self.options_type(**recorded)
-        return self.options(run.config) if run.config is not None else None
+        if recorded is None:
+            config = run.record.get("config") or {}
+            recorded = config.get(self.options_key) if self.options_key in config else config.get("options")
+        return from_data(self.options_type, dict(recorded), "task_options.") if recorded is not None else None
 
     def running_metric(self) -> RunningMetric:
         return RunningMetric()

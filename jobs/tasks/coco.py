@@ -75,7 +75,7 @@ class CocoDetection(Task):
         if classes is not None and classes != len(dataset.category_ids):
             raise SetupError(f"the model predicts {classes} classes but the dataset has "
                              f"{len(dataset.category_ids)} categories")
-        return family(model.inputs, cfg.detection, dataset.category_ids)
+        return family(model.inputs, self.options(cfg), dataset.category_ids)
 
     def running_metric(self) -> RunningMetric:
         return DetectionsPerImage()

@@ -63,7 +63,7 @@ class NyuDepth(Task):
         wrong = DepthAdapter.matches(model.inputs, model.outputs)
         if wrong:
             raise SetupError(f"the model is not a depth model: {wrong}; a detector runs as `rayinfer run coco`")
-        return DepthAdapter(model.inputs, cfg.depth, getattr(model, "metadata", None))
+        return DepthAdapter(model.inputs, self.options(cfg), getattr(model, "metadata", None))
 
     def resolved_options(self, cfg: Any, adapter: Any) -> DepthOptions:
         return adapter.options  # `auto` replaced by the profile the model declares
