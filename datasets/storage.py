@@ -33,6 +33,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -359,7 +360,44 @@ class Location:
         raise AssertionError("unreachable")
 
 
+#: pyarrow's words for an S3 request the store refused (a HEAD has no body, so no code)
+_DENIED = re.compile(r"AWS Error (?:ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|"
+                     r"UNKNOWN \(HTTP status 403\)) during (\w+) operation")
+
+
 def storage_error(exc: BaseException) -> str:
-    """One line from a storage exception (pyarrow's carry the AWS error and request id)."""
+    """One line from a storage exception (pyarrow's carry the AWS error and request id); an
+    S3 refusal says so, and where this process's credentials came from (never what they are)."""
     text = " ".join(str(exc).split())
+    denied = _DENIED.search(text)
+    if denied:
+        return f"access denied ({denied[1]}): {aws_credential_source()}"
     return text.split(" (Request ID")[0]
+
+
+def aws_credential_source(environ: Mapping[str, str] | None = None) -> str:
+    """Which link of the AWS SDK's default credential chain would answer here, in words:
+    the environment, a web identity token, a profile file, the container endpoint, an
+    instance role; or that none would. Names only: no key, not even in part."""
+    env = os.environ if environ is None else environ
+    if env.get("AWS_ACCESS_KEY_ID"):
+        return "the credentials from the environment (AWS_ACCESS_KEY_ID) may not do this"
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return "the web identity role (AWS_WEB_IDENTITY_TOKEN_FILE) may not do this"
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    files = [Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials"),
+             Path(env.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")]
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if re.search(rf"^\[(profile )?{re.escape(profile)}\]", text, re.MULTILINE):
+            return f"the credentials of profile {profile!r} ({path}) may not do this"
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return "the container's credentials (AWS_CONTAINER_CREDENTIALS_*) may not do this"
+    if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        return ("no credentials found (none in the environment, no profile, no web identity or container "
+                "credentials, and the instance metadata service is disabled)")
+    return ("no credentials in the environment, a profile or a container; the instance role, if this machine "
+            "has one, may not do this")

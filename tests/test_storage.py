@@ -253,6 +253,62 @@ def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
     assert "abc" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_no_credentials_and_access_denied_name_the_url_and_where_credentials_came_from(tmp_path):
+    """A store that checks credentials (moto with IAM on, its own server): no credentials at all,
+    a user that may only list (setup: one line, exit 2), a user denied one image (that sample is
+    an error row naming its URL, the others are predicted, exit 3). No secret is ever printed.
+    Without credentials the remote file is the model, asked for before any IAM user exists: moto
+    5.2 answers an unsigned request with a 500 (a KeyError on the Authorization header) where the
+    key is a prefix or a multipart upload, or once users have policies; S3 answers 403."""
+    from rayinfer.jobs.bench.s3server import S3Server
+
+    server = S3Server()
+    try:
+        root = write_coco(tmp_path / "coco", n_images=4, seed=1)
+        data = server.upload(root, "locked/coco")
+        import boto3  # one PUT: moto 5.2 fails unsigned HEADs of multipart-uploaded objects (pyarrow's upload)
+
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").put_object(
+            Bucket="locked", Key="models/detector.onnx", Body=_demo_model("coco").read_bytes())
+        model = "s3://locked/models/detector.onnx"
+        denied_image = sorted((root / "val2017").iterdir())[1].name
+        nobody = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        nobody.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+                      AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=server.endpoint)
+        args = ["-m", "rayinfer.jobs", "run", "coco", "--model", str(_demo_model("coco")), "--quiet", "--no-report"]
+
+        def refused(env: dict[str, str], more: list[str], where: str, why: str, secret: str = "") -> None:
+            out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+            proc = subprocess.run([sys.executable, *args, *more, "--output", str(out)], cwd=PROJECT_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            assert proc.returncode == 2 and len(lines) == 1 and where in lines[0] and why in lines[0], proc.stderr
+            assert (not secret or secret not in proc.stderr) and not out.exists()
+
+        server.require_auth()
+        refused(nobody, ["--data-root", str(root), "--model", model], f"the model {model}: access denied (",
+                "no credentials found (none in the environment, no profile")
+        server.require_auth(False)
+        lister = server.add_user("lister", [{"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}])
+        reader = server.add_user("reader", [
+            {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"},
+            {"Effect": "Deny", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::locked/coco/val2017/{denied_image}"}])
+        server.require_auth()
+        refused({**nobody, **lister}, ["--data-root", data], f"data root {data}: access denied (",
+                "the credentials from the environment (AWS_ACCESS_KEY_ID) may not do this", lister["AWS_SECRET_ACCESS_KEY"])
+        out = tmp_path / "reader"
+        proc = subprocess.run([sys.executable, *args, "--data-root", data, "--output", str(out)], cwd=PROJECT_ROOT,
+                              env={**nobody, **reader}, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 3, proc.stderr
+        errors = pq.read_table(out / "errors.parquet").to_pylist()
+        assert len(errors) == 1 and f"{data}/val2017/{denied_image}: cannot read: access denied (" in errors[0]["message"]
+        assert pq.read_table(out / "predictions").num_rows == 3
+        for text in (proc.stderr, proc.stdout, (out / "run.json").read_text()):
+            assert reader["AWS_SECRET_ACCESS_KEY"] not in text and reader["AWS_ACCESS_KEY_ID"] not in text
+    finally:
+        server.stop()
+
+
 def test_cluster_yaml_is_valid_for_ray_and_needs_no_shared_file_system():
     """issue 18 item 4: the example keeps data and models in S3 (an instance role for the
     workers), and Ray's own schema accepts it as `ray up` would."""
@@ -420,3 +476,19 @@ def test_nyu_packed_in_s3_gives_the_loose_metrics_and_the_reader_lets_shards_go(
     for sample in packed.samples():
         packed.load(sample)
     assert packed.reader.members == {}  # each shard let go once its frames were served
+
+
+def test_where_aws_credentials_come_from_is_named_never_shown(tmp_path):
+    from rayinfer.datasets.storage import aws_credential_source
+
+    none = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no"), "AWS_CONFIG_FILE": str(tmp_path / "no")}
+    assert "no credentials in the environment, a profile or a container" in aws_credential_source(none)
+    assert "metadata service is disabled" in aws_credential_source({**none, "AWS_EC2_METADATA_DISABLED": "true"})
+    (tmp_path / "credentials").write_text("[team]\naws_access_key_id = AKIASECRET\naws_secret_access_key = s3cr3t\n")
+    profile = {**none, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"), "AWS_PROFILE": "team"}
+    text = aws_credential_source(profile)
+    assert text.startswith("the credentials of profile 'team'") and "AKIA" not in text and "s3cr3t" not in text
+    assert "default" not in aws_credential_source({**profile, "AWS_PROFILE": "other"})  # no such profile there
+    assert "web identity" in aws_credential_source({**none, "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/token"})
+    assert "container" in aws_credential_source({**none, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/creds"})
+    assert "AWS_ACCESS_KEY_ID" in aws_credential_source({**none, "AWS_ACCESS_KEY_ID": "AKIAX"})

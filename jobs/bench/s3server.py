@@ -49,8 +49,10 @@ class S3Server:
     def __init__(self) -> None:
         port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
+        log = os.environ.get("RAYINFER_S3_LOG")  # moto's request log and tracebacks, for debugging
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=open(log, "a") if log else subprocess.DEVNULL)  # noqa: SIM115
         _wait_listening(port, lambda: self.process.poll() is None)
 
     @property
@@ -77,6 +79,31 @@ class S3Server:
             with fs.open_output_stream(bucket_and_prefix) as f:
                 f.write(Path(local).read_bytes())
         return f"s3://{bucket_and_prefix}"
+
+    def add_user(self, name: str, statements: list[dict[str, Any]]) -> dict[str, str]:
+        """An IAM user with an inline policy of `statements`; its credentials as environment
+        variables (boto3, a dependency of moto, talks to the same server's IAM)."""
+        import json
+
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1")
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy",
+                            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+    def require_auth(self, on: bool = True) -> None:
+        """From now on every request is authenticated and authorized as AWS would (moto's IAM:
+        unknown keys and unsigned requests are refused, policies are applied); `on=False`:
+        none is again (moto's default)."""
+        import urllib.request
+
+        count = b"0" if on else b"inf"
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=count,
+                                                      method="POST", headers={"Content-Type": "text/plain"}),
+                               timeout=10).read()
 
     def stop(self) -> None:
         self.process.terminate()
