@@ -75,9 +75,10 @@ class RequestTimeout(RuntimeError):
 class _SampleFailed(Exception):
     """Reading or preprocessing one sample failed; carries the stage for its error row."""
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
+        self.transient = transient
 
 
 class _InFlight:
@@ -317,7 +318,7 @@ class InferenceActor:
             try:
                 feed = self._prepare(job)
             except _SampleFailed as exc:
-                return job.state.fail(job.sample, exc.stage, str(exc))
+                return job.state.fail(job.sample, exc.stage, str(exc), exc.transient)
         job.state.started(job.sample)
         try:
             self.queue.start_async(feed, job)
@@ -336,7 +337,7 @@ class InferenceActor:
             t1 = time.perf_counter()
             feed, job.meta = self.adapter.preprocess(raw, sample)
         except SampleError as exc:
-            raise _SampleFailed(exc.stage, str(exc)) from None
+            raise _SampleFailed(exc.stage, str(exc), exc.transient) from None
         except Exception as exc:  # noqa: BLE001 - any reader or preprocessing failure is this sample's
             stage = "load" if t1 is None else "preprocess"
             raise _SampleFailed(stage, f"{sample.file}: {type(exc).__name__}: {exc}") from None
@@ -351,7 +352,7 @@ class InferenceActor:
         sample, state = job.sample, job.state
         t0 = time.perf_counter()
         if isinstance(request.error, _SampleFailed):
-            return state.fail(sample, request.error.stage, str(request.error))
+            return state.fail(sample, request.error.stage, str(request.error), request.error.transient)
         if request.error is not None:
             return state.fail(sample, "infer", f"{sample.file}: {type(request.error).__name__}: {request.error}")
         try:

@@ -24,11 +24,14 @@ from rayinfer.datasets.storage import Location
 
 
 class SampleError(Exception):
-    """One sample cannot be processed. The job records it and goes on."""
+    """One sample cannot be processed. The job records it and goes on. `transient`: the
+    failure says nothing about the sample (the network failed through every retry), so
+    `--resume` tries it again."""
 
-    def __init__(self, message: str, stage: str = "load") -> None:
+    def __init__(self, message: str, stage: str = "load", transient: bool = False) -> None:
         super().__init__(message)
         self.stage = stage
+        self.transient = transient
 
 
 class SetupError(Exception):

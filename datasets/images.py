@@ -18,7 +18,7 @@ import numpy as np
 import simplejpeg
 
 from rayinfer.datasets.base import SampleError
-from rayinfer.datasets.storage import Location, storage_error
+from rayinfer.datasets.storage import Location, is_network_error, storage_error
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -89,7 +89,8 @@ def read_bytes(path: Path | Location) -> bytes:
         except FileNotFoundError:
             raise SampleError(f"{path}: file not found", stage="load") from None
         except OSError as exc:
-            raise SampleError(f"{path}: cannot read: {storage_error(exc)}", stage="load") from None
+            raise SampleError(f"{path}: cannot read: {storage_error(exc)}", stage="load",
+                              transient=is_network_error(exc)) from None
     local = path.path if isinstance(path, Location) else path
     try:
         if not stat.S_ISREG(local.stat().st_mode):

@@ -49,6 +49,8 @@ REMOTE_SCHEMES = ("s3", "gs", "http", "https")
 SECRET_OPTIONS = ("access_key", "secret_key", "session_token", "access_token", "password")
 #: tries for one HTTP request (S3 and GCS retry inside their SDKs)
 HTTP_ATTEMPTS = 4
+#: tries the S3 SDK gives one request (pyarrow's AwsStandardS3RetryStrategy, set in `fs`)
+S3_ATTEMPTS = 5
 
 
 def is_remote(text: str | os.PathLike) -> bool:
@@ -188,7 +190,7 @@ class Location:
                     or os.environ.get("AWS_ENDPOINT_URL")
                 if endpoint:
                     options["endpoint_override"] = endpoint
-                options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=5))
+                options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
                 for key in ("connect_timeout", "request_timeout"):
                     if key in options:
                         options[key] = float(options[key])
@@ -329,7 +331,7 @@ class Location:
                     why = (f"connection dropped after {got:,} of {got + (exc.expected or 0):,} bytes" if got is not None
                            else f"connection dropped mid-body ({exc})")
             if attempt == HTTP_ATTEMPTS:
-                raise OSError(f"{why} ({HTTP_ATTEMPTS} tries)")
+                raise NetworkError(f"{why} ({HTTP_ATTEMPTS} tries)")
             log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
                         HTTP_ATTEMPTS)
             time.sleep(delay)
@@ -347,11 +349,11 @@ class Location:
                 if exc.code == 404:
                     raise FileNotFoundError("not found (HTTP 404)") from None
                 if exc.code < 500 or attempt == HTTP_ATTEMPTS:
-                    raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+                    raise (OSError if exc.code < 500 else NetworkError)(f"HTTP {exc.code} {exc.reason}") from None
                 why = f"HTTP {exc.code}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 if attempt == HTTP_ATTEMPTS:
-                    raise OSError(str(getattr(exc, "reason", exc))) from None
+                    raise NetworkError(str(getattr(exc, "reason", exc))) from None
                 why = str(getattr(exc, "reason", exc))
             log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
                         HTTP_ATTEMPTS)
@@ -365,6 +367,10 @@ _DENIED = re.compile(r"AWS Error (?:ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATUR
                      r"UNKNOWN \(HTTP status 403\)) during (\w+) operation")
 
 
+#: pyarrow's words for a request the network failed (the SDK has retried it already)
+_NETWORK = re.compile(r"AWS Error NETWORK_CONNECTION during (\w+) operation: (.*)")
+
+
 def storage_error(exc: BaseException) -> str:
     """One line from a storage exception (pyarrow's carry the AWS error and request id); an
     S3 refusal says so, and where this process's credentials came from (never what they are)."""
@@ -372,7 +378,21 @@ def storage_error(exc: BaseException) -> str:
     denied = _DENIED.search(text)
     if denied:
         return f"access denied ({denied[1]}): {aws_credential_source()}"
+    network = _NETWORK.search(text)
+    if network:
+        details = network[2].split(" (Request ID")[0]
+        return f"network error ({network[1]}, {S3_ATTEMPTS} tries): {details}"
     return text.split(" (Request ID")[0]
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """The failure is the network's (dropped, reset, cut short through every retry), not the
+    object's: a sample that failed so is worth another try (`--resume`)."""
+    return isinstance(exc, NetworkError) or bool(_NETWORK.search(str(exc)))
+
+
+class NetworkError(OSError):
+    """An HTTP(S) request the network failed through every retry (refused, reset, a body cut short)."""
 
 
 def aws_credential_source(environ: Mapping[str, str] | None = None) -> str:

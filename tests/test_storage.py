@@ -190,6 +190,53 @@ def test_an_http_server_that_drops_the_connection_mid_object_is_retried_then_nam
     message = str(failed.value)
     assert message == f"{base}/broken.jpg: cannot read: connection dropped after 30,000 of 90,000 bytes (4 tries)"
     assert "\n" not in message and drops["/broken.jpg"] == 99 - 4
+    assert failed.value.transient  # the network's failure, not the file's: --resume tries it again
+
+
+def test_s3_answers_cut_short_are_retried_and_one_never_whole_is_a_transient_error_row(coco_here, s3, tmp_path):
+    """The store (moto) behind a proxy that cuts chosen GET answers at half their body: an image
+    cut twice arrives whole on the SDK's retries (its predictions as from the disk), one cut every
+    time is one error row naming its URL, marked transient, and `--resume` (the network mended)
+    predicts it: then the metrics equal the local run's."""
+    from collections import Counter
+
+    from rayinfer.jobs.bench.s3server import CuttingProxy
+
+    root, local, here = coco_here
+    data = s3.upload(root, "cut-job/coco")
+    files = sorted(p.name for p in (root / "val2017").iterdir())
+    flaky, broken = files[3], files[7]
+    gets: Counter[str] = Counter()
+    mended = threading.Event()
+
+    def cut(method: str, path: str) -> bool:
+        key = path.split("?")[0]
+        if method != "GET" or mended.is_set():
+            return False
+        gets[key] += 1
+        return key.endswith(broken) or (key.endswith(flaky) and gets[key] <= 2)
+
+    proxy = CuttingProxy(int(s3.endpoint.rsplit(":", 1)[1]), cut)
+    common = dict(task="coco", model=str(_demo_model("coco")), data_root=data, output=str(tmp_path / "run"),
+                  storage_options={"endpoint_override": proxy.endpoint}, progress=False, report=False,
+                  runtime="onnxruntime", shard_size=6)
+    try:
+        first = run_job(JobConfig(**common))
+        assert first.errors == 1 and gets[f"/cut-job/coco/val2017/{flaky}"] == 3
+        (error,) = pq.read_table(tmp_path / "run/errors.parquet").to_pylist()
+        assert error["message"].startswith(f"{data}/val2017/{broken}: cannot read: network error (GetObject, 5 tries): ")
+        assert error["transient"] and "\n" not in error["message"]
+        ids = pq.read_table(tmp_path / "run/predictions").column("sample_id").to_pylist()
+        assert len(set(ids)) == 23
+        flaky_id = str(int(flaky.split(".")[0]))
+        mine = pq.read_table(tmp_path / "run/predictions", filters=[("sample_id", "=", flaky_id)])
+        theirs = pq.read_table(local / "predictions", filters=[("sample_id", "=", flaky_id)])
+        assert mine.num_rows == theirs.num_rows > 0 and mine.column("score").equals(theirs.column("score"))
+        mended.set()
+        resumed = run_job(JobConfig(**common, resume=True))
+    finally:
+        proxy.stop()
+    assert resumed.errors == 0 and resumed.metrics == here.metrics
 
 
 @pytest.mark.shared
@@ -243,7 +290,7 @@ def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
         model = f"s3://bad-{case}/models/none.onnx"
         expected = f"model not found: {model}"
     elif case == "endpoint":  # nothing listens there: the SDK's retries, then one line
-        endpoint, expected = "http://127.0.0.1:9", f"data root {data}: When getting information"
+        endpoint, expected = "http://127.0.0.1:9", f"data root {data}: network error (HeadObject, 5 tries): curlCode: 7"
     else:
         extra, expected = ["--storage-options", "secret_key=abc"], "credentials come from the environment"
     proc = _cli(["run", "coco", "--data-root", data, "--model", model, *extra, "--quiet"],

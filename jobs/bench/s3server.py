@@ -1,6 +1,6 @@
 """A local S3-compatible server for the tests and the storage bench: moto's server mode, in
 its own process, on a free 127.0.0.1 port (no client is patched; needs `moto[server]`, in the
-`test` extra), and a proxy in front of it that delays every request."""
+`test` extra), a proxy in front of it that delays every request, and one that cuts chosen answers short."""
 
 from __future__ import annotations
 
@@ -152,3 +152,89 @@ class DelayingProxy:
 
     def stop(self) -> None:
         self.listener.close()
+
+
+class CuttingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of `upstream_port` that cuts chosen answers short:
+    for a request where `cut(method, path)` is true it passes on the answer's headers and half
+    its body, then drops the connection (a store or a network failing mid-object). Other
+    requests pass whole; connections are kept alive as the client asks. `cut` is called once
+    per request, so it can count (cut the first two GETs of a key, say)."""
+
+    def __init__(self, upstream_port: int, cut: Any) -> None:
+        self.upstream, self.cut = upstream_port, cut
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        reader = client.makefile("rb")
+        upstream = None
+        try:
+            while True:
+                head, body = _read_message(reader)
+                if head is None:
+                    return
+                method, path = head.split(b" ", 2)[:2]
+                if upstream is None:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream))
+                    upstream_reader = upstream.makefile("rb")
+                upstream.sendall(head + body)
+                answer, answer_body = _read_message(upstream_reader, method == b"HEAD")
+                if answer is None:
+                    return
+                if self.cut(method.decode(), path.decode()) and len(answer_body) > 1:
+                    client.sendall(answer + answer_body[:len(answer_body) // 2])
+                    return
+                client.sendall(answer + answer_body)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    s.close()
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def _read_message(reader: Any, no_body: bool = False) -> tuple[bytes | None, bytes]:
+    """One HTTP/1.1 message from `reader`: (its start line and headers, its body); (None, b"")
+    at the end of the stream. Bodies by Content-Length or chunked encoding (kept as sent)."""
+    lines = []
+    while True:
+        line = reader.readline()
+        if not line:
+            return None, b""
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            break
+    head = b"".join(lines)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.decode("latin-1").partition(":") for ln in lines[1:-1])}
+    if no_body or head.split(b" ", 2)[1:2] in ([b"204"], [b"304"]):
+        return head, b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size_line = reader.readline()
+            chunks.append(size_line)
+            size = int(size_line.split(b";")[0], 16)
+            chunks.append(reader.read(size + 2))
+            if size == 0:
+                return head, b"".join(chunks)
+    return head, reader.read(int(headers.get("content-length", 0)))
