@@ -86,7 +86,12 @@ class Dataset(Protocol):
         ...
 
     def load(self, sample: Sample) -> Any:
-        """Raw host data for one sample (uint8 image, depth map, ...). Raises SampleError."""
+        """Raw host data for one sample (uint8 image, depth map, ...). Raises SampleError.
+
+        A reader may also offer `fetch(sample) -> bytes | None` (the sample's file in one
+        request, where the data root is remote; None where `load` reads it itself) and take
+        its result as `load(sample, data)`: an actor then fetches samples ahead, many at once,
+        in I/O threads, and decodes them as they arrive."""
         ...
 
     def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:

@@ -67,15 +67,25 @@ class NyuDataset(PackedReading):
             samples = [s for s in samples if s.sample_id in wanted]
         return samples[: self.limit] if self.limit else samples
 
-    def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb uint8 HxWx3, depth float32 HxW). Raises SampleError naming the file."""
+    def fetch(self, sample: Sample) -> bytes | None:
+        """The frame file's bytes in one request (a remote loose set); None for local or packed
+        data, which `load` reads itself. Raises SampleError naming the URL."""
+        if self.reader is not None or self.root.is_local:
+            return None
+        return read_bytes(sample_location(self.root, sample.file))
+
+    def load(self, sample: Sample, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb uint8 HxWx3, depth float32 HxW); `data`: the file's bytes, where `fetch` read
+        them already. Raises SampleError naming the file."""
         import h5py
 
         path = sample_location(self.root, sample.file)
         # a local file is opened in place (h5py reads only the datasets), a remote one
         # fetched in one request and read from memory
-        if self.reader is not None:  # a packed set: the member of its shard
-            source: Any = io.BytesIO(self.packed_member(sample, sample.file))
+        if data is not None:
+            source: Any = io.BytesIO(data)
+        elif self.reader is not None:  # a packed set: the member of its shard
+            source = io.BytesIO(self.packed_member(sample, sample.file))
         else:
             source = path.path if path.is_local else io.BytesIO(read_bytes(path))
         try:

@@ -94,6 +94,8 @@ class Location:
             self.path = Path(local).expanduser()
             self.url = str(self.path)
         self._fs: Any = None
+        #: the location this one was made from (`root / file`), whose client it shares
+        self._parent: Location | None = None
 
     @classmethod
     def of(cls, url: str | os.PathLike | Location, options: Mapping[str, Any] | None = None) -> Location:
@@ -151,7 +153,9 @@ class Location:
         clean = posixpath.normpath("/" + relative.replace("\\", "/")).lstrip("/")
         if relative.startswith("/") or any(p == ".." for p in relative.replace("\\", "/").split("/")):
             raise ValueError(f"path {relative!r} escapes the data root {self.url}")
-        return Location(f"{self.url.rstrip('/')}/{clean}", self.options)
+        child = Location(f"{self.url.rstrip('/')}/{clean}", self.options)
+        child._parent = self  # one client (and its connection pool) per root, not per file
+        return child
 
     @property
     def bucket(self) -> Location:
@@ -180,7 +184,10 @@ class Location:
 
     @property
     def fs(self) -> Any:
-        """The pyarrow filesystem (S3, GCS), made on first use in this process."""
+        """The pyarrow filesystem (S3, GCS), made on first use in this process and shared with
+        the locations below this one (a new client per file would open a connection per file)."""
+        if self._fs is None and self._parent is not None:
+            self._fs = self._parent.fs
         if self._fs is None:
             import pyarrow.fs as pafs
 

@@ -94,6 +94,9 @@ def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row
     assert there.metrics == here.metrics and here.metrics["images"] == 24 and here.metrics["AP50"] > 0.3
     run = json.loads((tmp_path / "s3/run.json").read_text())
     assert run["config"]["model"] == model and run["config"]["data_root"] == data
+    assert {a["fetch_threads"] for a in run["actors"]} == {16}  # samples fetched ahead, 16 at once
+    local_run = json.loads((coco_here[1] / "run.json").read_text())
+    assert {a["fetch_threads"] for a in local_run["actors"]} == {0}
     manifest = json.loads((tmp_path / "s3/manifest.json").read_text())
     sha = manifest["fingerprint"]["model"]["sha256"]
     assert manifest["fingerprint"]["model"]["path"] == model and run["config"]["model_sha256"] == sha
