@@ -98,17 +98,9 @@ class CocoDataset(PackedReading):
             info["pack"] = pack.shard_of.get(member_key(file), "")
         return Sample(sample_id=str(img["id"]), file=file, info=info)
 
-    def fetch(self, sample: Sample) -> bytes | None:
-        """The image file's bytes in one request (a remote loose set); None for local or packed
-        data, which `load` reads itself. Raises SampleError naming the URL."""
-        if self.reader is not None or self.root.is_local:
-            return None
-        from rayinfer.datasets.images import read_bytes
-
-        return read_bytes(sample_location(self.root, sample.file))
-
     def load(self, sample: Sample, data: bytes | None = None) -> np.ndarray:
-        """The image as uint8 BGR; `data`: its file's bytes, where `fetch` read them already."""
+        """The image as uint8 BGR; `data`: its file's bytes, where `fetch` (PackedReading) read
+        them already."""
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
         location = sample_location(self.root, sample.file)
         if self.reader is not None:  # a packed set: the member of its shard

@@ -67,16 +67,9 @@ class NyuDataset(PackedReading):
             samples = [s for s in samples if s.sample_id in wanted]
         return samples[: self.limit] if self.limit else samples
 
-    def fetch(self, sample: Sample) -> bytes | None:
-        """The frame file's bytes in one request (a remote loose set); None for local or packed
-        data, which `load` reads itself. Raises SampleError naming the URL."""
-        if self.reader is not None or self.root.is_local:
-            return None
-        return read_bytes(sample_location(self.root, sample.file))
-
     def load(self, sample: Sample, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb uint8 HxWx3, depth float32 HxW); `data`: the file's bytes, where `fetch` read
-        them already. Raises SampleError naming the file."""
+        """(rgb uint8 HxWx3, depth float32 HxW); `data`: the file's bytes, where `fetch`
+        (PackedReading) read them already. Raises SampleError naming the file."""
         import h5py
 
         path = sample_location(self.root, sample.file)

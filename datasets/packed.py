@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
-from rayinfer.datasets.base import SampleError, SetupError
+from rayinfer.datasets.base import SampleError, SetupError, sample_location
 from rayinfer.datasets.images import read_bytes
 from rayinfer.datasets.storage import Location, storage_error
 
@@ -123,7 +123,8 @@ class PackReader:
 
 class PackedReading:
     """For a dataset reader whose `root` may hold a packed set: its index, this process's
-    reader, and pickling without either (cached properties are made again where used)."""
+    reader, and pickling without either (cached properties are made again where used); and,
+    for loose files in object storage, `fetch` (the `Dataset` protocol's fetch-ahead hook)."""
 
     root: Location
 
@@ -140,6 +141,13 @@ class PackedReading:
     def reader(self) -> PackReader | None:
         """This process's reader of packed shards (made where `load` runs, never pickled)."""
         return PackReader(self.pack) if self.pack is not None else None
+
+    def fetch(self, sample: Any) -> bytes | None:
+        """The sample's file in one request (a remote loose set), for `load(sample, data)`;
+        None for local or packed data, which `load` reads itself. Raises SampleError naming the URL."""
+        if self.reader is not None or self.root.is_local:
+            return None
+        return read_bytes(sample_location(self.root, sample.file))
 
     def packed_shard(self, sample: Any) -> str:
         """The packed shard holding `sample` ("" where none does): its info's, or the index's

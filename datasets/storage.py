@@ -381,15 +381,14 @@ _NETWORK = re.compile(r"AWS Error NETWORK_CONNECTION during (\w+) operation: (.*
 def storage_error(exc: BaseException) -> str:
     """One line from a storage exception (pyarrow's carry the AWS error and request id); an
     S3 refusal says so, and where this process's credentials came from (never what they are)."""
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).split(" (Request ID")[0]
     denied = _DENIED.search(text)
     if denied:
         return f"access denied ({denied[1]}): {aws_credential_source()}"
     network = _NETWORK.search(text)
     if network:
-        details = network[2].split(" (Request ID")[0]
-        return f"network error ({network[1]}, {S3_ATTEMPTS} tries): {details}"
-    return text.split(" (Request ID")[0]
+        return f"network error ({network[1]}, {S3_ATTEMPTS} tries): {network[2]}"
+    return text
 
 
 def is_network_error(exc: BaseException) -> bool:

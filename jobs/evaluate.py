@@ -9,11 +9,9 @@ read another tool's results file (COCO: a results JSON, e.g. Ultralytics `save_j
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +79,7 @@ class SavedRun:
     def config(self) -> JobConfig | None:
         if self.record is None:
             return None
-        known = {f.name for f in dataclasses.fields(JobConfig)}
+        known = {f.name for f in fields(JobConfig)}
         # runs written before `options` kept each task's options in a top-level section
         return JobConfig.from_dict({k: v for k, v in self.record["config"].items()
                                     if k in known or not isinstance(v, dict)})

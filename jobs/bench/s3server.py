@@ -110,13 +110,12 @@ class S3Server:
         self.process.wait(10)
 
 
-class DelayingProxy:
-    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds what a client sends
-    for `delay_s` before passing it on, each time it sends (a GET is one send): the latency
-    of a far-away store, on every request."""
+class _Proxy:
+    """A listener on a free 127.0.0.1 port in front of `upstream_port`; each client
+    connection goes to `_connected` (in the accepting thread: start a thread there)."""
 
-    def __init__(self, upstream_port: int, delay_s: float) -> None:
-        self.upstream, self.delay_s = upstream_port, delay_s
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -130,9 +129,38 @@ class DelayingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pump, args=(client, server, self.delay_s), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, 0.0), daemon=True).start()
+            self._connected(client)
+
+    def _connected(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+def _shut(*sockets: socket.socket | None) -> None:
+    """Shut both directions of each socket, ignoring the ones already gone."""
+    for s in sockets:
+        if s is not None:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class DelayingProxy(_Proxy):
+    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds what a client sends
+    for `delay_s` before passing it on, each time it sends (a GET is one send): the latency
+    of a far-away store, on every request."""
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.delay_s = delay_s
+        super().__init__(upstream_port)
+
+    def _connected(self, client: socket.socket) -> None:
+        server = socket.create_connection(("127.0.0.1", self.upstream))
+        threading.Thread(target=self._pump, args=(client, server, self.delay_s), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, 0.0), daemon=True).start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
@@ -144,17 +172,10 @@ class DelayingProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.listener.close()
+            _shut(src, dst)
 
 
-class CuttingProxy:
+class CuttingProxy(_Proxy):
     """An HTTP proxy on 127.0.0.1 in front of `upstream_port` that cuts chosen answers short:
     for a request where `cut(method, path)` is true it passes on the answer's headers and half
     its body, then drops the connection (a store or a network failing mid-object). Other
@@ -162,21 +183,11 @@ class CuttingProxy:
     per request, so it can count (cut the first two GETs of a key, say)."""
 
     def __init__(self, upstream_port: int, cut: Any) -> None:
-        self.upstream, self.cut = upstream_port, cut
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.cut = cut
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+    def _connected(self, client: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         reader = client.makefile("rb")
@@ -201,16 +212,10 @@ class CuttingProxy:
         except OSError:
             pass
         finally:
+            _shut(client, upstream)
             for s in (client, upstream):
                 if s is not None:
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
                     s.close()
-
-    def stop(self) -> None:
-        self.listener.close()
 
 
 def _read_message(reader: Any, no_body: bool = False) -> tuple[bytes | None, bytes]:
