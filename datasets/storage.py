@@ -13,7 +13,11 @@ Schemes:
   their standard credential chains (environment, profile, instance role / metadata server)
   and their own retries of transient errors. An S3-compatible endpoint comes from
   `endpoint_override` in the storage options or the standard `AWS_ENDPOINT_URL_S3` /
-  `AWS_ENDPOINT_URL` variables (read here: pyarrow does not honour them everywhere);
+  `AWS_ENDPOINT_URL` variables (read here: pyarrow does not honour them everywhere).
+  A whole S3 object (`read_bytes`: a sample, a shard, an annotation file) is one GET
+  through botocore, the AWS SDK for Python, with the same credential chain: pyarrow's
+  files ask for the size first, so each object cost two requests (HEAD + GET) and two
+  round trips;
 - `http://` and `https://`: read-only, through the standard library, with retries and
   exponential back-off on connection errors and 5xx answers. HTTP cannot list a folder,
   so only layouts whose files are named by an index (COCO's annotations) work over it.
@@ -34,6 +38,7 @@ import logging
 import os
 import posixpath
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -94,6 +99,8 @@ class Location:
             self.path = Path(local).expanduser()
             self.url = str(self.path)
         self._fs: Any = None
+        self._s3_client: Any = None
+        self._lock = threading.Lock()
         #: the location this one was made from (`root / file`), whose client it shares
         self._parent: Location | None = None
 
@@ -193,8 +200,7 @@ class Location:
 
             options = dict(self.options)
             if self.scheme == "s3":
-                endpoint = options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
-                    or os.environ.get("AWS_ENDPOINT_URL")
+                endpoint = self._s3_endpoint()
                 if endpoint:
                     options["endpoint_override"] = endpoint
                 options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
@@ -209,6 +215,85 @@ class Location:
             else:
                 raise ValueError(f"{self.url}: no file system for {self.scheme}://")
         return self._fs
+
+    def _s3_endpoint(self) -> str | None:
+        return self.options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+            or os.environ.get("AWS_ENDPOINT_URL")
+
+    @property
+    def _s3(self) -> Any:
+        """botocore's S3 client for whole-object GETs, made on first use in this process and
+        shared like `fs`, from the same options: endpoint (path-style addressing, as pyarrow
+        uses for one), region, anonymous, timeouts, `S3_ATTEMPTS` tries (standard retries)."""
+        if self._parent is not None:
+            return self._parent._s3
+        with self._lock:
+            if self._s3_client is None:
+                import botocore.config
+                import botocore.session
+                from botocore import UNSIGNED
+
+                options = self.options
+                endpoint = self._s3_endpoint()
+                if endpoint and "://" not in endpoint:
+                    endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+                anonymous = str(options.get("anonymous", "")).lower() in ("1", "true", "yes")
+                virtual = str(options.get("force_virtual_addressing", "")).lower() in ("1", "true", "yes")
+                timeouts = {name: float(options[key]) for key, name in
+                            (("connect_timeout", "connect_timeout"), ("request_timeout", "read_timeout"))
+                            if key in options}
+                config = botocore.config.Config(
+                    retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, max_pool_connections=64,
+                    s3={"addressing_style": "virtual" if virtual or not endpoint else "path"},
+                    signature_version=UNSIGNED if anonymous else None, **timeouts)
+                region = options.get("region") or os.environ.get("AWS_REGION") \
+                    or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+                # botocore says at INFO which link of the chain gave credentials, once per client and
+                # actor; this module names it on a refusal. Quiet unless someone set that logger's level.
+                chain_log = logging.getLogger("botocore.credentials")
+                if chain_log.level == logging.NOTSET:
+                    chain_log.setLevel(logging.WARNING)
+                # a session of its own: botocore's default session is not safe to share across threads
+                self._s3_client = botocore.session.Session().create_client(
+                    "s3", region_name=region, endpoint_url=endpoint, config=config)
+            return self._s3_client
+
+    def _s3_get(self) -> bytes:
+        """The whole object in one GET. botocore retries a failed request; a body cut short
+        is retried here, with back-off (0.1, 0.2, 0.4, 0.8 s). Raises FileNotFoundError,
+        OSError naming a refusal, or NetworkError."""
+        import botocore.exceptions as bex
+        import urllib3.exceptions
+
+        bucket, _, key = self._key.partition("/")
+        delay = 0.1
+        for attempt in range(1, S3_ATTEMPTS + 1):
+            try:
+                answer = self._s3.get_object(Bucket=bucket, Key=key)
+            except bex.ClientError as exc:
+                error = exc.response.get("Error", {})
+                code, status = str(error.get("Code", "")), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in ("NoSuchKey", "NoSuchBucket", "404") or status == 404:
+                    raise FileNotFoundError(f"not found ({code or status})") from None
+                if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
+                if status and status >= 500:  # botocore has retried it
+                    raise NetworkError(f"network error (GetObject, {S3_ATTEMPTS} tries): HTTP {status} {code}") from None
+                raise OSError(f"GetObject: {code or status}: {error.get('Message', '')}".rstrip(": ")) from None
+            except bex.NoCredentialsError:
+                raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
+            except (bex.ConnectionError, bex.HTTPClientError) as exc:  # botocore has retried it
+                raise NetworkError(f"network error (GetObject, {S3_ATTEMPTS} tries): {exc}") from None
+            try:
+                with answer["Body"] as body:
+                    return body.read()
+            except (bex.ResponseStreamingError, bex.IncompleteReadError, bex.ReadTimeoutError,
+                    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+                why = _dropped(exc)
+            if attempt == S3_ATTEMPTS:
+                raise NetworkError(f"network error (GetObject, {S3_ATTEMPTS} tries): {why}")
+            delay = _back_off(self.url, why, delay, attempt, S3_ATTEMPTS)
+        raise AssertionError("unreachable")
 
     def _info(self) -> Any:
         return self.fs.get_file_info(self._key)
@@ -293,6 +378,8 @@ class Location:
             return self.path.read_bytes()
         if self.scheme in ("http", "https"):
             return self._http_body()
+        if self.scheme == "s3":
+            return self._s3_get()
         with self.fs.open_input_file(self._key) as f:
             return f.read()
 
@@ -339,10 +426,7 @@ class Location:
                            else f"connection dropped mid-body ({exc})")
             if attempt == HTTP_ATTEMPTS:
                 raise NetworkError(f"{why} ({HTTP_ATTEMPTS} tries)")
-            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
-                        HTTP_ATTEMPTS)
-            time.sleep(delay)
-            delay *= 2
+            delay = _back_off(self.url, why, delay, attempt, HTTP_ATTEMPTS)
         raise AssertionError("unreachable")
 
     def _http(self, method: str) -> Any:
@@ -362,10 +446,7 @@ class Location:
                 if attempt == HTTP_ATTEMPTS:
                     raise NetworkError(str(getattr(exc, "reason", exc))) from None
                 why = str(getattr(exc, "reason", exc))
-            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", self.url, why, delay, attempt + 1,
-                        HTTP_ATTEMPTS)
-            time.sleep(delay)
-            delay *= 2
+            delay = _back_off(self.url, why, delay, attempt, HTTP_ATTEMPTS)
         raise AssertionError("unreachable")
 
 
@@ -376,6 +457,23 @@ _DENIED = re.compile(r"AWS Error (?:ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATUR
 
 #: pyarrow's words for a request the network failed (the SDK has retried it already)
 _NETWORK = re.compile(r"AWS Error NETWORK_CONNECTION during (\w+) operation: (.*)")
+
+
+def _back_off(url: str, why: str, delay: float, attempt: int, attempts: int) -> float:
+    """Log a failed try of `attempts`, wait `delay` seconds; the next wait (twice as long)."""
+    log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", url, why, delay, attempt + 1, attempts)
+    time.sleep(delay)
+    return delay * 2
+
+
+def _dropped(exc: BaseException) -> str:
+    """'connection dropped after N of M bytes' for a body cut short (urllib3's IncompleteRead,
+    raised bare or inside a ProtocolError), else the error's own words."""
+    for cause in (exc, *exc.args, exc.__context__):
+        partial, expected = getattr(cause, "partial", None), getattr(cause, "expected", None)
+        if isinstance(partial, int) and isinstance(expected, int):
+            return f"connection dropped after {partial:,} of {partial + expected:,} bytes"
+    return f"connection dropped mid-body ({exc})"
 
 
 def storage_error(exc: BaseException) -> str:
@@ -398,7 +496,7 @@ def is_network_error(exc: BaseException) -> bool:
 
 
 class NetworkError(OSError):
-    """An HTTP(S) request the network failed through every retry (refused, reset, a body cut short)."""
+    """A request the network failed through every retry (refused, reset, a body cut short, 5xx)."""
 
 
 def aws_credential_source(environ: Mapping[str, str] | None = None) -> str:

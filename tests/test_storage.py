@@ -52,6 +52,31 @@ def test_a_location_reads_lists_and_pickles_the_same_locally_and_in_s3(tmp_path,
     assert sorted(Location(url, s3.options).listing()) == ["val/a.h5", "val/b.h5", "val/c.txt"]
 
 
+def test_a_whole_s3_object_is_one_get_with_the_endpoint_in_either_form(tmp_path, s3):
+    """read_bytes asks the store once (a GET, no HEAD first); the endpoint given as pyarrow takes
+    it (a URL, or host:port with `scheme`), anonymous or signed, reads the same bytes."""
+    from collections import Counter
+
+    from rayinfer.jobs.bench.s3server import CuttingProxy
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one/x.bin").write_bytes(os.urandom(300_000))
+    url = s3.upload(tmp_path / "one", "one-get/set")
+    requests: Counter[str] = Counter()
+    proxy = CuttingProxy(int(s3.endpoint.rsplit(":", 1)[1]), lambda method, path: requests.update([method]))
+    try:
+        host = proxy.endpoint.split("://", 1)[1]
+        for options in ({"endpoint_override": proxy.endpoint},
+                        {"endpoint_override": host, "scheme": "http", "anonymous": "true"}):
+            requests.clear()
+            assert (Location(url, options) / "x.bin").read_bytes() == (tmp_path / "one/x.bin").read_bytes()
+            assert requests == Counter(GET=1), (options, requests)
+        with pytest.raises(FileNotFoundError):
+            (Location(url, {"endpoint_override": proxy.endpoint}) / "y.bin").read_bytes()
+    finally:
+        proxy.stop()
+
+
 def test_storage_options_are_flags_and_credentials_among_them_are_refused():
     from rayinfer.jobs.options import parser_for
 
