@@ -198,27 +198,31 @@ class Location:
         if self._fs is None:
             import pyarrow.fs as pafs
 
-            options = dict(self.options)
             if self.scheme == "s3":
-                endpoint = self._s3_endpoint()
-                if endpoint:
-                    options["endpoint_override"] = endpoint
+                options = self._s3_options()
                 options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
-                for key in ("connect_timeout", "request_timeout"):
-                    if key in options:
-                        options[key] = float(options[key])
-                if isinstance(options.get("anonymous"), str):
-                    options["anonymous"] = options["anonymous"].lower() in ("1", "true", "yes")
                 self._fs = pafs.S3FileSystem(**options)
             elif self.scheme == "gs":
-                self._fs = pafs.GcsFileSystem(**options)
+                self._fs = pafs.GcsFileSystem(**self.options)
             else:
                 raise ValueError(f"{self.url}: no file system for {self.scheme}://")
         return self._fs
 
-    def _s3_endpoint(self) -> str | None:
-        return self.options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+    def _s3_options(self) -> dict[str, Any]:
+        """The storage options as pyarrow's `S3FileSystem` takes them, which botocore's client
+        (`_s3`) is made from too: the endpoint from the options or the standard variables,
+        timeouts as numbers, `anonymous` as a bool (options from flags are text)."""
+        options = dict(self.options)
+        endpoint = options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_override"] = endpoint
+        for key in ("connect_timeout", "request_timeout"):
+            if key in options:
+                options[key] = float(options[key])
+        if "anonymous" in options:
+            options["anonymous"] = _flag(options["anonymous"])
+        return options
 
     @property
     def _s3(self) -> Any:
@@ -233,19 +237,18 @@ class Location:
                 import botocore.session
                 from botocore import UNSIGNED
 
-                options = self.options
-                endpoint = self._s3_endpoint()
+                options = self._s3_options()
+                endpoint = options.get("endpoint_override")
                 if endpoint and "://" not in endpoint:
                     endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
-                anonymous = str(options.get("anonymous", "")).lower() in ("1", "true", "yes")
-                virtual = str(options.get("force_virtual_addressing", "")).lower() in ("1", "true", "yes")
-                timeouts = {name: float(options[key]) for key, name in
+                virtual = _flag(options.get("force_virtual_addressing", False))
+                timeouts = {name: options[key] for key, name in
                             (("connect_timeout", "connect_timeout"), ("request_timeout", "read_timeout"))
                             if key in options}
                 config = botocore.config.Config(
                     retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}, max_pool_connections=64,
                     s3={"addressing_style": "virtual" if virtual or not endpoint else "path"},
-                    signature_version=UNSIGNED if anonymous else None, **timeouts)
+                    signature_version=UNSIGNED if options.get("anonymous") else None, **timeouts)
                 region = options.get("region") or os.environ.get("AWS_REGION") \
                     or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
                 # botocore says at INFO which link of the chain gave credentials, once per client and
@@ -421,9 +424,7 @@ class Location:
                 try:
                     return answer.read()
                 except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
-                    got = len(exc.partial) if isinstance(exc, http.client.IncompleteRead) else None
-                    why = (f"connection dropped after {got:,} of {got + (exc.expected or 0):,} bytes" if got is not None
-                           else f"connection dropped mid-body ({exc})")
+                    why = _dropped(exc)
             if attempt == HTTP_ATTEMPTS:
                 raise NetworkError(f"{why} ({HTTP_ATTEMPTS} tries)")
             delay = _back_off(self.url, why, delay, attempt, HTTP_ATTEMPTS)
@@ -466,11 +467,19 @@ def _back_off(url: str, why: str, delay: float, attempt: int, attempts: int) -> 
     return delay * 2
 
 
+def _flag(value: Any) -> bool:
+    """A yes/no storage option, given as a bool or as text ("true", "1", "yes")."""
+    return str(value).lower() in ("1", "true", "yes")
+
+
 def _dropped(exc: BaseException) -> str:
-    """'connection dropped after N of M bytes' for a body cut short (urllib3's IncompleteRead,
-    raised bare or inside a ProtocolError), else the error's own words."""
+    """'connection dropped after N of M bytes' for a body cut short (an IncompleteRead:
+    http.client's, whose `partial` is the bytes read, or urllib3's, raised bare or inside a
+    ProtocolError, whose `partial` is their count), else the error's own words."""
     for cause in (exc, *exc.args, exc.__context__):
         partial, expected = getattr(cause, "partial", None), getattr(cause, "expected", None)
+        if isinstance(partial, bytes):
+            partial, expected = len(partial), expected or 0
         if isinstance(partial, int) and isinstance(expected, int):
             return f"connection dropped after {partial:,} of {partial + expected:,} bytes"
     return f"connection dropped mid-body ({exc})"
