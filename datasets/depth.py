@@ -141,21 +141,43 @@ def align(pred: np.ndarray, gt: np.ndarray, method: str) -> np.ndarray:
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """The nine standard metrics over matching 1-D arrays of valid pixels (metres)."""
+    terms = _terms(pred, gt)
+    return {m: float(v) for m, v in _from_means([t.mean() for t in terms]).items()}
+
+
+# Every metric is a mean of a per-pixel term (rmse, rmse_log and silog take roots of means), so
+# one image's metrics and its metrics by depth range share the terms: computed once per image,
+# summed over all valid pixels and per range (np.bincount).
+_LANES = 16
+_TERMS = ("abs_rel", "sq_rel", "sq", "log", "log_sq", "log10", "delta1", "delta2", "delta3")
+
+
+def _terms(pred: np.ndarray, gt: np.ndarray) -> list[np.ndarray]:
+    """The per-pixel terms of `_TERMS`, in float64, over matching 1-D arrays."""
     pred = pred.astype(np.float64)
     gt = gt.astype(np.float64)
-    ratio = np.maximum(pred / gt, gt / pred)
     diff = pred - gt
+    sq = diff * diff
     log_diff = np.log(pred) - np.log(gt)
+    abs_log = np.abs(log_diff)
+    ratio = np.maximum(pred / gt, gt / pred)
+    return [np.abs(diff) / gt, sq / gt, sq, log_diff, log_diff * log_diff, abs_log * (1 / np.log(10)),
+            ratio < 1.25, ratio < 1.25**2, ratio < 1.25**3]
+
+
+def _from_means(means: list) -> dict[str, np.ndarray]:
+    """The nine metrics from the means of `_TERMS` (floats, or arrays: one value per group)."""
+    m = dict(zip(_TERMS, means))
     return {
-        "abs_rel": float(np.mean(np.abs(diff) / gt)),
-        "sq_rel": float(np.mean(diff**2 / gt)),
-        "rmse": float(np.sqrt(np.mean(diff**2))),
-        "rmse_log": float(np.sqrt(np.mean(log_diff**2))),
-        "log10": float(np.mean(np.abs(np.log10(pred) - np.log10(gt)))),
-        "silog": float(np.sqrt(max(np.mean(log_diff**2) - np.mean(log_diff) ** 2, 0.0)) * 100),
-        "delta1": float(np.mean(ratio < 1.25)),
-        "delta2": float(np.mean(ratio < 1.25**2)),
-        "delta3": float(np.mean(ratio < 1.25**3)),
+        "abs_rel": m["abs_rel"],
+        "sq_rel": m["sq_rel"],
+        "rmse": np.sqrt(m["sq"]),
+        "rmse_log": np.sqrt(m["log_sq"]),
+        "log10": m["log10"],
+        "silog": np.sqrt(np.maximum(m["log_sq"] - m["log"] ** 2, 0.0)) * 100,
+        "delta1": m["delta1"],
+        "delta2": m["delta2"],
+        "delta3": m["delta3"],
     }
 
 
@@ -164,24 +186,50 @@ def valid_pixels(gt: np.ndarray, mask: np.ndarray, options: DepthOptions) -> np.
     return (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
 
 
-def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
-                        ) -> tuple[dict[str, float], dict[str, float] | None, int]:
-    """Per-image metrics (raw and, if asked, aligned) and the number of valid pixels.
+def evaluate_image(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
+                   ) -> tuple[dict[str, float], dict[str, float] | None, int, dict[str, list]]:
+    """One image's metrics: (raw, aligned or None, valid pixels, by depth range).
 
-    `pred` is what was saved (float16 or float32, already at the ground truth's size).
+    `pred` is what was saved (float16 or float32, already at the ground truth's size);
+    `gt` and `mask` are at that size. The metrics by depth range, one entry per DEPTH_BINS
+    range: `bin_pixels` (its valid pixels) and `bin_<metric>` (NaN where it has none).
     """
     pred = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
     valid = valid_pixels(gt, mask, options)
-    n = int(valid.sum())
+    p, g = pred[valid], gt[valid]
+    n = len(g)
+    nan = dict.fromkeys(METRIC_NAMES, float("nan"))
+    n_bins = len(DEPTH_BINS) - 1
     if n == 0:
-        nan = dict.fromkeys(METRIC_NAMES, float("nan"))
-        return nan, (dict(nan) if options.align != "none" else None), 0
-    raw = depth_metrics(pred[valid], gt[valid])
+        bins = {"bin_pixels": [0] * n_bins, **{f"bin_{m}": [float("nan")] * n_bins for m in METRIC_NAMES}}
+        return nan, (dict(nan) if options.align != "none" else None), 0, bins
+    terms = _terms(p, g)
+    raw = {m: float(v) for m, v in _from_means([t.mean() for t in terms]).items()}
     aligned = None
     if options.align != "none":
-        p = np.clip(align(pred[valid], gt[valid], options.align), options.min_depth, options.max_depth)
-        aligned = depth_metrics(p, gt[valid])
-    return raw, aligned, n
+        aligned = depth_metrics(np.clip(align(p, g, options.align), options.min_depth, options.max_depth), g)
+    # each valid pixel's range (past the last one, gt >= its end: group n_bins, dropped)
+    group = np.zeros(n, np.intp)
+    for edge in DEPTH_BINS[1:]:
+        group += g >= edge
+    count = np.bincount(group, minlength=n_bins + 1)[:n_bins]
+    # Sums per range, each range spread over _LANES counters (neighbouring pixels, mostly in
+    # one range, would add into one counter, each add waiting on the last: 2.2x slower)
+    lanes = group * _LANES + np.arange(n) % _LANES
+    groups = (n_bins + 1) * _LANES
+    with np.errstate(invalid="ignore", divide="ignore"):  # a range without pixels: NaN
+        means = [np.bincount(lanes, weights=t, minlength=groups).reshape(-1, _LANES).sum(1)[:n_bins] / count
+                 for t in terms]
+    bins: dict[str, list] = {"bin_pixels": count.tolist()}
+    bins.update({f"bin_{m}": v.tolist() for m, v in _from_means(means).items()})
+    return raw, aligned, n, bins
+
+
+def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
+                        ) -> tuple[dict[str, float], dict[str, float] | None, int]:
+    """Per-image metrics (raw and, if asked, aligned) and the number of valid pixels (see
+    `evaluate_image`)."""
+    return evaluate_image(pred, gt, mask, options)[:3]
 
 
 #: Ground-truth depth ranges (metres) of the sliced metrics: [lo, hi) each.
@@ -190,19 +238,8 @@ DEPTH_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
 
 def bin_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
                 ) -> dict[str, list[float] | list[int]]:
-    """One image's metrics by ground-truth depth range, one entry per DEPTH_BINS range:
-    `bin_pixels` (its valid pixels) and `bin_<metric>` (NaN where it has none)."""
-    pred = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
-    valid = valid_pixels(gt, mask, options)
-    out: dict[str, list] = {"bin_pixels": [], **{f"bin_{m}": [] for m in METRIC_NAMES}}
-    for lo, hi in zip(DEPTH_BINS[:-1], DEPTH_BINS[1:]):
-        sel = valid & (gt >= lo) & (gt < hi)
-        n = int(sel.sum())
-        values = depth_metrics(pred[sel], gt[sel]) if n else dict.fromkeys(METRIC_NAMES, float("nan"))
-        out["bin_pixels"].append(n)
-        for m in METRIC_NAMES:
-            out[f"bin_{m}"].append(values[m])
-    return out
+    """One image's metrics by ground-truth depth range (see `evaluate_image`)."""
+    return evaluate_image(pred, gt, mask, options)[3]
 
 
 def summarize_bins(predictions: pa.Table) -> list[dict]:

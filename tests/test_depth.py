@@ -12,8 +12,11 @@ from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SampleError, SetupError
 from rayinfer.actors.families.depth import DepthAdapter
 from rayinfer.datasets.depth import (
+    DEPTH_BINS,
+    METRIC_NAMES,
     DepthOptions,
     PROFILES,
+    evaluate_image,
     decode_depth,
     depth_metrics,
     eval_mask,
@@ -49,6 +52,60 @@ def test_alignment_is_reported_separately():
     assert lsq["rmse"] == pytest.approx(0.0, abs=1e-4)
     _, none, _ = evaluate_prediction(pred, gt, mask, DepthOptions())
     assert none is None
+
+
+def test_one_pass_metrics_equal_their_definition_per_image_and_per_depth_range():
+    """evaluate_image sums per-pixel terms once for the image and each depth range (one pass);
+    each figure must equal the metrics computed on that range's pixels alone, NaN for an
+    empty range, and a pixel at exactly max_depth (10 m, past the last range) only in the whole."""
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(0.2, 4.5, (60, 80)).astype(np.float32)  # no pixel at 5-10 m: empty ranges
+    gt[0, :5] = 10.0
+    gt[1, :5] = 0.0  # holes
+    mask = np.ones_like(gt, np.uint8)
+    mask[-5:] = 0
+    pred = (gt * rng.uniform(0.6, 1.5, gt.shape) + 0.01).astype(np.float16)
+    options = DepthOptions(align="median")
+    raw, aligned, n, bins = evaluate_image(pred, gt, mask, options)
+    p = np.clip(pred.astype(np.float32), options.min_depth, options.max_depth)
+    valid = (gt > options.min_depth) & (gt <= options.max_depth) & (mask > 0)
+    assert n == valid.sum()
+    for m, v in depth_metrics(p[valid], gt[valid]).items():
+        assert raw[m] == pytest.approx(v, rel=1e-12, abs=1e-12), m
+    scaled = np.clip(p[valid] * (np.median(gt[valid]) / np.median(p[valid])), options.min_depth, options.max_depth)
+    assert aligned == pytest.approx(depth_metrics(scaled, gt[valid]), rel=1e-12)
+    for b, (lo, hi) in enumerate(zip(DEPTH_BINS[:-1], DEPTH_BINS[1:])):
+        sel = valid & (gt >= lo) & (gt < hi)
+        assert bins["bin_pixels"][b] == sel.sum()
+        expected = depth_metrics(p[sel], gt[sel]) if sel.any() else dict.fromkeys(METRIC_NAMES, float("nan"))
+        for m in METRIC_NAMES:
+            assert bins[f"bin_{m}"][b] == pytest.approx(expected[m], rel=1e-12, abs=1e-12, nan_ok=True), (lo, m)
+    assert sum(bins["bin_pixels"]) == n - 5  # the five 10 m pixels are in no range
+    empty = evaluate_image(pred, gt, np.zeros_like(mask), options)
+    assert empty[2] == 0 and np.isnan(empty[0]["rmse"]) and empty[3]["bin_pixels"] == [0] * (len(DEPTH_BINS) - 1)
+
+
+def test_planar_rgb_reads_and_normalises_as_numpy_does(tmp_path):
+    """The reader turns 3xHxW planes into HxWx3 with OpenCV and the adapter normalises with
+    OpenCV's blobFromImage (both for speed): the same pixels as numpy's transpose and
+    (x / 255 - mean) / std, to a float32 rounding."""
+    rng = np.random.default_rng(4)
+    planes = rng.integers(0, 256, (3, 48, 64), dtype=np.uint8)
+    folder = tmp_path / "val/official"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "a.h5", "w") as f:
+        f.create_dataset("rgb", data=planes)
+        f.create_dataset("depth", data=rng.uniform(0.5, 5, (48, 64)).astype(np.float32))
+    ds = NyuDataset(tmp_path)
+    rgb, depth = ds.load(ds.samples()[0])
+    assert rgb.shape == (48, 64, 3) and rgb.flags.c_contiguous and (rgb == planes.transpose(1, 2, 0)).all()
+    options = DepthOptions(profile="resize", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    adapter = DepthAdapter([TensorSpec("x", (1, 3, 32, 40), np.dtype(np.float32))], options)
+    feed, _ = adapter.preprocess((rgb, depth), Sample("a", "a.h5"))
+    image = transform(rgb, adapter.profile, (32, 40), nearest=False).astype(np.float32) / 255.0
+    expected = ((image - np.float32(options.mean)) / np.float32(options.std)).transpose(2, 0, 1)[None]
+    assert feed["x"].dtype == np.float32 and feed["x"].flags.c_contiguous
+    np.testing.assert_allclose(feed["x"], expected, rtol=0, atol=1e-6)
 
 
 def test_valid_range_and_empty_mask():

@@ -5,11 +5,15 @@ faster than ONNX Runtime and the dynamic-int8 YOLOv8n slower), so the choice is 
 
 1. each candidate is built as the actor would run it (its request plan, its own queue);
 2. it is fed random inputs of the model's shape, keeping every planned request busy: a
-   warm-up of one round of requests, then `ROUNDS` rounds of `ROUND_S` seconds each,
-   alternating between candidates so a noisy neighbour slows each alike;
+   warm-up of one round of requests, then rounds of `ROUND_S` seconds each, alternating
+   between candidates so a noisy neighbour slows each alike;
 3. img/s is completions over the round's wall time, the best of its rounds; the faster wins.
+   The probe ends as soon as the leader is `DECISIVE` times the next (a clear race: one
+   round each, 0.5 s for two candidates), else after `MAX_ROUNDS` rounds each (2 s): a
+   close race is where a longer look pays, and where a wrong pick costs least.
 
-About `2 x ROUNDS x ROUND_S` = 3 s for two candidates, plus compiling. The figures and the
+The probe runs before the job's first sample, so every second of it is a second of the
+job (on a 500-frame NYU job, 3 s of probing was 40% of the run). The figures and the
 choice are cached in `runtime-probes.json` under `$RAYINFER_CACHE_DIR` (else
 `$XDG_CACHE_HOME/rayinfer`, else `~/.cache/rayinfer`), keyed by the model file's sha256,
 the CPU model, the actor's CPUs, the hint, the request count and every candidate's
@@ -36,8 +40,12 @@ from rayinfer.actors.model import Model
 
 log = logging.getLogger(__name__)
 
-ROUNDS = 2
-ROUND_S = 0.75
+#: seconds each candidate keeps its requests busy in one round
+ROUND_S = 0.25
+#: rounds each at the most (a close race)
+MAX_ROUNDS = 4
+#: a lead (fastest / next) that ends the probe after any round
+DECISIVE = 1.25
 CACHE_FILE = "runtime-probes.json"
 
 
@@ -62,9 +70,10 @@ def remember(key: str, winner: str, rates: dict[str, float], cpus: int) -> None:
                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-def measure(models: dict[str, tuple[Model, int]], hint: str, cpus: int,
-            rounds: int = ROUNDS, round_s: float = ROUND_S) -> dict[str, float]:
-    """img/s of each model, `requests` in flight on its own queue, rounds alternating."""
+def measure(models: dict[str, tuple[Model, int]], hint: str, cpus: int, max_rounds: int = MAX_ROUNDS,
+            round_s: float = ROUND_S, decisive: float = DECISIVE) -> dict[str, float]:
+    """img/s of each model, `requests` in flight on its own queue, rounds alternating
+    until one leads by `decisive` or each had `max_rounds`."""
     from rayinfer.actors.queue import queue_for
 
     best = dict.fromkeys(models, 0.0)
@@ -73,13 +82,22 @@ def measure(models: dict[str, tuple[Model, int]], hint: str, cpus: int,
         feeds = {name: example_inputs(model) for name, (model, _) in models.items()}
         for name, q in queues.items():  # warm-up: one round of requests each
             _run(q, feeds[name], seconds=0.0)
-        for _ in range(rounds):
+        for rounds in range(1, max_rounds + 1):
             for name, q in queues.items():
                 best[name] = max(best[name], _run(q, feeds[name], round_s))
+            if lead(best) >= decisive:
+                break
     finally:
         for q in queues.values():
             q.close()
+    log.debug("probe: %d round(s) of %.2f s each: %s", rounds, round_s, best)
     return {name: round(rate, 2) for name, rate in best.items()}
+
+
+def lead(rates: dict[str, float]) -> float:
+    """The fastest rate over the next one (inf with one candidate or a zero rate)."""
+    top = sorted(rates.values(), reverse=True)
+    return top[0] / top[1] if len(top) > 1 and top[1] > 0 else float("inf")
 
 
 def _run(queue: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
