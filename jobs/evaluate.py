@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
-from rayinfer.jobs.output import iter_shards, read_shards
+from rayinfer.jobs.output import MANIFEST, iter_shards, read_shards
 
 
 @dataclass
@@ -95,6 +95,16 @@ class SavedRun:
     def options(self) -> dict[str, Any] | None:
         """The task options the job resolved (run.json `task_options`), as plain data."""
         return self.record.get("task_options") if self.record is not None else None
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """Its manifest's fingerprint (what every shard was made under: `--resume` refuses
+        another), or None where it has no readable manifest."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        fingerprint = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+        return fingerprint if isinstance(fingerprint, dict) else None
 
 
 def _saved_ids(output: Path, sample_ids: Sequence[str] | None, limit: int | None) -> list[str]:

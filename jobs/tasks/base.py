@@ -122,14 +122,19 @@ class Task:
 
     def saved_options(self, run: SavedRun) -> Any:
         """The options a saved job used: run.json's `task_options`, else its config's (runs
-        written before `task_options` kept them in a config section named `options_key`),
-        else None."""
-        if self.options_type is None or run.record is None:
+        written before `task_options` kept them in a config section named `options_key`);
+        without a run.json (the job itself evaluating, before it writes one; a driver that
+        died), those of the manifest's fingerprint; else None."""
+        if self.options_type is None:
             return None
-        recorded = run.options()
-        if recorded is None:
-            config = run.record.get("config") or {}
-            recorded = config.get(self.options_key) if self.options_key in config else config.get("options")
+        recorded = None
+        if run.record is not None:
+            recorded = run.options()
+            if recorded is None:
+                config = run.record.get("config") or {}
+                recorded = config.get(self.options_key) if self.options_key in config else config.get("options")
+        else:
+            recorded = (run.fingerprint() or {}).get(self.options_key or "task_options")
         return from_data(self.options_type, dict(recorded), "task_options.") if recorded is not None else None
 
     def running_metric(self) -> RunningMetric:
