@@ -293,7 +293,7 @@ def open_pool(cfg: JobConfig, dataset: Dataset, adapter: Adapter, growable: bool
     import ray
 
     placement = plan_placement(cfg, growable)
-    cfg, probe = resolve_runtime(cfg, placement.shape, cfg.actor_wait_s)
+    cfg, probe = resolve_runtime(cfg, placement.shape, cfg.actor_wait_s, growable)
     remote = ray.remote(InferenceActor)
     run_tag = uuid.uuid4().hex[:8]
 
@@ -325,19 +325,26 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1].strip() if lines else type(exc).__name__
 
 
-def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float) -> tuple[JobConfig, dict[str, Any] | None]:
+def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
+                    growable: bool = False) -> tuple[JobConfig, dict[str, Any] | None]:
     """One runtime for every actor of a job, so that a sample's prediction never depends on
     which actor ran it (runtimes differ in the last digits; OpenVINO may compute in bf16).
 
     Under `--runtime auto` with several installed CPU runtimes, the choice is measured
     once, in a Ray task with one actor's resources (so on an actor's kind of node, with its
-    CPUs), and the actors get the chosen runtime by name. Returns the config the actors get
-    and the probe's record (None when nothing had to be chosen).
+    CPUs), and the actors get the chosen runtime by name. Where the actors can only run on
+    this machine (a one-node cluster that is this one and will not grow), a choice measured
+    before is read here instead, without a task (0.36 s of a 5 s job: a worker importing
+    both runtimes to read one file). Returns the config the actors get and the probe's
+    record (None when nothing had to be chosen).
     """
     import ray
 
     if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto"), cfg):
         return cfg, None
+    cached = None if growable else _remembered_here(cfg, shape)
+    if cached:
+        return dataclasses.replace(cfg, runtime=cached["name"]), cached
     log.info("choosing the runtime: measuring each installed one on the model for a few seconds")
     task = ray.remote(_probe_runtime).options(**shape.options())
     try:
@@ -347,9 +354,28 @@ def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float) -> tupl
     return dataclasses.replace(cfg, runtime=probe["name"]), probe
 
 
-def _probe_runtime(cfg: JobConfig) -> dict[str, Any]:
-    """(A Ray task) the runtime an actor with these CPUs would choose, and its probe."""
-    from rayinfer.actors.backends import open_model
+def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None:
+    """The probe's record cached on this machine for an actor of `shape`, where the cluster
+    is this one machine and holds such an actor; else None."""
+    import ray
+
+    from rayinfer.actors.backends import remembered_runtime
     from rayinfer.actors.model import available_cpus
 
-    return open_model(cfg, available_cpus()).runtime.record()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1 or nodes[0].get("NodeID") != ray.get_runtime_context().get_node_id():
+        return None
+    if not shape.fits(nodes[0].get("Resources") or {}):
+        return None
+    # the CPUs an actor of this shape counts (actors/model.available_cpus inside it)
+    cpus = max(1, int(round(shape.cpus))) if shape.cpus else available_cpus()
+    runtime = remembered_runtime(cfg, cpus)
+    return runtime.record() if runtime else None
+
+
+def _probe_runtime(cfg: JobConfig) -> dict[str, Any]:
+    """(A Ray task) the runtime an actor with these CPUs would choose, and its probe."""
+    from rayinfer.actors.backends import choose_runtime
+    from rayinfer.actors.model import available_cpus
+
+    return choose_runtime(cfg, available_cpus()).record()

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from rayinfer.actors.backends import candidates, open_model
+from rayinfer.actors.backends import candidates, choose_runtime, open_model
 from rayinfer.actors.backends.onnxruntime import OnnxModel
 from rayinfer.actors.model import InputError, ModelError
 from rayinfer.datasets.base import SetupError
@@ -131,6 +131,13 @@ def test_auto_probes_once_and_caches_the_choice(heavy_model, tmp_path, monkeypat
     assert [e["choice"] for e in cache.values()] == [runtime.name]
     again = open_model(cfg, cpus=2).runtime
     assert again.probe_cached and again.name == runtime.name and again.probe == runtime.probe
+    # the job's probe task asks choose_runtime: the cached choice, and no model built for it
+    built = []
+    for backend in candidates(cfg.model):
+        monkeypatch.setattr(backend, "build", lambda *a, _b=backend: built.append(_b.name))
+    assert choose_runtime(cfg, cpus=2) == again and built == []
+    monkeypatch.undo()
+    monkeypatch.setenv("RAYINFER_CACHE_DIR", str(tmp_path / "cache"))
     # another CPU count is other hardware as far as the probe knows: measured again
     assert not open_model(cfg, cpus=1).runtime.probe_cached
     # a runtime named, or a GPU asked for: nothing measured
@@ -242,3 +249,23 @@ def test_auto_gives_every_actor_of_a_job_the_same_runtime(ray_session, tmp_path)
     assert {a["runtime"]["name"] for a in run["actors"]} == {run["runtime"]["name"]}
     assert "per_actor" not in run["runtime"]
     assert set(run["runtime"]["probe"]) == {"onnxruntime", "openvino"}
+
+
+def test_a_choice_cached_on_this_one_machine_cluster_is_read_by_the_driver(ray_session, heavy_model, tmp_path,
+                                                                           monkeypatch):
+    """On a one-node cluster that is this machine, a second job reads the cached choice in the
+    driver instead of sending a probe task (a worker importing both runtimes to read a file);
+    elsewhere, or for an actor this node cannot hold, the task asks on an actor's node."""
+    from rayinfer.jobs.placement import ActorShape, _remembered_here, resolve_runtime
+
+    monkeypatch.setenv("RAYINFER_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = JobConfig(task="null", data_root=".", model=str(heavy_model), output="o")
+    shape = ActorShape(cpus=1)
+    assert _remembered_here(cfg, shape) is None  # nothing measured yet
+    measured = open_model(cfg, cpus=1).runtime  # what an actor of that shape measures and caches
+    here = _remembered_here(cfg, shape)
+    assert here == measured._replace(probe_cached=True).record()
+    resolved, probe = resolve_runtime(cfg, shape, timeout_s=30)
+    assert resolved.runtime == measured.name and probe == here
+    assert _remembered_here(cfg, ActorShape(cpus=64)) is None  # no node here holds that actor
+    assert _remembered_here(cfg, ActorShape(cpus=2)) is None  # measured for 1 CPU, not 2

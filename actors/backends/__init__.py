@@ -137,19 +137,56 @@ def open_model(cfg: ActorSettings, cpus: int) -> Opened:
     return pick(found, cfg, cpus)
 
 
+def choose_runtime(cfg: ActorSettings, cpus: int) -> Runtime:
+    """The runtime `open_model` would run `cfg.model` with on `cpus`, without building it
+    where nothing is measured (a runtime named, a GPU asked for, a choice cached): what the
+    driver's one probe per job asks (jobs/placement.resolve_runtime)."""
+    from rayinfer.actors.backends import choice
+
+    cfg = fetched(cfg)
+    found = candidates(cfg.model, cfg.runtime)
+    chosen = settled(found, cfg)
+    if chosen:
+        return Runtime(chosen.name, _version(chosen))
+    return remembered_runtime(cfg, cpus) or pick(found, cfg, cpus).runtime
+
+
+def remembered_runtime(cfg: ActorSettings, cpus: int) -> Runtime | None:
+    """The runtime measured the faster before for `cfg.model` on this machine's CPU with
+    `cpus` (choice.py's cache; reading it costs no measuring), or None."""
+    from rayinfer.actors.backends import choice
+
+    cfg = fetched(cfg)
+    found = candidates(cfg.model, cfg.runtime)
+    remembered = _remembered(found, choice.cache_key(found, cfg, cpus))
+    return remembered[1] if remembered else None
+
+
+def _remembered(found: list[Any], key: str) -> tuple[Any, Runtime] | None:
+    """The backend among `found` measured the faster before under `key` (choice.py's cache)
+    and its Runtime record, or None."""
+    from rayinfer.actors.backends import choice
+
+    before = choice.cached(key)
+    names = [b.name for b in found]
+    if not before or before["choice"] not in names:
+        return None
+    chosen = found[names.index(before["choice"])]
+    return chosen, Runtime(chosen.name, _version(chosen), before["probe"], True)
+
+
 def pick(found: list[Any], cfg: ActorSettings, cpus: int) -> Opened:
     """The faster of `found` (backends that all run `cfg.model` on the CPU), measured, or
     as measured before on this hardware. One that cannot load the model is skipped."""
     from rayinfer.actors.backends import choice
 
     key = choice.cache_key(found, cfg, cpus)
-    before = choice.cached(key)
-    names = [b.name for b in found]
-    if before and before["choice"] in names:
-        chosen = found[names.index(before["choice"])]
+    remembered = _remembered(found, key)
+    if remembered:
+        chosen, runtime = remembered
         model, plan = build(chosen, cfg, cpus)
-        log.info("runtime %s for %s (measured before, img/s: %s)", chosen.name, cfg.model, before["probe"])
-        return Opened(model, plan, Runtime(chosen.name, _version(chosen), before["probe"], True))
+        log.info("runtime %s for %s (measured before, img/s: %s)", chosen.name, cfg.model, runtime.probe)
+        return Opened(model, plan, runtime)
     built: dict[str, tuple[Any, Model, Plan]] = {}
     for b in found:
         try:
