@@ -66,19 +66,19 @@ def _raydata_detect(paths: list[str], model: str, actors: int, batch_size: int |
 
 
 def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
-                     runtime: str = "onnxruntime") -> dict[str, float]:
-    """Seconds per image for decode+letterbox, single-thread inference and decode+NMS.
+                     runtime: str = "onnxruntime", task: str = "coco") -> dict[str, float]:
+    """Seconds per sample for read + preprocess, single-thread inference and postprocess
+    (COCO: decode + letterbox, decode + NMS; NYU: HDF5 read + transforms, the per-image
+    metrics), the task's own reader and adapter as the job builds them.
 
-    `threads=1`: one image at a time with the other cores idle (the issue's `limit`).
+    `threads=1`: one sample at a time with the other cores idle (the issue's `limit`).
     `threads=cores`: every core runs the same loop at once, each thread timing its own
     steps, so the costs include what the cores cost each other (shared caches, memory
     bandwidth, the GIL): the most any schedule of these steps can get from this machine.
     """
-    from rayinfer.datasets.coco import CocoDataset
-    from rayinfer.actors.families import choose_family
-    from rayinfer.actors.families.detection import DetectionOptions
+    from rayinfer.jobs.config import JobConfig
+    from rayinfer.jobs.tasks import get_task
 
-    ds = CocoDataset(root)
     m: Any
     if runtime == "openvino":
         # one compiled model on every core, its streams shared by the loops (as the job runs it)
@@ -87,7 +87,10 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
         m = OpenVinoModel(str(model), hint="throughput", threads=available_cpus())
     else:
         m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
-    adapter = choose_family("auto", m.inputs, m.outputs)(m.inputs, DetectionOptions(), ds.category_ids)
+    cfg = JobConfig(task=task, data_root=str(root), model=str(model), output=str(root / "unused"))
+    hooks = get_task(task)
+    ds = hooks.dataset(cfg)
+    adapter = hooks.adapter(cfg, ds, m)
     samples = ds.samples()
     m.run(adapter.preprocess(ds.load(samples[0]), samples[0])[0])
     totals: list[tuple[float, float, float]] = []
@@ -97,11 +100,11 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
         for i in range(first, first + n):
             s = samples[i % len(samples)]
             t0 = time.perf_counter()
-            feed, lb = adapter.preprocess(ds.load(s), s)
+            feed, meta = adapter.preprocess(ds.load(s), s)
             t1 = time.perf_counter()
             out = m.run(feed)
             t2 = time.perf_counter()
-            adapter.postprocess(out, lb, s)
+            adapter.postprocess(out, meta, s)
             t3 = time.perf_counter()
             pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + t3 - t2
         totals.append((pre, inf, post))
