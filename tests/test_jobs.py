@@ -126,6 +126,22 @@ def test_samples_are_prepared_in_the_request_on_cpu_and_ahead_of_it_for_a_device
         assert all(result.records.column(f"{stage}_ms").to_pylist() for stage in ("load", "preprocess", "infer"))
 
 
+def test_an_actors_opencv_threads_are_its_cpus_not_the_nodes(coco_set, tmp_path):
+    """OpenCV's own pool spans every core of the node (64 threads per actor on a 64-core
+    node); an actor keeps it to the CPUs it was given."""
+    import cv2
+
+    root, model = coco_set
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(64)  # OpenCV's default on a 64-core node
+    try:
+        actor = inference_actor(coco_cfg(root, model, tmp_path / "out"), "actor")
+        actor.close()
+        assert cv2.getNumThreads() == actor.cpus < 64
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_one_two_and_four_actors_give_identical_predictions(ray_session, coco_set, tmp_path):
     root, model = coco_set
     tables = []

@@ -141,8 +141,6 @@ def choose_runtime(cfg: ActorSettings, cpus: int) -> Runtime:
     """The runtime `open_model` would run `cfg.model` with on `cpus`, without building it
     where nothing is measured (a runtime named, a GPU asked for, a choice cached): what the
     driver's one probe per job asks (jobs/placement.resolve_runtime)."""
-    from rayinfer.actors.backends import choice
-
     cfg = fetched(cfg)
     found = candidates(cfg.model, cfg.runtime)
     chosen = settled(found, cfg)
