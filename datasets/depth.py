@@ -236,14 +236,8 @@ def evaluate_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, opti
 DEPTH_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
 
 
-def bin_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, options: DepthOptions
-                ) -> dict[str, list[float] | list[int]]:
-    """One image's metrics by ground-truth depth range (see `evaluate_image`)."""
-    return evaluate_image(pred, gt, mask, options)[3]
-
-
 def summarize_bins(predictions: pa.Table) -> list[dict]:
-    """Metrics by depth range over a run's rows (`bin_*` columns, as `bin_metrics` writes
+    """Metrics by depth range over a run's rows (`bin_*` columns, as `evaluate_image` makes
     them): per range, `range_m` [lo, hi], `images` with pixels in it, `pixels` summed, and
     each metric averaged over those images."""
     n_bins = len(DEPTH_BINS) - 1

@@ -362,8 +362,12 @@ def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None
     from rayinfer.actors.backends import remembered_runtime
     from rayinfer.actors.model import available_cpus
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) != 1 or nodes[0].get("NodeID") != ray.get_runtime_context().get_node_id():
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - a driver with no node of its own (Ray Client): the task asks
+        return None
+    if len(nodes) != 1 or nodes[0].get("NodeID") != here:
         return None
     if not shape.fits(nodes[0].get("Resources") or {}):
         return None
