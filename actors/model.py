@@ -52,13 +52,18 @@ def available_cpus() -> int:
             if ctx.worker.mode == ray.WORKER_MODE:
                 cpus = ctx.get_assigned_resources().get("CPU")
                 if cpus:
-                    return max(1, int(round(cpus)))
+                    return counted_cpus(cpus)
     except Exception:  # pragma: no cover - Ray missing or not in a worker
         pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def counted_cpus(assigned: float) -> int:
+    """The CPUs an actor counts (its threads, requests) for `assigned` Ray CPUs: at least one."""
+    return max(1, int(round(assigned)))
 
 
 class Model(Protocol):

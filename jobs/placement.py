@@ -360,7 +360,7 @@ def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None
     import ray
 
     from rayinfer.actors.backends import remembered_runtime
-    from rayinfer.actors.model import available_cpus
+    from rayinfer.actors.model import available_cpus, counted_cpus
 
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -372,7 +372,7 @@ def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None
     if not shape.fits(nodes[0].get("Resources") or {}):
         return None
     # the CPUs an actor of this shape counts (actors/model.available_cpus inside it)
-    cpus = max(1, int(round(shape.cpus))) if shape.cpus else available_cpus()
+    cpus = counted_cpus(shape.cpus) if shape.cpus else available_cpus()
     runtime = remembered_runtime(cfg, cpus)
     return runtime.record() if runtime else None
 
