@@ -285,7 +285,7 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
         output.start(shards)  # the manifest: only now, so a failed setup leaves the folder as it was
         t_work, cpu_work = time.time(), time.process_time()
         work.setup_s = t_work - t_setup
-        work.stage = LoaderStage([h for h, _, _ in first], [n for _, n, _ in first], cfg.shards_in_flight,
+        work.stage = LoaderStage([h for h, _, _ in first], [n for _, n, _ in first], cfg.in_flight,
                                  cfg.max_shard_attempts,
                                  shard_timeout_s=cfg.request_timeout_s * (max(len(s.samples) for s in todo) + 2),
                                  restart_wait_s=cfg.actor_restart_timeout_s,

@@ -300,7 +300,7 @@ def open_pool(cfg: JobConfig, dataset: Dataset, adapter: Adapter, growable: bool
     def start_one(name: str) -> Any:
         return remote.options(name=f"rayinfer-{run_tag}-{name}", **placement.shape.options(),
                               max_restarts=cfg.max_actor_restarts, max_task_retries=0,
-                              max_concurrency=cfg.shards_in_flight + 2,
+                              max_concurrency=cfg.in_flight + 2,
                               scheduling_strategy="SPREAD").remote(cfg, name, dataset, adapter)
 
     log.info("starting %d inference actor%s (each loads the model)%s", placement.ask,

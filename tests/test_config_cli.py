@@ -45,6 +45,16 @@ def test_requests_in_flight_are_requests_and_an_older_run_json_still_loads():
     assert older.requests == 2
 
 
+def test_shards_in_flight_default_to_one_more_for_a_remote_data_root():
+    """A remote root's samples are fetched when their shard arrives: one more shard waits."""
+    assert parse(BASE).in_flight == 2
+    remote = ["run", "coco", "--data-root", "s3://bucket/coco", "--model", "m.onnx", "--output", "o"]
+    assert parse(remote).in_flight == 3
+    assert parse(remote + ["--shards-in-flight", "1"]).in_flight == 1
+    with pytest.raises(ConfigError, match="shards_in_flight: must be >= 0"):
+        parse(BASE + ["--shards-in-flight", "-1"])
+
+
 def test_a_mistyped_task_is_one_line_naming_the_closest(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["run", "cocoo", "--data-root", "d", "--model", "m.onnx"])

@@ -567,3 +567,34 @@ def test_where_aws_credentials_come_from_is_named_never_shown(tmp_path):
     assert "web identity" in aws_credential_source({**none, "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/token"})
     assert "container" in aws_credential_source({**none, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/creds"})
     assert "AWS_ACCESS_KEY_ID" in aws_credential_source({**none, "AWS_ACCESS_KEY_ID": "AKIAX"})
+
+
+def test_a_profile_s_credentials_sign_the_gets(tmp_path, monkeypatch):
+    """An S3 GET is signed with what botocore's chain finds: here a profile in a credentials
+    file, with nothing in the environment (obstore alone reads only the environment). The
+    same read with the profile's secret wrong is refused, naming the profile."""
+    from rayinfer.jobs.bench.s3server import S3Server
+
+    server = S3Server()
+    try:
+        (tmp_path / "set").mkdir()
+        (tmp_path / "set/x.bin").write_bytes(b"signed bytes")
+        url = server.upload(tmp_path / "set", "profiled/set")
+        user = server.add_user("member", [{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}])
+        server.require_auth()
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        for name, secret in (("team", user["AWS_SECRET_ACCESS_KEY"]), ("wrong", "not-the-secret")):
+            (tmp_path / name).write_text(f"[default]\naws_access_key_id = {user['AWS_ACCESS_KEY_ID']}\n"
+                                         f"aws_secret_access_key = {secret}\n")
+            monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / name))
+            target = Location(url, server.options) / "x.bin"
+            if name == "team":
+                assert target.read_bytes() == b"signed bytes"
+            else:
+                with pytest.raises(OSError, match=r"access denied \(GetObject\): the credentials of profile 'default'"):
+                    target.read_bytes()
+    finally:
+        server.stop()

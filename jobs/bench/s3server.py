@@ -243,3 +243,27 @@ def _read_message(reader: Any, no_body: bool = False) -> tuple[bytes | None, byt
             if size == 0:
                 return head, b"".join(chunks)
     return head, reader.read(int(headers.get("content-length", 0)))
+
+
+class ProxyProcess:
+    """A `DelayingProxy` in a process of its own, as the network it stands for is: its
+    threads then share no GIL with the client's (the bench's driver). `endpoint`, `stop()`."""
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "rayinfer.jobs.bench.s3server", str(upstream_port),
+                                         str(delay_s)], stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line.startswith("http://"):
+            self.process.kill()
+            raise RuntimeError(f"the delaying proxy did not start: {line!r}")
+        self.endpoint = line.strip()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+if __name__ == "__main__":  # the delaying proxy of ProxyProcess: UPSTREAM_PORT DELAY_S
+    proxy = DelayingProxy(int(sys.argv[1]), float(sys.argv[2]))
+    print(proxy.endpoint, flush=True)
+    threading.Event().wait()

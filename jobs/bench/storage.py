@@ -4,7 +4,8 @@
 
 Modes (one COCO set repeated to N images, simulated devices as in `accel`, so the host's
 reading and decoding is what is measured): local loose files, local tar shards, S3 loose, S3
-tar, S3 loose with 50 ms added to every request (a delaying proxy), and the source limit: what
+tar, S3 loose with 50 ms added to every request (a delaying proxy, in its own process as a
+network would be: not in the driver's), and the source limit: what
 the server alone gives a plain reader of 16 threads on this machine (the server shares its
 cores). Needs moto's server (`pip install -e ".[test]"`). Its last line is a JSON object.
 
@@ -78,7 +79,7 @@ def run_storage_bench(data_root: Path, images: int, devices: int, latency_ms: fl
                       delay_ms: float = 50.0, per_shard: int = 64) -> dict[str, Any]:
     from rayinfer.datasets.coco import CocoDataset
     from rayinfer.datasets.storage import Location
-    from rayinfer.jobs.bench.s3server import DelayingProxy, S3Server, use_dummy_credentials
+    from rayinfer.jobs.bench.s3server import ProxyProcess, S3Server, use_dummy_credentials
     from rayinfer.jobs.pack import pack_dataset
 
     use_dummy_credentials()  # before any Ray starts
@@ -87,7 +88,7 @@ def run_storage_bench(data_root: Path, images: int, devices: int, latency_ms: fl
     work, root, ds, samples, _ = _bench_set(data_root, images, "rayinfer-storage-")
     pack_dataset(ds, Location(str(work / "coco-tar")), "tar", per_shard)
     server = S3Server()
-    proxy = DelayingProxy(int(server.endpoint.rsplit(":", 1)[1]), delay_ms / 1000)
+    proxy = ProxyProcess(int(server.endpoint.rsplit(":", 1)[1]), delay_ms / 1000)
     try:
         loose = server.upload(root, "bench/coco")
         packed = server.upload(work / "coco-tar", "bench/coco-tar")
