@@ -99,7 +99,7 @@ class Location:
             self.path = Path(local).expanduser()
             self.url = str(self.path)
         self._fs: Any = None
-        self._s3_client: Any = None
+        self._s3_store: Any = None
         self._lock = threading.Lock()
         #: the location this one was made from (`root / file`), whose client it shares
         self._parent: Location | None = None
@@ -209,7 +209,7 @@ class Location:
         return self._fs
 
     def _s3_options(self) -> dict[str, Any]:
-        """The storage options as pyarrow's `S3FileSystem` takes them, which botocore's client
+        """The storage options as pyarrow's `S3FileSystem` takes them, which obstore's store
         (`_s3`) is made from too: the endpoint from the options or the standard variables,
         timeouts as numbers, `anonymous` as a bool (options from flags are text)."""
         options = dict(self.options)
@@ -234,7 +234,7 @@ class Location:
         if self._parent is not None:
             return self._parent._s3
         with self._lock:
-            if self._s3_client is None:
+            if self._s3_store is None:
                 from datetime import timedelta
 
                 from obstore.store import S3Store
@@ -250,9 +250,9 @@ class Location:
                 anonymous = bool(options.get("anonymous"))
                 chain = None if anonymous else _BotocoreChain.find()
                 if chain is not None and chain.credentials is None:  # kept: the chain is not asked per sample
-                    self._s3_client = NoCredentials(f"access denied (GetObject): {aws_credential_source()}")
-                    raise self._s3_client
-                self._s3_client = S3Store(
+                    self._s3_store = NoCredentials(f"access denied (GetObject): {aws_credential_source()}")
+                    raise self._s3_store
+                self._s3_store = S3Store(
                     urllib.parse.urlsplit(self.url).netloc, endpoint=endpoint, region=_s3_region(options, self),
                     virtual_hosted_style_request=_flag(options.get("force_virtual_addressing", False)) or not endpoint,
                     skip_signature=anonymous, client_options=client,
@@ -260,9 +260,9 @@ class Location:
                                   "backoff": {"init_backoff": timedelta(seconds=0.1),
                                               "max_backoff": timedelta(seconds=0.8), "base": 2}},
                     credential_provider=chain)
-            if isinstance(self._s3_client, NoCredentials):
-                raise NoCredentials(str(self._s3_client))
-            return self._s3_client
+            if isinstance(self._s3_store, NoCredentials):
+                raise NoCredentials(str(self._s3_store))
+            return self._s3_store
 
     def _s3_get(self) -> bytes:
         """The whole object in one GET, through obstore (Rust's object_store: the request and
@@ -278,11 +278,14 @@ class Location:
             raise
         except (oe.PermissionDeniedError, oe.UnauthenticatedError):
             raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
-        except oe.GenericError as exc:
-            text = str(exc).split("\n\nDebug source")[0]
-            why = text.split(" - ", 1)[-1].removeprefix("Generic S3 error: ")
+        except oe.BaseError as exc:
+            # the first line, without obstore's debug dump or the store's XML answer
+            text = str(exc).split("\n\nDebug source")[0].split(": <?xml")[0]
+            why = " ".join(text.split(" - ", 1)[-1].removeprefix("Generic S3 error: ").split())
             if "403 Forbidden" in why:
                 raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
+            if not isinstance(exc, oe.GenericError):  # a request obstore would not send
+                raise OSError(f"GetObject: {why}") from None
             if "body error" in why:
                 why = "connection dropped mid-body"
             raise NetworkError(f"network error (GetObject, {S3_ATTEMPTS} tries): {why}") from None

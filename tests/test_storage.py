@@ -598,3 +598,35 @@ def test_a_profile_s_credentials_sign_the_gets(tmp_path, monkeypatch):
                     target.read_bytes()
     finally:
         server.stop()
+
+
+def test_a_store_answering_503_is_tried_5_times_then_one_transient_line():
+    """A store that sheds load (503 SlowDown, as S3 does) on every GET: 5 tries with back-off,
+    then one line naming the status, without the store's XML, marked as the network's."""
+    from rayinfer.datasets.storage import NetworkError, is_network_error
+
+    tries = []
+
+    class SlowDown(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            tries.append(self.path)
+            body = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code></Error>'
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = Location("s3://shedding/set", {"endpoint_override": f"http://127.0.0.1:{server.server_port}"})
+        with pytest.raises(NetworkError) as caught:
+            (store / "a.jpg").read_bytes()
+    finally:
+        server.shutdown()
+    assert str(caught.value) == "network error (GetObject, 5 tries): Server returned non-2xx status code: " \
+                               "503 Service Unavailable"
+    assert is_network_error(caught.value) and tries == ["/shedding/set/a.jpg"] * 5
