@@ -17,7 +17,7 @@ Schemes:
   A whole S3 object (`read_bytes`: a sample, a shard, an annotation file) is one GET
   through obstore (Rust's object_store), with botocore's credential chain: pyarrow's
   files ask for the size first, so each object cost two requests (HEAD + GET) and two
-  round trips, and botocore's own GET holds the GIL 4x as long as obstore's;
+  round trips, and botocore's own GET costs 4x obstore's client CPU, all of it under the GIL;
 - `http://` and `https://`: read-only, through the standard library, with retries and
   exponential back-off on connection errors and 5xx answers. HTTP cannot list a folder,
   so only layouts whose files are named by an index (COCO's annotations) work over it.
@@ -248,18 +248,19 @@ class Location:
                     if key in options:
                         client[name] = f"{round(options[key] * 1000)}ms"
                 anonymous = bool(options.get("anonymous"))
+                bucket = urllib.parse.urlsplit(self.url).netloc
                 chain = None if anonymous else _BotocoreChain.find()
                 if chain is not None and chain.credentials is None:  # kept: the chain is not asked per sample
                     self._s3_store = NoCredentials(f"access denied (GetObject): {aws_credential_source()}")
-                    raise self._s3_store
-                self._s3_store = S3Store(
-                    urllib.parse.urlsplit(self.url).netloc, endpoint=endpoint, region=_s3_region(options, self),
-                    virtual_hosted_style_request=_flag(options.get("force_virtual_addressing", False)) or not endpoint,
-                    skip_signature=anonymous, client_options=client,
-                    retry_config={"max_retries": S3_ATTEMPTS - 1, "retry_timeout": timedelta(minutes=3),
-                                  "backoff": {"init_backoff": timedelta(seconds=0.1),
-                                              "max_backoff": timedelta(seconds=0.8), "base": 2}},
-                    credential_provider=chain)
+                else:
+                    self._s3_store = S3Store(
+                        bucket, endpoint=endpoint, region=_s3_region(options, bucket),
+                        virtual_hosted_style_request=_flag(options.get("force_virtual_addressing", False)) or not endpoint,
+                        skip_signature=anonymous, client_options=client,
+                        retry_config={"max_retries": S3_ATTEMPTS - 1, "retry_timeout": timedelta(minutes=3),
+                                      "backoff": {"init_backoff": timedelta(seconds=0.1),
+                                                  "max_backoff": timedelta(seconds=0.8), "base": 2}},
+                        credential_provider=chain)
             if isinstance(self._s3_store, NoCredentials):
                 raise NoCredentials(str(self._s3_store))
             return self._s3_store
@@ -274,8 +275,6 @@ class Location:
             return self._s3.get(self._key.partition("/")[2]).bytes().to_bytes()
         except FileNotFoundError:
             raise FileNotFoundError("not found (NoSuchKey)") from None
-        except NoCredentials:
-            raise
         except (oe.PermissionDeniedError, oe.UnauthenticatedError):
             raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
         except oe.BaseError as exc:
@@ -495,7 +494,7 @@ class _BotocoreChain:
                 "expires_at": datetime.now(timezone.utc) + timedelta(minutes=5)}
 
 
-def _s3_region(options: Mapping[str, Any], where: Location) -> str:
+def _s3_region(options: Mapping[str, Any], bucket: str) -> str:
     """The region from the options or the environment; for AWS itself (no endpoint), the
     bucket's own region, asked of S3 once (botocore followed S3's redirects; obstore does not)."""
     region = options.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -504,20 +503,18 @@ def _s3_region(options: Mapping[str, Any], where: Location) -> str:
     import pyarrow.fs as pafs
 
     try:
-        return pafs.resolve_s3_region(urllib.parse.urlsplit(where.url).netloc)
+        return pafs.resolve_s3_region(bucket)
     except OSError:
         return "us-east-1"
 
 
 def _dropped(exc: BaseException) -> str:
     """'connection dropped after N of M bytes' for a body cut short (http.client's
-    IncompleteRead, whose `partial` is the bytes read), else the error's own words."""
-    for cause in (exc, *exc.args, exc.__context__):
-        partial, expected = getattr(cause, "partial", None), getattr(cause, "expected", None)
-        if isinstance(partial, bytes):
-            partial, expected = len(partial), expected or 0
-        if isinstance(partial, int) and isinstance(expected, int):
-            return f"connection dropped after {partial:,} of {partial + expected:,} bytes"
+    IncompleteRead: `partial` the bytes read, `expected` those still owed), else the error's
+    own words."""
+    if isinstance(exc, http.client.IncompleteRead):
+        read = len(exc.partial)
+        return f"connection dropped after {read:,} of {read + (exc.expected or 0):,} bytes"
     return f"connection dropped mid-body ({exc})"
 
 
