@@ -214,6 +214,8 @@ class InferenceActor:
         self.model, plan, self.runtime = open_model(cfg, self.cpus)
         self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)
+        draft = getattr(adapter, "draft", None)  # Dataset.load's optional keyword, only when set
+        self._load_options = {"draft": draft} if draft else {}
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
             # a runtime with its own request pool (OpenVINO) computes in its own threads:
@@ -354,7 +356,10 @@ class InferenceActor:
         job.state.load_started(sample)
         try:
             data = job.fetched.result() if job.fetched is not None else None
-            raw = self.dataset.load(sample) if data is None else self.dataset.load(sample, data)
+            if data is None and not self._load_options:
+                raw = self.dataset.load(sample)
+            else:
+                raw = self.dataset.load(sample, data, **self._load_options)
             t1 = time.perf_counter()
             feed, job.meta = self.adapter.preprocess(raw, sample)
         except SampleError as exc:

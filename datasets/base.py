@@ -91,7 +91,9 @@ class Dataset(Protocol):
         A reader may also offer `fetch(sample) -> bytes | None` (the sample's file in one
         request, where the data root is remote; None where `load` reads it itself) and take
         its result as `load(sample, data)`: an actor then fetches samples ahead, many at once,
-        in I/O threads, and decodes them as they arrive."""
+        in I/O threads, and decodes them as they arrive. An image reader may take
+        `load(sample, data, draft=(h, w))`, the size the adapter's `draft` says preprocessing
+        shrinks images to, and decode large JPEGs at a reduced scale."""
         ...
 
     def evaluate(self, predictions: pa.Table, sample_ids: Sequence[str] | None = None) -> dict[str, Any]:
@@ -115,6 +117,9 @@ class Adapter(Protocol):
 
     #: Columns this adapter adds to each record, beyond the common ones.
     schema: pa.Schema
+    #: Optional: (h, w) preprocessing shrinks images to, passed to `Dataset.load` as `draft`
+    #: (None or absent: the reader decodes at full size).
+    draft: tuple[int, int] | None
 
     def preprocess(self, raw: Any, sample: Sample) -> tuple[dict[str, np.ndarray], Any]:
         """Model inputs and whatever postprocess needs to undo the transform."""

@@ -98,9 +98,11 @@ class CocoDataset(PackedReading):
             info["pack"] = pack.shard_of.get(member_key(file), "")
         return Sample(sample_id=str(img["id"]), file=file, info=info)
 
-    def load(self, sample: Sample, data: bytes | None = None) -> np.ndarray:
+    def load(self, sample: Sample, data: bytes | None = None, draft: tuple[int, int] | None = None) -> np.ndarray:
         """The image as uint8 BGR; `data`: its file's bytes, where `fetch` (PackedReading) read
-        them already."""
+        them already; `draft` (h, w): the size preprocessing shrinks it to, which lets a large
+        JPEG be decoded at a reduced scale (see `read_image`; the annotations' size stays its
+        size)."""
         size = (sample.info["height"], sample.info["width"]) if "height" in sample.info else None
         location = sample_location(self.root, sample.file)
         if self.reader is not None:  # a packed set: the member of its shard
@@ -108,8 +110,8 @@ class CocoDataset(PackedReading):
             data = self.packed_member(sample, member)
             # errors name the member in its shard: "ROOT/shards/shard-00001.tar:val2017/x.jpg: ..."
             return read_image(f"{self.root / self.packed_shard(sample)}:{member}", size, max_pixels=self.max_pixels,
-                              data=data)
-        return read_image(location, size, max_pixels=self.max_pixels, data=data)
+                              data=data, draft=draft)
+        return read_image(location, size, max_pixels=self.max_pixels, data=data, draft=draft)
 
     def pack_members(self, sample: Sample) -> dict[str, bytes]:
         """What `rayinfer pack` stores for a sample: the image file's bytes as they are, and its

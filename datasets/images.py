@@ -29,7 +29,8 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def read_image(path: Path | Location | str, expected_size: tuple[int, int] | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
+               max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None,
+               draft: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file to uint8 BGR HxWx3.
 
     JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode: data the
@@ -47,12 +48,19 @@ def read_image(path: Path | Location | str, expected_size: tuple[int, int] | Non
     the file's header, before decoding), or a size that contradicts the annotations.
     A remote `path` (a Location in object storage) is fetched in one request; `data`, when
     given, are the file's bytes already read (a packed shard's member), `path` only names it.
+
+    `draft` (h, w), with `expected_size`: the size a letterbox will shrink the image to. A JPEG
+    at least twice that size (in the dimension that limits the letterbox) is then decoded at
+    1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (PIL's `Image.draft`), still no smaller
+    than `draft` there: less decoding and resizing, other pixels. The result is smaller than
+    `expected_size`, which stays the image's size: boxes are mapped back to it.
     """
     if data is None:
         data = read_bytes(path)
     if not data:
         raise SampleError(f"{path}: empty file (0 bytes)", stage="load")
-    for said, size in (("the annotations say ", expected_size), ("", header_size(data))):
+    header = header_size(data)
+    for said, size in (("the annotations say ", expected_size), ("", header)):
         if size is not None and size[0] * size[1] > max_pixels:
             raise SampleError(f"{path}: {said}{size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, over the limit "
                               f"of {max_pixels:,} (--max-image-pixels)", stage="load")
@@ -61,11 +69,15 @@ def read_image(path: Path | Location | str, expected_size: tuple[int, int] | Non
     if data[:2] == _JPEG_SOI:
         if _JPEG_EOI not in data[-1024:]:
             raise SampleError(f"{path}: truncated JPEG (no end-of-image marker)", stage="load")
+        exif = _has_exif(data)
+        scaled = _draft_limits(header, expected_size, draft) if draft and expected_size and not exif else {}
         try:
-            decoded = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+            decoded = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **scaled)
         except ValueError as exc:
             raise SampleError(f"{path}: corrupt JPEG: {exc}", stage="load") from None
-        if not _has_exif(data):
+        if scaled:
+            return decoded
+        if not exif:
             image = decoded
     if image is None:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
@@ -116,6 +128,21 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _draft_limits(header: tuple[int, int] | None, expected_size: tuple[int, int],
+                  draft: tuple[int, int]) -> dict[str, float]:
+    """simplejpeg's arguments for a reduced-scale decode that still covers `draft` in the
+    dimension limiting the letterbox; {} (a full decode) unless the `header`'s size matches
+    `expected_size` (else the full decode names the mismatch) and the image is at least
+    twice `draft` there. Only the 1/2, 1/4 and 1/8 scales (`min_factor=2`): libjpeg's other
+    fractions decode slower than the full image."""
+    if header != tuple(expected_size):
+        return {}
+    (h, w), (th, tw) = expected_size, draft
+    if th / h <= tw / w:  # the height limits the letterbox
+        return {"min_height": th, "min_factor": 2} if 2 * th <= h else {}
+    return {"min_width": tw, "min_factor": 2} if 2 * tw <= w else {}
+
+
 def _has_exif(data: bytes) -> bool:
     """Whether the JPEG carries an EXIF block (APP1 'Exif'), which may rotate it: such files
     are decoded by OpenCV, which applies the orientation as Ultralytics does. Walks the
@@ -159,12 +186,13 @@ class Letterbox:
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int], center: bool = True, pad_value: int = 114,
-              exact_ratio: bool = False) -> tuple[np.ndarray, Letterbox]:
+              exact_ratio: bool = False, source: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping aspect ratio so the image fits `size` (h, w), then pad.
 
     `center=True` pads both sides (Ultralytics); `False` pads right/bottom only
     (YOLOX). Sizes follow Ultralytics' `load_image` (ceil) unless `exact_ratio`
-    (YOLOX: int(w * r)).
+    (YOLOX: int(w * r)). `source` (h, w): the original image's size where `image` was
+    decoded smaller (`read_image`'s `draft`); the Letterbox maps back to it.
     """
     h0, w0 = image.shape[:2]
     th, tw = size
@@ -184,6 +212,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int], center: bool = True, pad
     if top or bottom or left or right:
         image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT,
                                    value=(pad_value, pad_value, pad_value))
+    h0, w0 = source or (h0, w0)
     return image, Letterbox(w / w0, h / h0, left, top, h0, w0)
 
 

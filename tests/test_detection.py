@@ -117,6 +117,57 @@ def test_read_image_converts_gray_and_16bit_to_bgr8(tmp_path):
         assert image.shape == (20, 30, 3) and image.dtype == np.uint8
 
 
+def _photo(h: int, w: int) -> np.ndarray:
+    """Smooth BGR content (JPEG-friendly) with a bright square at a known place."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    image = np.stack([xs * 255 // w, ys * 255 // h, (xs + ys) * 255 // (w + h)], -1).astype(np.uint8)
+    image[h // 4:h // 2, w // 4:w // 2] = 250
+    return image
+
+
+def test_reduced_scale_decode_only_for_large_jpegs_with_a_known_size(tmp_path):
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), _photo(960, 1280), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    full = read_image(path, (960, 1280))
+    assert full.shape == (960, 1280, 3)
+    # 1280 wide is twice a 640 input: decoded at 1/2 (the width limits the letterbox)
+    half = read_image(path, (960, 1280), draft=(640, 640))
+    assert half.shape == (480, 640, 3)
+    assert np.abs(half.astype(int) - cv2.resize(full, (640, 480), interpolation=cv2.INTER_AREA)).mean() < 2
+    assert read_image(path, (960, 1280), draft=(320, 320)).shape == (240, 320, 3)  # 1/4
+    assert read_image(path, (960, 1280), draft=(100, 1000)).shape == (120, 160, 3)  # 1/8: the height limits
+    # not twice the input: the full image (libjpeg's 5/8 etc. would decode slower than whole)
+    assert read_image(path, (960, 1280), draft=(700, 700)).shape == (960, 1280, 3)
+    # without the annotations' size nothing could map boxes back: full; a size the file
+    # contradicts is named as before
+    assert read_image(path, None, draft=(320, 320)).shape == (960, 1280, 3)
+    with pytest.raises(SampleError, match="image is 1280x960 but the annotations say 1280x900"):
+        read_image(path, (900, 1280), draft=(320, 320))
+    # a PNG is decoded whole
+    png = tmp_path / "big.png"
+    cv2.imwrite(str(png), _photo(960, 1280))
+    assert read_image(png, (960, 1280), draft=(320, 320)).shape == (960, 1280, 3)
+
+
+def test_reduced_scale_decode_maps_boxes_back_to_the_original_image(tmp_path):
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), _photo(960, 1280), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    options = DetectionOptions(reduced_decode=True)
+    for family, spec in ((YoloV8, (1, 3, 320, 320)), (YoloX, (1, 3, 320, 320))):
+        adapter = family([_spec(spec)], options, [1])
+        assert adapter.draft == (320, 320) and family([_spec(spec)], DetectionOptions(), [1]).draft is None
+        sample = Sample("1", "big.jpg", {"image_id": 1, "height": 960, "width": 1280})
+        raw = read_image(path, (960, 1280), draft=adapter.draft)
+        feed, lb = adapter.preprocess(raw, sample)
+        _, full_lb = adapter.preprocess(read_image(path, (960, 1280)), sample)
+        assert raw.shape == (240, 320, 3) and next(iter(feed.values())).shape == spec
+        assert (lb.height, lb.width) == (960, 1280) and lb == full_lb
+        # the bright square, found in model pixels, lands where it is in the original
+        x1, y1 = lb.left + 1280 // 4 * lb.gain_x, lb.top + 960 // 4 * lb.gain_y
+        box = np.array([[x1, y1, x1 + 320 * lb.gain_x, y1 + 240 * lb.gain_y]])
+        assert np.allclose(lb.to_image(box), [[320, 240, 640, 480]])
+
+
 def test_safe_join_refuses_escapes(tmp_path):
     assert safe_join(tmp_path, "val2017/a.jpg") == tmp_path / "val2017/a.jpg"
     (tmp_path / "link.jpg").symlink_to("/elsewhere/a.jpg")  # a link inside the root is the owner's choice
@@ -248,3 +299,23 @@ def test_an_annotation_file_without_objects_is_valid(tmp_path):
     path.write_text(json.dumps(dict(data, annotations=[])))
     coco = CocoDataset(root).coco
     assert len(coco) == 0 and len(coco.getImgIds()) == 2 and coco.getAnnIds(imgIds=coco.getImgIds()) == []
+
+
+def test_the_decode_benchs_upscaled_copy_is_the_same_set_larger(tmp_path):
+    """The decode bench's stand-in for high-resolution sources: every image `factor` times
+    larger, its annotations scaled, so perfect boxes still score AP 1 and the reduced-scale
+    decode applies to each image twice the input."""
+    from rayinfer.jobs.bench.decode import reduced_images, upscale_coco
+
+    root = write_coco(tmp_path / "coco", n_images=4, seed=2)
+    big = upscale_coco(root, 2, tmp_path / "big")
+    ds = CocoDataset(big)
+    assert ds.load(ds.samples()[0]).shape == (480, 640, 3)
+    assert reduced_images(root, (128, 128)) == (4, 4) and reduced_images(root, (200, 200)) == (0, 4)
+    assert reduced_images(big, (200, 200)) == (4, 4)
+    gt = json.loads((big / "annotations/instances_val2017.json").read_text())["annotations"]
+    small = json.loads((root / "annotations/instances_val2017.json").read_text())["annotations"]
+    assert [a["bbox"] for a in gt] == [[2 * v for v in a["bbox"]] for a in small]
+    assert [a["area"] for a in gt] == [4 * a["area"] for a in small]
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in gt]
+    assert ds.evaluate(perfect)["AP"] == pytest.approx(1.0)

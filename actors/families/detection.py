@@ -24,8 +24,9 @@ from rayinfer.datasets.images import Letterbox
 
 @dataclass(frozen=True)
 class DetectionOptions:
-    """Decoding thresholds. `multi_label=None` takes the family's default
-    (YOLOv8: multi-label as Ultralytics val; YOLOX: single label, score = obj x cls)."""
+    """Decoding thresholds, and the opt-in reduced-scale JPEG decode. `multi_label=None` takes
+    the family's default (YOLOv8: multi-label as Ultralytics val; YOLOX: single label, score =
+    obj x cls)."""
 
     # metadata["help"]: the command line's help for the field (jobs/options.py builds the flags)
     conf_thres: float = field(default=0.001, metadata={"help": "detection confidence threshold"})
@@ -35,6 +36,10 @@ class DetectionOptions:
         "help": "every class above the threshold is a candidate (default: by family)"})
     max_nms: int = field(default=30000, metadata={"help": "candidates kept (best scores) before NMS"})
     max_wh: float = field(default=7680.0, metadata={"help": "class offset for class-aware NMS (pixels)"})
+    reduced_decode: bool = field(default=False, metadata={
+        "help": "decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when it is at least twice the "
+                "model input: less host CPU per image, AP moves slightly (README: Performance); off keeps "
+                "Ultralytics' protocol"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_thres < 1.0:
@@ -132,6 +137,8 @@ class DetectionFamily:
         if options.multi_label is not None:
             self.multi_label = options.multi_label
         self.category_ids = np.asarray(category_ids, np.int32)
+        #: the reader may decode a large JPEG down to the input size (Adapter.draft)
+        self.draft = self.size if options.reduced_decode else None
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
@@ -154,6 +161,14 @@ class DetectionFamily:
         raise NotImplementedError
 
     # -- common -----------------------------------------------------------------------------
+    @staticmethod
+    def source_size(raw: np.ndarray, sample: Sample) -> tuple[int, int]:
+        """The image's own (h, w) to map boxes back to: the annotations' size, which a
+        reduced-scale decode (`draft`) keeps and a full decode equals (the reader checks it),
+        else the decoded pixels'."""
+        info = sample.info
+        return (info["height"], info["width"]) if "height" in info and "width" in info else raw.shape[:2]
+
     def postprocess(self, outputs: Sequence[np.ndarray], lb: Letterbox, sample: Sample) -> dict[str, Any]:
         xyxy, scores, classes = self.decode(outputs[0][0])
         xyxy = lb.to_image(xyxy)

@@ -36,7 +36,7 @@ class YoloV8(DetectionFamily):
         return channels - 4 if channels is not None else None
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        image, lb = letterbox(raw, self.size, center=True)
+        image, lb = letterbox(raw, self.size, center=True, source=self.source_size(raw, sample))
         return {self.input_name: to_blob(image, 1.0 / 255.0, swap_rb=True)}, lb
 
     def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

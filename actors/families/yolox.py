@@ -53,7 +53,7 @@ class YoloX(DetectionFamily):
         return channels - 5 if channels is not None else None
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        image, lb = letterbox(raw, self.size, center=False, exact_ratio=True)
+        image, lb = letterbox(raw, self.size, center=False, exact_ratio=True, source=self.source_size(raw, sample))
         return {self.input_name: to_blob(image)}, lb
 
     def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,12 @@ its last line, one JSON object.
     own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
     driver_mb_5k, actor_mb_1k, actor_mb_5k (sizes named in thousands), driver_growth,
     actor_growth (5k / 1k - 1).
+`python -m rayinfer.jobs.bench decode --data-root D --model M [--images N] [--factor F] [--repeat K]`
+    The opt-in reduced-scale JPEG decode (`--reduced-decode`), off and on, on the COCO set as
+    it is and upscaled F times (no val2017 image is twice a 640 input): AP and AP50 of the
+    whole job with the real model; host ms per image of the plain loop and img/s of the job
+    on simulated fast devices (2 ms, 8 streams), medians of K alternating runs. Keys: {as_is,x2}_{full,reduced}_{ap,ap50,
+    host_ms,actor_ms,img_s}.
 `python -m rayinfer.jobs.bench elastic`
     Clusters that change under a job (simulated devices, the `null` task): from zero workers
     on Ray's fake autoscaler (time to the first result from the command, and Ray's own node

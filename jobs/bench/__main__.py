@@ -69,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("--data-root", type=Path, required=True)
     rp.add_argument("--model", type=Path, required=True)
     rp.add_argument("--sizes", default="79,5000", help="comma-separated image counts")
+    de = sub.add_parser("decode", help="the reduced-scale JPEG decode: AP, host ms and img/s with and without")
+    de.add_argument("--data-root", type=Path, required=True)
+    de.add_argument("--model", type=Path, required=True)
+    de.add_argument("--images", type=int, default=2000, help="the speed runs' set size (the set repeated)")
+    de.add_argument("--factor", type=int, default=2, help="the upscaled copy's size factor")
+    de.add_argument("--repeat", type=int, default=4, help="speed runs per setting, alternating; medians reported")
     el = sub.add_parser("elastic", help="from zero workers (fake autoscaler), 2 -> 6 devices mid-job, a straggler")
     el.add_argument("--latency-ms", type=float, default=200.0)
     el.add_argument("--capacity", type=int, default=4)
@@ -103,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rayinfer.jobs.bench.runtimes import run_runtimes_bench
 
         result = run_runtimes_bench(args.task, args.data_root, args.model, args.images, max(1, args.repeat))
+    elif args.bench == "decode":
+        from rayinfer.jobs.bench.decode import run_decode_bench
+
+        result = run_decode_bench(args.data_root, args.model, args.images, args.factor, max(1, args.repeat))
     elif args.bench == "elastic":
         from rayinfer.jobs.bench.elastic import run_elastic_bench
 

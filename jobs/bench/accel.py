@@ -60,13 +60,13 @@ class SimDeviceUDF:
         return {"detections": np.asarray(found)}
 
 
-def _accel_adapter(category_ids: Sequence[int] = ()) -> Any:
+def _accel_adapter(category_ids: Sequence[int] = (), reduced_decode: bool = False) -> Any:
     """The YOLOv8 adapter (640x640 input) whose pre- and postprocessing every accel mode runs."""
     from rayinfer.actors.families.detection import DetectionOptions
     from rayinfer.actors.families.yolov8 import YoloV8
 
     spec = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
-    return YoloV8(spec, DetectionOptions(), list(category_ids))
+    return YoloV8(spec, DetectionOptions(reduced_decode=reduced_decode), list(category_ids))
 
 
 def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,13 +111,16 @@ def real_output(ds: Any, sample: Any, model: Path, dest: Path) -> Path:
     return dest
 
 
-def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, threads: int) -> dict[str, float]:
+def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, threads: int,
+               adapter: Any = None) -> dict[str, float]:
     """Seconds per image for each of `STEPS`, the loop run by `threads` threads at once
-    (each times its own steps, so the costs include what the threads cost each other)."""
+    (each times its own steps, so the costs include what the threads cost each other).
+    `adapter`: the YOLOv8 steps (default: the accel bench's, at the decoding defaults)."""
     from rayinfer.actors.rows import to_table
     from rayinfer.datasets.base import records_schema
 
-    adapter = _accel_adapter(ds.category_ids)
+    adapter = adapter or _accel_adapter(ds.category_ids)
+    load_options = {"draft": adapter.draft} if adapter.draft else {}
     schema = records_schema(adapter.schema)
     extra = {"file": "", "shard": 0, "actor": "bench", **{f"{k}_ms": 0.0 for k in
                                                           ("load", "preprocess", "queue", "infer", "postprocess")}}
@@ -130,7 +133,7 @@ def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, thre
         for i in range(first, first + n):
             s = samples[i % len(samples)]
             t0 = time.perf_counter()
-            raw = ds.load(s)
+            raw = ds.load(s, **load_options)
             t1 = time.perf_counter()
             _, lb = adapter.preprocess(raw, s)
             t2 = time.perf_counter()
