@@ -11,9 +11,12 @@ Schemes:
 - `s3://` and `gs://`: pyarrow.fs (`S3FileSystem`, `GcsFileSystem`). pyarrow is already a
   dependency and is what Ray Data reads with; its clients are the cloud SDKs' own, with
   their standard credential chains (environment, profile, instance role / metadata server)
-  and their own retries of transient errors. An S3-compatible endpoint comes from
-  `endpoint_override` in the storage options or the standard `AWS_ENDPOINT_URL_S3` /
-  `AWS_ENDPOINT_URL` variables (read here: pyarrow does not honour them everywhere).
+  and their own retries of transient errors (GCS's for `GCS_RETRY_S`, not its default 15
+  minutes). A GCS emulator or private endpoint comes from `endpoint_override` (a URL, or
+  host:port with `scheme`) or the client's CLOUD_STORAGE_EMULATOR_ENDPOINT. An
+  S3-compatible endpoint comes from `endpoint_override` in the storage options or the
+  standard `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` variables (read here: pyarrow does not
+  honour them everywhere).
   A whole S3 object (`read_bytes`: a sample, a shard, an annotation file) is one GET
   through obstore (Rust's object_store), with botocore's credential chain: pyarrow's
   files ask for the size first, so each object cost two requests (HEAD + GET) and two
@@ -56,6 +59,9 @@ SECRET_OPTIONS = ("access_key", "secret_key", "session_token", "access_token", "
 HTTP_ATTEMPTS = 4
 #: tries one S3 request gets (pyarrow's AwsStandardS3RetryStrategy in `fs`, obstore's retry config in `_s3`)
 S3_ATTEMPTS = 5
+#: seconds the GCS client retries a request (its own default is 15 minutes: an unreachable
+#: endpoint would hold a job that long before saying so); `retry_time_limit` sets it
+GCS_RETRY_S = 30.0
 
 
 def is_remote(text: str | os.PathLike) -> bool:
@@ -203,7 +209,7 @@ class Location:
                 options.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
                 self._fs = pafs.S3FileSystem(**options)
             elif self.scheme == "gs":
-                self._fs = pafs.GcsFileSystem(**self.options)
+                self._fs = pafs.GcsFileSystem(**self._gcs_options())
             else:
                 raise ValueError(f"{self.url}: no file system for {self.scheme}://")
         return self._fs
@@ -222,6 +228,22 @@ class Location:
                 options[key] = float(options[key])
         if "anonymous" in options:
             options["anonymous"] = _flag(options["anonymous"])
+        return options
+
+    def _gcs_options(self) -> dict[str, Any]:
+        """The storage options as pyarrow's `GcsFileSystem` takes them: the endpoint as a URL
+        or as host:port with `scheme`, `anonymous` as a bool, `retry_time_limit` in seconds
+        (default `GCS_RETRY_S`). Without `endpoint_override`, Google's client reads its own
+        CLOUD_STORAGE_EMULATOR_ENDPOINT."""
+        import datetime
+
+        options = dict(self.options)
+        endpoint = options.get("endpoint_override")
+        if endpoint and "://" in endpoint:
+            options["scheme"], options["endpoint_override"] = endpoint.split("://", 1)
+        if "anonymous" in options:
+            options["anonymous"] = _flag(options["anonymous"])
+        options["retry_time_limit"] = datetime.timedelta(seconds=float(options.get("retry_time_limit", GCS_RETRY_S)))
         return options
 
     @property
@@ -449,6 +471,9 @@ _DENIED = re.compile(r"AWS Error (?:ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATUR
 
 #: pyarrow's words for a request the network failed (the SDK has retried it already)
 _NETWORK = re.compile(r"AWS Error NETWORK_CONNECTION during (\w+) operation: (.*)")
+#: google-cloud-cpp's status in pyarrow's GCS errors: code, message, its error_info
+_GCS = re.compile(r"google::cloud::Status\((\w+): (.*?)(?: error_info=\{(.*)\}\)|\)(?:\. Detail|$))")
+_GCS_NETWORK = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 def _back_off(url: str, why: str, delay: float, attempt: int, attempts: int) -> float:
@@ -528,13 +553,23 @@ def storage_error(exc: BaseException) -> str:
     network = _NETWORK.search(text)
     if network:
         return f"network error ({network[1]}, {S3_ATTEMPTS} tries): {network[2]}"
+    gcs = _GCS.search(text)
+    if gcs:  # "network error (GetObjectMetadata, retried): CURL error [7]=Could not connect to server"
+        code, message, info = gcs[1], gcs[2], gcs[3] or ""
+        function = re.search(r"gcloud-cpp\.(?:retry|source)\.function=(\w+)", info)
+        where = f" ({function[1]}{', retried' if 'retry-policy-exhausted' in info else ''})" if function else ""
+        last = message.split("with a last message of ", 1)[-1]
+        kind = {"PERMISSION_DENIED": "access denied", "UNAUTHENTICATED": "not authenticated"}.get(
+            code, "network error" if code in _GCS_NETWORK else code.lower().replace("_", " "))
+        return f"{kind}{where}: {last}"
     return text
 
 
 def is_network_error(exc: BaseException) -> bool:
     """The failure is the network's (dropped, reset, cut short through every retry), not the
     object's: a sample that failed so is worth another try (`--resume`)."""
-    return isinstance(exc, NetworkError) or bool(_NETWORK.search(str(exc)))
+    gcs = _GCS.search(str(exc))
+    return isinstance(exc, NetworkError) or bool(_NETWORK.search(str(exc))) or bool(gcs and gcs[1] in _GCS_NETWORK)
 
 
 class NetworkError(OSError):

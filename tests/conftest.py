@@ -210,3 +210,59 @@ def s3():
     server = S3Server()
     yield server
     server.stop()
+
+
+class GcsServer:
+    """A Google Cloud Storage emulator on 127.0.0.1 (gcp-storage-emulator's JSON API, in
+    memory, its own process); `options` are a job's storage options for it (pyarrow's
+    GcsFileSystem: endpoint, plain HTTP, anonymous), `fs` a client, `upload` as S3Server's."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        from rayinfer.jobs.bench.s3server import _wait_listening, free_port
+
+        port = free_port()
+        self.options = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "anonymous": "true",
+                        "project_id": "rayinfer-tests"}
+        self.process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                                         f"--port={port}", "--in-memory"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(port, lambda: self.process.poll() is None)
+
+    @property
+    def fs(self) -> Any:
+        import pyarrow.fs as pafs
+
+        return pafs.GcsFileSystem(endpoint_override=self.options["endpoint_override"], scheme="http",
+                                  anonymous=True, project_id=self.options["project_id"])
+
+    def upload(self, local: Path, bucket_and_prefix: str) -> str:
+        """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its gs:// URL."""
+        import pyarrow.fs as pafs
+
+        fs = self.fs
+        bucket = bucket_and_prefix.split("/")[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            fs.create_dir(bucket)
+        if Path(local).is_dir():
+            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
+        else:
+            with fs.open_output_stream(bucket_and_prefix) as f:
+                f.write(Path(local).read_bytes())
+        return f"gs://{bucket_and_prefix}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator on 127.0.0.1 (gcp-storage-emulator; no client is patched)."""
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator (the [test] extra) is not installed")
+    server = GcsServer()
+    yield server
+    server.stop()
+

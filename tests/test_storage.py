@@ -1,4 +1,4 @@
-"""Data and models in object storage (issue 18 item 1): a real S3-compatible server (moto's
+"""Data and models in object storage (issue 18 item 1): a real S3-compatible server (moto.s
 server mode, tests/conftest.py `s3`) on 127.0.0.1, no client patched."""
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from rayinfer.jobs.tasks import get_task
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_location_reads_lists_and_pickles_the_same_locally_and_in_s3(tmp_path, s3):
+def test_a_location_reads_lists_and_pickles_the_same_locally_in_s3_and_in_gcs(tmp_path, s3, gcs):
     local = tmp_path / "set"
     (local / "val").mkdir(parents=True)
     for name in ("b.h5", "a.h5", "c.txt"):
         (local / "val" / name).write_bytes(name.encode())
     url = s3.upload(local, "loc/set")
-    for root in (Location(str(local)), Location(url, s3.options)):
+    in_gcs = Location(gcs.upload(local, "loc/set"), gcs.options)
+    for root in (Location(str(local)), Location(url, s3.options), in_gcs):
         assert root.is_dir() and not root.is_file()
         assert [f.name for f in (root / "val").glob("*.h5")] == ["a.h5", "b.h5"]
         assert (root / "val/a.h5").read_bytes() == b"a.h5" and (root / "val/a.h5").size() == 4
@@ -50,6 +51,10 @@ def test_a_location_reads_lists_and_pickles_the_same_locally_and_in_s3(tmp_path,
         assert again == root / "val/b.h5" and again.read_bytes() == b"b.h5"
     assert str(Location(url, s3.options) / "val/a.h5") == f"{url}/val/a.h5"
     assert sorted(Location(url, s3.options).listing()) == ["val/a.h5", "val/b.h5", "val/c.txt"]
+    assert sorted(in_gcs.listing()) == ["val/a.h5", "val/b.h5", "val/c.txt"]
+    written = in_gcs / "out/x.bin"
+    written.write_bytes(b"x" * 100_000)
+    assert written.read_bytes() == b"x" * 100_000
 
 
 def test_a_whole_s3_object_is_one_get_with_the_endpoint_in_either_form(tmp_path, s3):
@@ -148,6 +153,38 @@ def test_coco_from_s3_equals_the_local_run_and_a_missing_object_is_one_error_row
     errors = pq.read_table(tmp_path / "s3-missing/errors.parquet").to_pylist()
     assert errors[0]["message"] == f"{data}/val2017/{gone}: file not found" and not errors[0]["transient"]
     assert pq.read_table(tmp_path / "s3-missing/predictions").num_rows == 23
+
+
+@pytest.mark.slow  # three jobs and an eval; the quick tier reads, lists and writes gs:// and checks its errors
+def test_a_coco_job_kept_in_gcs_equals_the_local_run_resumes_and_evaluates_offline(coco_here, gcs, tmp_path):
+    """gs:// for data, model and output (a GCS emulator on 127.0.0.1, pyarrow's GcsFileSystem):
+    the local run's metrics; the run's objects committed; --resume finds every shard done;
+    `rayinfer eval` reads the run and the data from GCS; a deleted image is one error row
+    naming its gs:// URL."""
+    root, _, here = coco_here
+    data = gcs.upload(root, "gcs-job/coco")
+    model = gcs.upload(_demo_model("coco"), "gcs-job/models/detector.onnx")
+    output = "gs://gcs-job/runs/a"
+    common = dict(task="coco", progress=False, runtime="onnxruntime", shard_size=6, report=False,
+                  data_root=data, model=model, storage_options=gcs.options)
+    there = run_job(JobConfig(output=output, **common))
+    assert there.metrics == here.metrics and there.exit_code == 0
+    kept = Location(output, gcs.options)
+    assert sorted((kept / "predictions").listing()) == [f"shard-{i:05d}.parquet" for i in range(4)]
+    assert json.loads((kept / "metrics.json").read_bytes())["AP"] == here.metrics["AP"]
+    again = run_job(JobConfig(output=output, resume=True, **common))
+    assert again.run["counts"]["processed_this_run"] == 0 and again.metrics == here.metrics
+    out = _cli(["eval", "coco", "--predictions", output, "--data-root", data, "--storage-options",
+                json.dumps(gcs.options), "--json"])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["AP"] == pytest.approx(here.metrics["AP"], abs=1e-12)
+
+    gone = json.loads((root / "annotations/instances_val2017.json").read_text())["images"][5]["file_name"]
+    gcs.fs.delete_file(f"gcs-job/coco/val2017/{gone}")
+    missing = run_job(JobConfig(output=str(tmp_path / "missing"), **common))
+    errors = pq.read_table(tmp_path / "missing/errors.parquet").to_pylist()
+    assert [e["message"] for e in errors] == [f"{data}/val2017/{gone}: file not found"]
+    assert missing.errors == 1 and pq.read_table(tmp_path / "missing/predictions").num_rows == 23
 
 
 def test_nyu_from_s3_equals_the_local_run(ray_session, s3, tmp_path):
@@ -326,6 +363,32 @@ def test_bad_storage_is_one_line_naming_the_url_and_exit_2(s3, tmp_path, case):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
     assert "abc" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["bucket", "model", "endpoint"])
+def test_bad_gcs_storage_is_one_line_naming_the_url_and_exit_2(gcs, tmp_path, case):
+    """The GCS client's errors, one line each: its status code and last message, not its
+    error_info; an endpoint where nothing listens is given up after `retry_time_limit`."""
+    root = write_coco(tmp_path / "coco", n_images=2, seed=1)
+    data = gcs.upload(root, f"bad-gcs-{case}/coco")
+    model = str(_demo_model("coco"))
+    options = dict(gcs.options)
+    if case == "bucket":
+        data, expected = "gs://no-such-bucket/coco", "data root gs://no-such-bucket/coco: no bucket 'no-such-bucket'"
+    elif case == "model":
+        model = f"gs://bad-gcs-{case}/models/none.onnx"
+        expected = f"model not found: {model}"
+    else:
+        options.update(endpoint_override="http://127.0.0.1:9", retry_time_limit="2")
+        expected = (f"data root {data}: network error (GetObjectMetadata, retried): PerformWork() - CURL error [7]"
+                    "=Could not connect to server")
+    proc = _cli(["run", "coco", "--data-root", data, "--model", model, "--storage-options", json.dumps(options),
+                 "--quiet"])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "error_info" not in proc.stderr and "Traceback" not in proc.stderr
+    gcs_options = Location("gs://b/x", {"endpoint_override": "https://h:1", "anonymous": "false"})._gcs_options()
+    assert (gcs_options["scheme"], gcs_options["endpoint_override"], gcs_options["anonymous"]) == ("https", "h:1", False)
 
 
 def test_no_credentials_and_access_denied_name_the_url_and_where_credentials_came_from(tmp_path):
