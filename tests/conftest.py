@@ -240,17 +240,9 @@ class GcsServer:
 
     def upload(self, local: Path, bucket_and_prefix: str) -> str:
         """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its gs:// URL."""
-        import pyarrow.fs as pafs
+        from rayinfer.jobs.bench.s3server import upload
 
-        fs = self.fs
-        bucket = bucket_and_prefix.split("/")[0]
-        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-            fs.create_dir(bucket)
-        if Path(local).is_dir():
-            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
-        else:
-            with fs.open_output_stream(bucket_and_prefix) as f:
-                f.write(Path(local).read_bytes())
+        upload(self.fs, local, bucket_and_prefix)
         return f"gs://{bucket_and_prefix}"
 
     def stop(self) -> None:

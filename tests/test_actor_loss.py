@@ -113,7 +113,16 @@ def kill_rounds(ray, out: Path, rounds: int, every: str) -> int:
     for _ in range(rounds):
         before = committed(out)
         wait_for(lambda: committed(out) > before, timeout=120)
-        pids = actor_pids(ray)
+        # the new shard may be one finished before the last round's kill: its actors may still
+        # be restarting (a restart under load can outlast actor_pids' 20 s per actor), so wait
+        # for them, or for the job's end
+        pids: dict[str, int] = {}
+
+        def back() -> bool:
+            pids.update(actor_pids(ray))
+            return bool(pids) or (out / "metrics.json").exists()
+
+        wait_for(back, timeout=180)
         if not pids:
             break
         victims = list(pids.values()) if every == "all" else [sorted(pids.items())[0][1]]

@@ -31,6 +31,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def upload(fs: Any, local: Path, bucket_and_prefix: str) -> None:
+    """Copy a folder (or one file) to `bucket/prefix` of a pyarrow file system, creating the
+    bucket if it is not there."""
+    import pyarrow.fs as pafs
+
+    bucket = bucket_and_prefix.split("/")[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        fs.create_dir(bucket)
+    if Path(local).is_dir():
+        pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
+    else:
+        with fs.open_output_stream(bucket_and_prefix) as f:
+            f.write(Path(local).read_bytes())
+
+
 def _wait_listening(port: int, alive: Any, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -69,15 +84,7 @@ class S3Server:
 
     def upload(self, local: Path, bucket_and_prefix: str) -> str:
         """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its s3:// URL."""
-        import pyarrow.fs as pafs
-
-        fs = self.fs
-        fs.create_dir(bucket_and_prefix.split("/")[0])
-        if Path(local).is_dir():
-            pafs.copy_files(str(local), bucket_and_prefix, destination_filesystem=fs)
-        else:
-            with fs.open_output_stream(bucket_and_prefix) as f:
-                f.write(Path(local).read_bytes())
+        upload(self.fs, local, bucket_and_prefix)
         return f"s3://{bucket_and_prefix}"
 
     def add_user(self, name: str, statements: list[dict[str, Any]]) -> dict[str, str]:
