@@ -9,7 +9,9 @@ and filters as many candidates as for real. The bound is min(device side, host s
 - host side: cores / the host's seconds per image for every step a sample needs (read +
   JPEG decode, letterbox + blob, output decode + NMS, its row in a shard table), one
   image at a time (`host_bound`, the plain loop) and with every core running that loop at
-  once (`host_bound_loaded`: what the cores cost each other: caches, memory, the GIL).
+  once (`host_bound_loaded`: what the cores cost each other: caches, memory, the GIL);
+  measured just before and just after rayinfer's run and averaged (the machine's speed
+  drifts: a bound measured minutes apart from the job once came out 1.5x slower).
 
 Occupancy is the devices' mean busy streams / streams over the inference phase (for a
 fixed-latency device: its rate / its bound), not "at least one request on the device".
@@ -169,12 +171,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
     else:
         print(f"no --output-model ({output_model}): the devices return zeros, so decode + NMS cost less than for real")
     output = np.load(output_file) if output_file else np.zeros((1, 84, 8400), np.float32)
-    plain = host_costs(ds, samples, output, 48, 1)
-    loaded = host_costs(ds, samples, output, 48, cpus)
-    plain_s, loaded_s = sum(plain.values()), sum(loaded.values())
     device_bound = devices * capacity / (latency_ms / 1000)
-    host_bound, host_bound_loaded = cpus / plain_s, cpus / loaded_s
-    bound = min(device_bound, host_bound_loaded)
 
     rows: list[list[object]] = []
     best, best_b = 0.0, 0
@@ -187,8 +184,17 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
     if output_file:
         uri += f"&output_file={output_file}"
     start_ray(cpus, {"sim_device": devices})
+    # the host's costs just before and just after the job, averaged: this machine's speed drifts
+    # by tens of percent over minutes, and a bound measured apart from the job compares with
+    # another machine
+    before = [host_costs(ds, samples, output, 96, threads) for threads in (1, cpus)]
     rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=uri, output=str(work / "out"),
                                resource="sim_device"))
+    after = [host_costs(ds, samples, output, 96, threads) for threads in (1, cpus)]
+    plain, loaded = ({step: (b[step] + a[step]) / 2 for step in STEPS} for b, a in zip(before, after))
+    plain_s, loaded_s = sum(plain.values()), sum(loaded.values())
+    host_bound, host_bound_loaded = cpus / plain_s, cpus / loaded_s
+    bound = min(device_bound, host_bound_loaded)
     driver_cpu = run["timings"]["driver_cpu_s"]  # over the inference phase
     actors = run["actors"]
     done = sum(a["samples"] for a in actors)
@@ -204,6 +210,8 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
     print(f"accel: {images} images, {devices} simulated devices ({capacity} streams, {latency_ms:g} ms), {cpus} CPUs, "
           f"{os.cpu_count()} logical CPUs on the machine")
     print(format_table(["mode", "img/s"], rows))
+    print(f"plain loop {sum(before[0].values()) * 1e3:.2f} ms before the job, {sum(after[0].values()) * 1e3:.2f} "
+          f"after; every core at once {sum(before[1].values()) * 1e3:.2f} / {sum(after[1].values()) * 1e3:.2f} ms")
     print(format_table(["host step (ms per image)"] + list(STEPS) + ["total"],
                        [["one at a time"] + [plain[s] * 1e3 for s in STEPS] + [plain_s * 1e3],
                         ["every core at once"] + [loaded[s] * 1e3 for s in STEPS] + [loaded_s * 1e3]]))
