@@ -26,7 +26,7 @@ import numpy as np
 
 from rayinfer.actors.model import available_cpus
 from rayinfer.jobs.bench.accel import _accel_adapter, host_costs, real_output
-from rayinfer.jobs.bench.common import repeat_coco, start_ray
+from rayinfer.jobs.bench.common import _rayinfer, repeat_coco, start_ray
 from rayinfer.jobs.format import format_table
 
 ANNOTATIONS = Path("annotations") / "instances_val2017.json"
@@ -66,13 +66,9 @@ def reduced_images(root: Path, size: tuple[int, int]) -> tuple[int, int]:
 
 def _job(root: Path, model: str, out: Path, reduced: bool, **kw: Any) -> tuple[float, dict, dict]:
     """(img/s from actor start to the last result, metrics, run.json) of the whole job."""
-    from rayinfer.jobs.config import JobConfig
-    from rayinfer.jobs.driver import run_job
-
-    outcome = run_job(JobConfig(task="coco", data_root=str(root), model=model, output=str(out), progress=False,
-                                report=False, overwrite=True, options={"reduced_decode": reduced}, **kw))
-    t = outcome.run["timings"]
-    return outcome.run["counts"]["processed_this_run"] / (t["setup_s"] + t["inference_s"]), outcome.metrics, outcome.run
+    rate, run = _rayinfer(dict(task="coco", data_root=str(root), model=model, output=str(out),
+                               options={"reduced_decode": reduced}, **kw))
+    return rate, json.loads((out / "metrics.json").read_text()), run
 
 
 def run_decode_bench(data_root: Path, model: Path, images: int, factor: int = 2, repeat: int = 2, devices: int = 2,
