@@ -18,6 +18,22 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+#: --precision values. "model" computes as the model file stores it (float weights in fp32, an
+#: int8 model's quantized layers in int8): the default, and the only one whose metrics are the
+#: model's own. "bf16" and "fp16" let the runtime compute its float layers in reduced precision,
+#: where the device has the units for it: faster, and the metrics can differ.
+PRECISIONS = ("model", "bf16", "fp16")
+
+
+def precision_text(precision: str) -> str:
+    """What a precision means, in the words the summary, the report and `rayinfer bench` use."""
+    if precision == "model":
+        return "model: computed at the model's own precision"
+    if precision in PRECISIONS:
+        return f"{precision}: computed in reduced precision; metrics can differ from the model's own"
+    return precision  # a run.json written before --precision: OpenVINO's own word
+
+
 class ModelError(Exception):
     """The model file cannot be used (missing, not ONNX, unsupported provider)."""
 

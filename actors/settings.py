@@ -25,9 +25,10 @@ class ActorSettings(Protocol):
     #: ONNX Runtime execution providers in order (cpu, cuda, tensorrt) and their options
     providers: tuple[str, ...]
     provider_options: dict[str, dict[str, Any]]
-    #: OpenVINO's device (CPU, GPU, NPU, AUTO) and inference precision (auto, f32, bf16, f16)
+    #: model | bf16 | fp16: the precision the runtime computes in (actors/model.PRECISIONS)
+    precision: str
+    #: OpenVINO's device (CPU, GPU, NPU, AUTO)
     openvino_device: str
-    openvino_precision: str
     #: requests in flight (0 = the device's optimal count) and the hint (throughput | latency)
     requests: int
     hint: str

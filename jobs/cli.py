@@ -320,16 +320,32 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.bench.model import format_bench, run_model_bench
+    from rayinfer.jobs.bench.model import format_accuracy_bench, format_bench, run_accuracy_bench, run_model_bench
 
-    if bool(args.task) != bool(args.data_root):
-        raise SetupError("bench: --task and --data-root go together (accuracy on that dataset)")
-    if args.data_root and not Path(args.data_root).is_dir():
-        raise SetupError(f"data root not found: {args.data_root}")
-    result = run_model_bench(args.model, args.runtime, args.requests, args.seconds, args.hint, args.task,
-                             args.data_root)
-    sys.stdout.write((json.dumps(result, indent=2) if args.json else format_bench(result)) + "\n")
+    if args.task and not args.data_root:
+        raise SetupError("bench: --task needs --data-root (accuracy on that dataset)")
+    if args.data_root:
+        if not Path(args.data_root).is_dir():
+            raise SetupError(f"data root not found: {args.data_root}")
+        result = run_accuracy_bench(args.model, args.data_root, args.task, args.images, args.runtime,
+                                    args.precision, args.seconds, args.hint)
+        text = json.dumps(result, indent=2) if args.json else format_accuracy_bench(result)
+    else:
+        result = run_model_bench(args.model, args.runtime, args.requests or ["1", "2", "4", "auto"], args.seconds,
+                                 args.hint)
+        text = json.dumps(result, indent=2) if args.json else format_bench(result)
+    sys.stdout.write(text + "\n")
     return 0
+
+
+def _precisions(text: str) -> list[str]:
+    from rayinfer.actors.model import PRECISIONS
+
+    values = csv_list(text)
+    for v in values:
+        if v not in PRECISIONS:
+            raise argparse.ArgumentTypeError(f"precision: {v!r} is not one of {', '.join(PRECISIONS)}")
+    return values
 
 
 def _requests(text: str) -> list[str]:
@@ -425,16 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rayinfer.actors.backends import RUNTIMES
 
-    bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts: img/s and latency")
+    bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts: img/s and "
+                                                        "latency; with --data-root, x precision with the dataset's metrics")
     bn.add_argument("--model", required=True, help="ONNX model file (or OpenVINO IR .xml)")
     bn.add_argument("--runtime", type=csv_list, default=["auto"],
                     help=f"runtimes, comma-separated ({', '.join(RUNTIMES)}; auto: every installed one)")
-    bn.add_argument("--requests", type=_requests, default=["1", "2", "4", "auto"],
-                    help="requests in flight, comma-separated; auto = the runtime's optimal count (default: 1,2,4,auto)")
+    bn.add_argument("--requests", type=_requests,
+                    help="requests in flight, comma-separated; auto = the runtime's optimal count (default: 1,2,4,auto; "
+                         "with --data-root: auto)")
     bn.add_argument("--seconds", type=float, default=5.0, help="measured time per run (default: %(default)s)")
     bn.add_argument("--hint", choices=("throughput", "latency"), default="throughput")
-    bn.add_argument("--task", type=_task, help="with --data-root: also the dataset accuracy per runtime")
-    bn.add_argument("--data-root", help="dataset folder for --task")
+    bn.add_argument("--data-root", help="a dataset folder: one row per runtime x precision, with the task's metrics "
+                                        "from a job on its first --images samples")
+    bn.add_argument("--task", type=_task, help="the task of --data-root (default: the one whose layout it has)")
+    bn.add_argument("--images", type=int, help="with --data-root: the first N samples (default: all)")
+    bn.add_argument("--precision", type=_precisions, default=["model", "bf16", "fp16"],
+                    help="with --data-root: precisions, comma-separated (default: model,bf16,fp16; one that no runtime "
+                         "here computes in is named with why and left out)")
     bn.add_argument("--json", action="store_true", help="one JSON object, nothing else")
     bn.set_defaults(func=cmd_bench)
 

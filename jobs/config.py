@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.backends import RUNTIMES
-from rayinfer.actors.backends.openvino import PRECISIONS
+from rayinfer.actors.model import PRECISIONS
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
@@ -81,8 +81,9 @@ class JobConfig:
     requests: int = option(0, "requests in flight per actor; 0 = optimal for the device")
     hint: str = option("throughput", "throughput | latency")
     openvino_device: str = option("CPU", "OpenVINO device: CPU, GPU, NPU or AUTO (GPU/NPU: with --runtime openvino)")
-    openvino_precision: str = option("auto", "OpenVINO inference precision: auto (the device's default: bf16 "
-                                             "on CPUs with bf16 units) | f32 | bf16 | f16")
+    precision: str = option("model", "model | bf16 | fp16: model computes at the model's own precision (its metrics "
+                                     "are the model's); bf16 / fp16 compute in reduced precision where the device "
+                                     "has the units (faster; metrics can differ: rayinfer bench shows by how much)")
     loader_threads: int = option(0, "read+preprocess threads per actor; 0 = its CPUs + 1")
     # "request": in the request's own thread (RBLN parallel=1); "loader": loader threads
     # prepare the next inputs while the device computes (parallel=2)
@@ -149,9 +150,8 @@ class JobConfig:
             raise ConfigError(f"preprocess_in: must be one of {PREPROCESS_IN}, got {self.preprocess_in!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        if self.openvino_precision not in PRECISIONS:
-            raise ConfigError(f"openvino_precision: must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.openvino_precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.hint not in ("throughput", "latency"):
             raise ConfigError(f"hint: must be throughput or latency, got {self.hint!r}")
         if self.limit is not None and self.limit < 1:
@@ -188,6 +188,9 @@ class JobConfig:
         data = dict(data)
         if "jobs" in data and "requests" not in data:  # its earlier name (the run.json of older runs)
             data["requests"] = data.pop("jobs")
+        if "openvino_precision" in data and "precision" not in data:  # older runs: OpenVINO's own names
+            old = data.pop("openvino_precision")
+            data["precision"] = {"bf16": "bf16", "f16": "fp16"}.get(old, "model")
         return from_data(cls, data, "")
 
 

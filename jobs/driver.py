@@ -150,10 +150,14 @@ def check_setup(cfg: JobConfig) -> Setup:
     if not samples:
         raise SetupError(f"no samples found under {cfg.data_root}")
     local = fetched(cfg)  # a remote model: this node's copy (pinned by run_job)
-    backend = backend_for(local.model, cfg.runtime)  # the model's signature, read by the first runtime
+    # the model's signature, read by the first runtime that computes at the precision asked for
+    backend = backend_for(local.model, cfg.runtime, local)
     wrong = backend.check(local.model)
     if wrong:
         raise SetupError(wrong)
+    differs = backend.check_precision(local)  # a runtime named by the user, which auto would not pick
+    if differs:
+        log.warning("--runtime %s: %s; its metrics can differ from the model's own", cfg.runtime, differs)
     try:
         model = backend.build(local, Plan(1, 1), 1)
     except SetupError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rayinfer.actors.model import precision_text
+
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Plain fixed-width table."""
@@ -16,11 +18,14 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 
 
 def runtime_text(runtime: dict[str, Any]) -> str:
-    """"openvino 2026.4.1 (measured, img/s: openvino 76.3, onnxruntime 24.7)" for run.json's runtime."""
+    """"openvino 2026.4.1; precision model: computed at the model's own precision; the faster
+    measured, img/s: openvino 26.8, onnxruntime 24.7" for run.json's runtime."""
     text = f"{runtime['name']} {runtime.get('version', '')}".strip()
     if runtime.get("precision"):
-        text += f", {runtime['precision']}"
+        text += f"; precision {precision_text(runtime['precision'])}"
+    if runtime.get("differs_from_model"):
+        text += f" ({runtime['differs_from_model']}: metrics can differ from the model's own)"
     if runtime.get("probe"):
         figures = ", ".join(f"{k} {v:.1f}" for k, v in sorted(runtime["probe"].items(), key=lambda kv: -kv[1]))
-        text += f" (the faster measured, img/s: {figures}{'; cached' if runtime.get('probe_cached') else ''})"
+        text += f"; the faster measured, img/s: {figures}{' (cached)' if runtime.get('probe_cached') else ''}"
     return text

@@ -328,7 +328,7 @@ def _last_line(exc: BaseException) -> str:
 def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
                     growable: bool = False) -> tuple[JobConfig, dict[str, Any] | None]:
     """One runtime for every actor of a job, so that a sample's prediction never depends on
-    which actor ran it (runtimes differ in the last digits; OpenVINO may compute in bf16).
+    which actor ran it (runtimes differ in the last digits).
 
     Under `--runtime auto` with several installed CPU runtimes, the choice is measured
     once, in a Ray task with one actor's resources (so on an actor's kind of node, with its
@@ -340,7 +340,7 @@ def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
     """
     import ray
 
-    if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto"), cfg):
+    if cfg.runtime != "auto" or settled(candidates(cfg.model, "auto", cfg), cfg):
         return cfg, None
     cached = None if growable else _remembered_here(cfg, shape)
     if cached:

@@ -222,7 +222,7 @@ def test_rayinfer_bench_json(heavy_model):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["model"] == str(heavy_model) and result["accuracy"] is None
+    assert result["model"] == str(heavy_model)
     assert [(r["runtime"], r["requested"]) for r in result["runs"]] == [
         ("onnxruntime", "1"), ("onnxruntime", "auto"), ("openvino", "1"), ("openvino", "auto")]
     for r in result["runs"]:

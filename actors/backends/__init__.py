@@ -3,7 +3,11 @@
 Each module has a `BACKEND` object: `handles(model)` (is this model reference one it can
 run?), `installed()` (None, or why its package is missing), `resolve` (the reference every
 node sees), `check` (can it be opened: None, or why not), `digest` (what `--resume`
-compares), `device(cfg)` (the device the configuration asks for), `build(cfg, plan, cpus)`
+compares), `device(cfg)` (the device the configuration asks for), `check_precision(cfg)`
+(None when that device computes the model in `cfg.precision`, else why not: under
+`--runtime auto` such a runtime is not a candidate; named, it is refused for a reduced
+precision and runs with a warning at the model's, where it computes some of the model's
+operators its own way), `build(cfg, plan, cpus)`
 (the `Model`) and `versions()` (for run.json).
 
 `open_model` is the one place that picks the runtime (`--runtime`: one by name, or `auto`:
@@ -40,11 +44,13 @@ def backend(name: str) -> Any:
     return importlib.import_module(REGISTRY[name]).BACKEND
 
 
-def candidates(model: str, runtime: str = "auto") -> list[Any]:
-    """The backends that may run `model` under `--runtime`, installed, in registry order.
+def candidates(model: str, runtime: str = "auto", settings: ActorSettings | None = None) -> list[Any]:
+    """The backends that may run `model` under `--runtime`, installed, in registry order;
+    with `settings`, only those whose device computes in `settings.precision`.
 
-    A named runtime that is missing or cannot run this kind of model is a `SetupError`
-    naming both; under `auto`, a missing package is simply not a candidate.
+    A named runtime that is missing, cannot run this kind of model or cannot compute in the
+    precision asked for is a `SetupError` naming why; under `auto`, such a runtime is simply
+    not a candidate, and none left is a `SetupError` naming each one's reason.
     """
     if runtime != "auto":
         if runtime not in REGISTRY:
@@ -55,19 +61,32 @@ def candidates(model: str, runtime: str = "auto") -> list[Any]:
         missing = chosen.installed()
         if missing:
             raise SetupError(f"--runtime {runtime}: {missing}")
+        wrong = settings is not None and chosen.check_precision(settings)
+        if wrong and settings.precision != "model":  # at "model", the driver warns (jobs/driver.check_setup)
+            raise SetupError(f"--precision {settings.precision} with --runtime {runtime}: {wrong}; "
+                             "leave --precision at model")
         return [chosen]
     found = [b for b in map(backend, REGISTRY) if b.handles(model)]
     installed = [b for b in found if not b.installed()]
     if not installed:
         raise SetupError(f"no installed runtime runs {model!r} (backends: {', '.join(REGISTRY)})"
                          if not found else f"{model}: {found[0].installed()}")
-    return installed
+    if settings is None:
+        return installed
+    why = {b.name: b.check_precision(settings) for b in installed}
+    able = [b for b in installed if not why[b.name]]
+    if not able:
+        raise SetupError(f"--precision {settings.precision}: no installed runtime computes in it here ("
+                         + "; ".join(f"{name}: {reason}" for name, reason in why.items())
+                         + "); leave --precision at model")
+    return able
 
 
-def backend_for(model: str, runtime: str = "auto") -> Any:
-    """The first backend that runs `model`: the one that checks, digests and describes it
-    on the driver (the actors may pick a faster one under `auto`)."""
-    return candidates(model, runtime)[0]
+def backend_for(model: str, runtime: str = "auto", settings: ActorSettings | None = None) -> Any:
+    """The first backend that runs `model` (at `settings.precision`, given settings): the one
+    that checks, digests and describes it on the driver (the actors may pick a faster one
+    under `auto`)."""
+    return candidates(model, runtime, settings)[0]
 
 
 def settled(found: list[Any], cfg: ActorSettings) -> Any | None:
@@ -81,7 +100,7 @@ def settled(found: list[Any], cfg: ActorSettings) -> Any | None:
 def device_for(cfg: ActorSettings) -> str:
     """The device an actor's model asks for: an accelerator if the configuration names one,
     else "cpu" (what `auto` measures between)."""
-    chosen = settled(candidates(cfg.model, cfg.runtime), cfg)
+    chosen = settled(candidates(cfg.model, cfg.runtime, cfg), cfg)
     return chosen.device(cfg) if chosen else "cpu"
 
 
@@ -93,9 +112,12 @@ class Runtime(NamedTuple):
     version: str
     probe: dict[str, float] | None = None
     probe_cached: bool = False
+    #: model | bf16 | fp16, as asked for (--precision)
+    precision: str = "model"
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "probe": self.probe, "probe_cached": self.probe_cached}
+        return {"name": self.name, "version": self.version, "precision": self.precision, "probe": self.probe,
+                "probe_cached": self.probe_cached}
 
 
 class Opened(NamedTuple):
@@ -129,11 +151,11 @@ def open_model(cfg: ActorSettings, cpus: int) -> Opened:
     of the installed ones, measured on this model with `cpus` (choice.py). A remote model
     is opened from this node's copy (actors/fetch.py)."""
     cfg = fetched(cfg)
-    found = candidates(cfg.model, cfg.runtime)
+    found = candidates(cfg.model, cfg.runtime, cfg)
     chosen = settled(found, cfg)
     if chosen:
         model, plan = build(chosen, cfg, cpus)
-        return Opened(model, plan, Runtime(chosen.name, _version(chosen)))
+        return Opened(model, plan, Runtime(chosen.name, _version(chosen), precision=cfg.precision))
     return pick(found, cfg, cpus)
 
 
@@ -142,10 +164,10 @@ def choose_runtime(cfg: ActorSettings, cpus: int) -> Runtime:
     where nothing is measured (a runtime named, a GPU asked for, a choice cached): what the
     driver's one probe per job asks (jobs/placement.resolve_runtime)."""
     cfg = fetched(cfg)
-    found = candidates(cfg.model, cfg.runtime)
+    found = candidates(cfg.model, cfg.runtime, cfg)
     chosen = settled(found, cfg)
     if chosen:
-        return Runtime(chosen.name, _version(chosen))
+        return Runtime(chosen.name, _version(chosen), precision=cfg.precision)
     return remembered_runtime(cfg, cpus) or pick(found, cfg, cpus).runtime
 
 
@@ -155,12 +177,12 @@ def remembered_runtime(cfg: ActorSettings, cpus: int) -> Runtime | None:
     from rayinfer.actors.backends import choice
 
     cfg = fetched(cfg)
-    found = candidates(cfg.model, cfg.runtime)
-    remembered = _remembered(found, choice.cache_key(found, cfg, cpus))
+    found = candidates(cfg.model, cfg.runtime, cfg)
+    remembered = _remembered(found, choice.cache_key(found, cfg, cpus), cfg.precision)
     return remembered[1] if remembered else None
 
 
-def _remembered(found: list[Any], key: str) -> tuple[Any, Runtime] | None:
+def _remembered(found: list[Any], key: str, precision: str) -> tuple[Any, Runtime] | None:
     """The backend among `found` measured the faster before under `key` (choice.py's cache)
     and its Runtime record, or None."""
     from rayinfer.actors.backends import choice
@@ -170,7 +192,7 @@ def _remembered(found: list[Any], key: str) -> tuple[Any, Runtime] | None:
     if not before or before["choice"] not in names:
         return None
     chosen = found[names.index(before["choice"])]
-    return chosen, Runtime(chosen.name, _version(chosen), before["probe"], True)
+    return chosen, Runtime(chosen.name, _version(chosen), before["probe"], True, precision)
 
 
 def pick(found: list[Any], cfg: ActorSettings, cpus: int) -> Opened:
@@ -179,7 +201,7 @@ def pick(found: list[Any], cfg: ActorSettings, cpus: int) -> Opened:
     from rayinfer.actors.backends import choice
 
     key = choice.cache_key(found, cfg, cpus)
-    remembered = _remembered(found, key)
+    remembered = _remembered(found, key, cfg.precision)
     if remembered:
         chosen, runtime = remembered
         model, plan = build(chosen, cfg, cpus)
@@ -195,13 +217,13 @@ def pick(found: list[Any], cfg: ActorSettings, cpus: int) -> Opened:
         raise SetupError(f"no installed runtime can run {cfg.model}")
     if len(built) == 1:
         chosen, model, plan = next(iter(built.values()))
-        return Opened(model, plan, Runtime(chosen.name, _version(chosen)))
+        return Opened(model, plan, Runtime(chosen.name, _version(chosen), precision=cfg.precision))
     rates = choice.measure({name: (model, plan.requests) for name, (_, model, plan) in built.items()}, cfg.hint, cpus)
     winner = max(rates, key=lambda n: rates[n])
     chosen, model, plan = built[winner]
     log.info("runtime %s for %s (measured, img/s: %s)", winner, cfg.model, rates)
     choice.remember(key, winner, rates, cpus)
-    return Opened(model, plan, Runtime(winner, _version(chosen), rates, False))
+    return Opened(model, plan, Runtime(winner, _version(chosen), rates, False, cfg.precision))
 
 
 def _version(chosen: Any) -> str:

@@ -1,7 +1,9 @@
 """`--runtime auto`: measuring the installed runtimes on a model, and remembering the result.
 
-No runtime wins everywhere (on this project's 2-vCPU Xeon OpenVINO runs YOLOv8n fp32 3x
-faster than ONNX Runtime and the dynamic-int8 YOLOv8n slower), so the choice is measured:
+No runtime wins everywhere (OpenVINO runs some models faster than ONNX Runtime and others,
+such as a dynamic-int8 YOLOv8n, slower: docs/performance.md), so the choice is measured.
+Every candidate computes at the precision the job asks for (`--precision`, the model's own
+by default), so the race is between runtimes, never between precisions:
 
 1. each candidate is built as the actor would run it (its request plan, its own queue);
 2. it is fed random inputs of the model's shape, keeping every planned request busy: a
@@ -162,7 +164,7 @@ def cache_key(found: list[Any], cfg: ActorSettings, cpus: int) -> str:
         "hint": cfg.hint,
         "requests": cfg.requests,
         "runtimes": sorted(f"{k}={v}" for b in found for k, v in b.versions().items()),
-        "options": [cfg.openvino_precision],
+        "precision": cfg.precision,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -182,9 +182,21 @@ class OnnxRuntimeBackend:
         return None  # a dependency of rayinfer
 
     @staticmethod
+    def check_precision(cfg: ActorSettings) -> str | None:
+        """ONNX Runtime computes what the graph says; only TensorRT builds an fp16 engine
+        (`trt_fp16_enable`). Any other reduced precision would mean converting the model."""
+        if cfg.precision == "model" or (cfg.precision == "fp16" and _tensorrt_first(cfg)):
+            return None
+        return ("ONNX Runtime computes at the model's own precision"
+                + (" (fp16 only with the TensorRT provider first: --providers tensorrt)" if cfg.precision == "fp16" else ""))
+
+    @staticmethod
     def build(cfg: ActorSettings, plan: Any, cpus: int) -> OnnxModel:
         """`plan.threads_per_request` intra-op threads (requests share the CPUs)."""
-        options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=cfg.provider_options,
+        provider_options = dict(cfg.provider_options)
+        if cfg.precision == "fp16" and _tensorrt_first(cfg):
+            provider_options["tensorrt"] = {**provider_options.get("tensorrt", {}), "trt_fp16_enable": "True"}
+        options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=provider_options,
                                  intra_op_threads=plan.threads_per_request)
         return OnnxModel(cfg.model, options)
 
@@ -193,6 +205,11 @@ class OnnxRuntimeBackend:
         import onnxruntime
 
         return {"onnxruntime": onnxruntime.__version__}
+
+
+def _tensorrt_first(cfg: ActorSettings) -> bool:
+    first = RuntimeOptions(providers=tuple(cfg.providers)).resolved_providers()[0][0]
+    return first == "TensorrtExecutionProvider"
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -19,9 +19,12 @@ handed to the callback as an `InferRequest` (outputs copied out, latency in ms).
         queue.start_async({"images": blob}, image_id)
     queue.wait_all()
 
-Precision: on a CPU with bf16 units (AMX, AVX512-BF16) OpenVINO computes in bf16 by
-default (3x faster for YOLOv8n on this machine's Xeon). `precision="auto"` keeps that
-default; `f32` asks for full precision. The precision a model really got is reported.
+Precision: left alone, OpenVINO computes in bf16 on a CPU with bf16 units (AMX,
+AVX512-BF16) and in f16 on a GPU, so its metrics are not the model's own. `precision="model"`
+(the default) therefore asks for f32 (`INFERENCE_PRECISION_HINT`; an int8 model's quantized
+layers stay int8); `bf16` and `fp16` ask for those, and are refused on a device whose
+`OPTIMIZATION_CAPABILITIES` lack them (OpenVINO would quietly compute in f32 instead). The
+precision the compiled model reports is checked against the one asked for, and recorded.
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ from rayinfer.actors.queue import BusyClock, InferRequest, QueueClosedError, Req
 
 log = logging.getLogger(__name__)
 
-#: --openvino-precision values; "auto" is the device's default (bf16 on CPUs that have it)
-PRECISIONS = ("auto", "f32", "bf16", "f16")
 SUFFIXES = (".onnx", ".xml")
+#: rayinfer's precision -> OpenVINO's INFERENCE_PRECISION_HINT, and the capability it needs
+HINTS = {"model": "f32", "bf16": "bf16", "fp16": "f16"}
+CAPABILITIES = {"bf16": "BF16", "fp16": "FP16"}
+#: devices whose plugin computes f32 when asked (an NPU computes in f16 whatever it is told)
+F32_DEVICES = ("CPU", "GPU")
+#: ONNX operators of dynamic quantization (activations quantized at run time, as onnxruntime's
+#: quantize_dynamic writes them): OpenVINO computes these graphs its own way, and its outputs
+#: differ from the model's as the ONNX specification defines them (docs/accuracy.md)
+DYNAMIC_QUANTIZATION = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger")
 
 
 def installed() -> str | None:
@@ -54,6 +64,44 @@ def installed() -> str | None:
     except ImportError as exc:
         return f"the openvino package is not installed ({exc}); pip install 'rayinfer[openvino]'"
     return None
+
+
+def precision_problem(device: str, precision: str) -> str | None:
+    """None when OpenVINO's `device` computes in `precision`, else why not (one line)."""
+    if precision == "model":
+        return None
+    import openvino as ov
+
+    core = ov.Core()
+    device = device.upper()
+    try:
+        capabilities = [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+        name = str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except Exception as exc:  # noqa: BLE001 - a device OpenVINO does not have
+        return f"OpenVINO has no device {device} ({_first_line(exc)})"
+    if CAPABILITIES[precision] in capabilities:
+        return None
+    return f"OpenVINO's {device} ({name}) has no {precision} units (its capabilities: {', '.join(capabilities)})"
+
+
+def ops_computed_otherwise(path: str) -> list[str]:
+    """The DYNAMIC_QUANTIZATION operators an .onnx file uses: each node's op_type is a
+    protobuf string field 4 (tag 0x22, then its length), found without parsing the graph."""
+    import mmap
+
+    if Path(path).suffix.lower() != ".onnx":
+        return []
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return [op for op in DYNAMIC_QUANTIZATION if data.find(b"\x22" + bytes([len(op)]) + op.encode()) >= 0]
+    except (OSError, ValueError):  # unreadable or empty: opening it says why
+        return []
+
+
+def differs_from_model(path: str, precision: str) -> str | None:
+    """Why OpenVINO's outputs for `path` at `precision` are not the model's own, or None."""
+    ops = ops_computed_otherwise(path) if precision == "model" else []
+    return f"OpenVINO computes the model's dynamic quantization ({', '.join(ops)}) its own way" if ops else None
 
 
 def _spec(port: Any) -> TensorSpec:
@@ -88,7 +136,7 @@ class OpenVinoModel:
     `async_queue` gives OpenVINO's own request pool."""
 
     def __init__(self, path: str, device: str = "CPU", hint: str = "throughput", threads: int = 0,
-                 precision: str = "auto") -> None:
+                 precision: str = "model") -> None:
         wrong = installed() or model_check(path)
         if wrong:
             raise ModelError(wrong)
@@ -103,19 +151,29 @@ class OpenVinoModel:
             config["INFERENCE_NUM_THREADS"] = self.threads
         else:
             self.threads = 0
-        if precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = precision
+        wrong = precision_problem(device, precision)
+        if wrong:
+            raise ModelError(f"--precision {precision}: {wrong}")
+        if precision != "model" or device.upper() in F32_DEVICES:
+            config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
         try:
             self.compiled = core.compile_model(model, device.upper(), config)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"OpenVINO cannot compile {path} for {device}: {_first_line(exc)}") from None
+        #: what the compiled model computes its float layers in, as OpenVINO reports it (f32, bf16, f16)
+        self.inference_precision = _property(self.compiled, "INFERENCE_PRECISION_HINT")
+        asked = config.get("INFERENCE_PRECISION_HINT")
+        if asked and self.inference_precision and _short(self.inference_precision) != asked:
+            raise ModelError(f"--precision {precision}: OpenVINO's {device.upper()} computes {path} in "
+                             f"{self.inference_precision}, not {asked}")
+        self.precision = precision
+        self.differs = differs_from_model(path, precision)
         self.inputs = tuple(_spec(p) for p in model.inputs)
         self.outputs = tuple(_spec(p) for p in model.outputs)
         self.metadata = _metadata(model)
         self.device_name = device.upper()  # OpenVINO's name for it
         self.device = "cpu" if self.device_name == "CPU" else device.lower()
         self.optimal_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.precision = _property(self.compiled, "INFERENCE_PRECISION_HINT")
         self.streams = _property(self.compiled, "NUM_STREAMS")
         self.providers = (f"OpenVINO:{self.device_name}",)
         self.intra_op_threads = self.threads
@@ -124,8 +182,10 @@ class OpenVinoModel:
     @property
     def details(self) -> dict[str, Any]:
         """What OpenVINO chose, for run.json."""
-        return {"device": self.device_name, "streams": self.streams, "precision": self.precision,
-                "optimal_requests": self.optimal_requests}
+        return {"device": self.device_name, "streams": self.streams,
+                "inference_precision": _short(self.inference_precision) if self.inference_precision else None,
+                "optimal_requests": self.optimal_requests,
+                **({"differs_from_model": self.differs} if self.differs else {})}
 
     def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
         return check_inputs(self.inputs, inputs)
@@ -143,7 +203,7 @@ class OpenVinoModel:
 
     def __repr__(self) -> str:
         return (f"OpenVinoModel({self.path.name!r}, device={self.providers[0]}, threads={self.threads}, "
-                f"streams={self.streams}, precision={self.precision})")
+                f"streams={self.streams}, precision={self.precision}, computed in {self.inference_precision})")
 
 
 class OpenVinoQueue(RequestSlots):
@@ -292,6 +352,11 @@ def _property(compiled: Any, name: str) -> str | None:
         return None
 
 
+def _short(precision: str) -> str:
+    """OpenVINO's type name as its hint spells it: "float32" -> "f32", "bfloat16" -> "bf16"."""
+    return {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(precision, precision)
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # OpenVINO's messages start with "Exception from src/...cpp:NN:"; the reason follows
@@ -335,9 +400,16 @@ class OpenVinoBackend:
         return "cpu" if cfg.openvino_device.upper() == "CPU" else cfg.openvino_device.lower()
 
     @staticmethod
+    def check_precision(cfg: ActorSettings) -> str | None:
+        """None when the device computes the model in `cfg.precision`, else why not."""
+        if cfg.precision == "model":
+            return differs_from_model(cfg.model, "model")
+        return installed() or precision_problem(cfg.openvino_device, cfg.precision)
+
+    @staticmethod
     def build(cfg: ActorSettings, plan: Plan, cpus: int) -> OpenVinoModel:
         """Compiled with every CPU the actor has (OpenVINO splits them into streams itself)."""
-        return OpenVinoModel(cfg.model, cfg.openvino_device, cfg.hint, threads=cpus, precision=cfg.openvino_precision)
+        return OpenVinoModel(cfg.model, cfg.openvino_device, cfg.hint, threads=cpus, precision=cfg.precision)
 
     @staticmethod
     def versions() -> dict[str, str]:

@@ -158,6 +158,11 @@ class SimulatedBackend:
         return None
 
     @staticmethod
+    def check_precision(cfg: ActorSettings) -> str | None:
+        """The simulated device computes nothing, so it runs at any precision alike."""
+        return None
+
+    @staticmethod
     def build(cfg: ActorSettings, plan: Any, cpus: int) -> SimulatedModel:
         return SimulatedModel.from_uri(cfg.model)
 

@@ -29,4 +29,17 @@ def get_task(name: str) -> Task:
     return getattr(importlib.import_module(module), attribute)
 
 
-__all__ = ["REGISTRY", "RunningMetric", "Table", "Task", "get_task", "task_names"]
+def task_of(data_root: str) -> str:
+    """The one task whose `layout` the local folder `data_root` has; a setup error otherwise."""
+    from pathlib import Path
+
+    found = [name for name in REGISTRY if get_task(name).layout
+             and all((Path(data_root) / p).exists() for p in get_task(name).layout)]
+    if len(found) != 1:
+        layouts = "; ".join(f"{n}: {', '.join(get_task(n).layout)}" for n in REGISTRY if get_task(n).layout)
+        raise SetupError(f"{data_root}: {'no' if not found else 'more than one'} task's layout found "
+                         f"({layouts}); name the task with --task")
+    return found[0]
+
+
+__all__ = ["REGISTRY", "RunningMetric", "Table", "Task", "get_task", "task_names", "task_of"]

@@ -92,6 +92,9 @@ class Task:
     figure_names: tuple[str, ...] = ()
     #: the metrics in the report's header (default: the first four of `summary_keys`)
     headline_keys: tuple[str, ...] = ()
+    #: paths under a data root that together say it holds this task's dataset (what `rayinfer
+    #: bench --data-root` and `doctor` recognise it by); () for a task that reads no files
+    layout: tuple[str, ...] = ()
     #: the built-in demo model (with `write_demo`), or None when the task has no demo
     demo_model: Path | None = None
 

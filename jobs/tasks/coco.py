@@ -54,6 +54,7 @@ class CocoDetection(Task):
     options_type = DetectionOptions
     summary_keys = SUMMARY
     headline_keys = ("AP", "AP50", "P", "R")
+    layout = ("annotations",)
     figure_names = ("confusion_matrix.png", "confidence_curves.png", "pr_curves.png", "per_class_ap.png",
                     "worst_images.jpg", "best_images.jpg")
     demo_model = Path(__file__).resolve().parent.parent / "demo_models" / "detector.onnx"

@@ -48,6 +48,7 @@ class NyuDepth(Task):
     options_type = DepthOptions
     summary_keys = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
     headline_keys = ("abs_rel", "rmse", "delta1", "silog")
+    layout = ("val/official",)
     figure_names = ("depth_samples.jpg", "error_vs_depth.png")
     demo_model = Path(__file__).resolve().parent.parent / "demo_models" / "depth.onnx"
 
