@@ -218,7 +218,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.evaluate import SavedRun, read_run_record
+    from rayinfer.jobs.evaluate import SavedRun, ground_truth_changed, read_run_record
     from rayinfer.jobs.format import format_table
 
     task = get_task(args.task)
@@ -231,7 +231,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # remote data is read with the storage options given, else those the job ran with
     storage = args.storage_options or (run or {}).get("config", {}).get("storage_options") or {}
     root = Location.of(args.data_root, storage)
-    ev = task.evaluate_saved(out, root, sample_ids=args.image_ids, limit=args.limit, options=options)
+    _say_if_being_written(args.predictions, storage)
+    ev = task.evaluate_saved(out, root, sample_ids=args.image_ids, limit=args.limit, options=options,
+                             ignore_missing=args.ignore_missing_images)
+    changed = ground_truth_changed(SavedRun(out, [], run).fingerprint() if out.is_dir() else None, ev.metrics,
+                                   str(args.data_root))
+    if changed:
+        sys.stderr.write(f"rayinfer: warning: {changed}\n")
     if args.json:  # every metric, at full precision, and nothing else
         sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
         return 0
@@ -253,6 +259,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_if_being_written(url: str, storage: dict[str, Any]) -> None:
+    """One line when a job holds the run at `url` now: what is read is a run in progress."""
+    from rayinfer.jobs.lock import describe, holder
+
+    body = holder(str(url), storage)
+    if body:
+        sys.stderr.write(f"rayinfer: warning: {describe(body, str(url))}: the run is incomplete, and these metrics "
+                         "are of the shards committed so far\n")
+
+
 def _cell(v: Any) -> Any:
     return _f(v) if isinstance(v, float) or v is None else v
 
@@ -269,6 +285,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     run_a, run_b = local_run(args.a, args.storage_options), local_run(args.b, args.storage_options)
     compared = compare(run_a.root, run_b.root)
+    used = {name: json.loads((run.root / "metrics.json").read_text()).get("annotations_sha256")
+            for name, run in ((args.a, run_a), (args.b, run_b))}
+    if all(used.values()) and len(set(used.values())) > 1:
+        sys.stderr.write("rayinfer: warning: the runs were evaluated against different annotations ("
+                         + "; ".join(f"{name}: sha256 {sha[:12]}" for name, sha in used.items())
+                         + "): their metrics differ by more than the models do\n")
     rows = [[k, _f(a), _f(b), "-" if d is None else f"{d:+d}" if isinstance(d, int) else f"{d:+.4f}"]
             for k, a, b, d in compared]
     sys.stdout.write(format_table(["metric", str(args.a), str(args.b), "delta"], rows) + "\n")
@@ -402,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-ids", type=csv_list, help="comma-separated sample ids to evaluate")
     ev.add_argument("--limit", type=int, help="only the first N samples")
     ev.add_argument("--report", action="store_true", help="(re)write PREDICTIONS/report.html")
+    ev.add_argument("--ignore-missing-images", action="store_true",
+                    help="leave out the samples the ground truth lacks (default: refuse, naming them)")
     ev.add_argument("--json", action="store_true", help="print every metric as JSON (metrics.json), nothing else")
     add_flags(ev, eval_flags())
     ev.set_defaults(func=cmd_eval)

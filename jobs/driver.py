@@ -32,6 +32,7 @@ from rayinfer.datasets.storage import Location, storage_error
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, may_grow
 from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
+from rayinfer.jobs.lock import run_lock
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
 from rayinfer.jobs.output import RunOutput, open_output, read_shards, writing
 from rayinfer.jobs.placement import ActorPool, actor_stats, open_pool
@@ -174,8 +175,18 @@ def run_job(cfg: JobConfig) -> JobOutcome:
     cfg = pin(resolve_paths(cfg))  # a remote model: fetched here once, its SHA-256 pinned for every node
     setup = check_setup(cfg)
     checks_s = time.time() - t_start  # data, model, task options: before anything runs
-    samples = setup.samples
     output = open_output(cfg.output, cfg.storage_options)
+    lock = run_lock(cfg.output, cfg.storage_options)
+    lock.acquire()  # one writer per run: a second job on this output stops here, naming the first
+    try:
+        return _run_locked(cfg, setup, output, t_start, checks_s)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float, checks_s: float) -> JobOutcome:
+    """The job, once it holds its output: prepare it, dispatch, evaluate, report."""
+    samples = setup.samples
     committed = output.prepare(fingerprint(cfg, setup), resume=cfg.resume, overwrite=cfg.overwrite)
     shards = make_shards(samples, cfg.shard_size)
     todo = [s for s in shards if s.index not in committed]

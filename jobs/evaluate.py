@@ -9,7 +9,9 @@ read another tool's results file (COCO: a results JSON, e.g. Ultralytics `save_j
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +24,8 @@ import pyarrow.parquet as pq
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.output import MANIFEST, iter_shards, read_shards
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,12 +72,15 @@ class SavedRun:
     ids: list[str]
     #: its run.json (read once), or None
     record: dict[str, Any] | None
+    #: samples the ground truth lacks are dropped (with a warning) instead of refused
+    ignore_missing: bool = False
 
     @classmethod
     def open(cls, path: Path, sample_ids: Sequence[str] | None = None, limit: int | None = None,
-             record: dict[str, Any] | None = None) -> SavedRun:
+             record: dict[str, Any] | None = None, ignore_missing: bool = False) -> SavedRun:
         """`record`: its run.json where the caller has read it already."""
-        return cls(path, _saved_ids(path, sample_ids, limit), record if record is not None else read_run_record(path))
+        return cls(path, _saved_ids(path, sample_ids, limit), record if record is not None else read_run_record(path),
+                   ignore_missing)
 
     @property
     def config(self) -> JobConfig | None:
@@ -83,6 +90,21 @@ class SavedRun:
         # runs written before `options` kept each task's options in a top-level section
         return JobConfig.from_dict({k: v for k, v in self.record["config"].items()
                                     if k in known or not isinstance(v, dict)})
+
+    def missing(self, known: Any, ground_truth: str) -> SavedRun:
+        """This run narrowed to the samples `known(sample_id)` says the ground truth has: a
+        setup error naming the others, or (`ignore_missing`) a warning saying how many went."""
+        lacking = [i for i in self.ids if not known(i)]
+        if not lacking:
+            return self
+        first = ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+        if not self.ignore_missing:
+            raise SetupError(f"{len(lacking)} sample{'s' if len(lacking) > 1 else ''} of {self.path} "
+                             f"{'are' if len(lacking) > 1 else 'is'} not in {ground_truth} ({first}): evaluate "
+                             "against the ground truth the run was made with, or pass --ignore-missing-images")
+        log.warning("%d samples of %s are not in %s (%s): left out of the evaluation (--ignore-missing-images)",
+                    len(lacking), self.path, ground_truth, first)
+        return dataclasses.replace(self, ids=[i for i in self.ids if known(i)])
 
     def tables(self) -> Iterator[pa.Table]:
         """The predictions of `ids`, a shard at a time (memory flat with the run's size)."""
@@ -133,6 +155,17 @@ def head_rows(head: pa.Table | None, table: pa.Table) -> pa.Table:
     if head.num_rows >= HEAD_ROWS:
         return head
     return pa.concat_tables([head, table.slice(0, HEAD_ROWS - head.num_rows)], promote_options="default")
+
+
+def ground_truth_changed(fingerprint: dict[str, Any] | None, metrics: dict[str, Any], data_root: str) -> str | None:
+    """A warning when the annotations an evaluation used (`metrics["annotations_sha256"]`) are
+    not those the run was made with (its manifest's fingerprint), else None."""
+    made = ((fingerprint or {}).get("data") or {}).get("annotations_sha256")
+    used = metrics.get("annotations_sha256")
+    if not used or not made or used == made:
+        return None
+    return (f"the annotations differ from the run's: evaluated against those in {data_root} (sha256 {used[:12]}), "
+            f"the run was made with sha256 {made[:12]}")
 
 
 def compare(a: Path, b: Path) -> list[tuple[str, float | None, float | None, float | None]]:

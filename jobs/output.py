@@ -11,6 +11,9 @@ Every file is written to a temporary name and renamed, so a crash leaves either 
 whole file or nothing. A shard's errors are committed before its predictions, so
 "predictions file present" implies the errors are there too.
 
+One job writes a run at a time: it holds the output's lock (jobs/lock.py, `.rayinfer.lock`)
+from before `prepare` until it ends.
+
 Nothing a user wrote is touched:
 - the manifest is written only when work starts (after Ray and the actors are up), so a
   run that fails during setup leaves the folder as it was;
@@ -40,6 +43,7 @@ import pyarrow.parquet as pq
 
 from rayinfer.datasets.base import ERROR_SCHEMA, SetupError
 from rayinfer.datasets.storage import Location, is_remote, storage_error
+from rayinfer.jobs.lock import LOCK_NAME
 
 MANIFEST = "manifest.json"
 SHARD_DIRS = ("predictions", "errors")
@@ -136,7 +140,7 @@ class RunOutput:
             if (root / name).exists() and not (root / name).is_dir():
                 raise SetupError(f"output {root / name} exists and is not a folder; choose another --output")
         self._manifest = {"tool": "rayinfer", "fingerprint": fingerprint, "shards": 0, "files": []}
-        if root.is_dir() and not self.manifest_path.exists() and any(root.iterdir()):
+        if root.is_dir() and not self.manifest_path.exists() and any(p.name != LOCK_NAME for p in root.iterdir()):
             raise SetupError(f"output folder {root} is not empty and holds no rayinfer run "
                              f"({MANIFEST} missing); nothing there was touched: choose another --output")
         self._check_writable()
@@ -369,6 +373,7 @@ def pull_run(remote: Location, staging: Path, whole: bool = True) -> dict[str, t
         listed = remote.listing()
     except OSError as exc:
         raise SetupError(f"output {remote}: {storage_error(exc)}") from None
+    listed = {name: v for name, v in listed.items() if name != LOCK_NAME}  # the run's lock: not the run's
     if listed and MANIFEST not in listed:
         raise SetupError(f"output {remote} holds objects but no rayinfer run ({MANIFEST} missing); nothing there "
                          "was touched: choose another --output")

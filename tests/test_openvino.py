@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_queue_is_openvinos_own_and_gives_the_same_outputs(heavy_model):
-    model = OpenVinoModel(str(heavy_model), hint="throughput", threads=2, precision="f32")
+    model = OpenVinoModel(str(heavy_model), hint="throughput", threads=2)
     assert model.optimal_requests >= 1 and model.device == "cpu"
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal((64, 512)).astype(np.float32) for _ in range(12)]

@@ -146,15 +146,16 @@ class Task:
     # -- the results ------------------------------------------------------------------------
     def evaluate_saved(self, predictions: str | Path, data_root: str | Path | Location,
                        sample_ids: Sequence[str] | None = None, limit: int | None = None,
-                       options: Any = None) -> Evaluation:
+                       options: Any = None, ignore_missing: bool = False) -> Evaluation:
         """The metrics of a saved run (a folder), or of another tool's results file where the
         task reads one, against the data at `data_root` (a folder, or a Location in object
-        storage). `options`: the task's options (default: the run's own). The job and
-        `rayinfer eval` both call this."""
+        storage). `options`: the task's options (default: the run's own). `ignore_missing`:
+        samples the ground truth lacks are left out instead of refused (`SavedRun.missing`).
+        The job and `rayinfer eval` both call this."""
         path, root = Path(predictions), Location.of(data_root)
         if path.is_file():
             return self.evaluate_file(path, root, sample_ids, limit, options)
-        return self.evaluate(SavedRun.open(path, sample_ids, limit), root, options)
+        return self.evaluate(SavedRun.open(path, sample_ids, limit, ignore_missing=ignore_missing), root, options)
 
     def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
         """Dataset metrics of a saved run (its samples without a row count as misses)."""

@@ -87,6 +87,8 @@ class CocoDetection(Task):
         from rayinfer.datasets.coco import CocoDataset
 
         dataset = CocoDataset(data_root)
+        known = set(dataset.coco.getImgIds())
+        run = run.missing(lambda i: int(i) in known, str(dataset.annotations))
         evaluator = dataset.evaluator(run.ids)
         head, rows = None, 0
         for table in run.tables():
@@ -130,6 +132,9 @@ class CocoDetection(Task):
 
         per_class = per_class_table(scores, dataset.category_names) if scores is not None else []
         metrics = coco_metrics(scores, evaluated, n, per_class)
+        # which ground truth these numbers are against, by content (`rayinfer eval` compares it with
+        # the run's; the same file read from a folder or a bucket is the same ground truth)
+        metrics["annotations_sha256"] = dataset.annotations.sha256()
         return CocoEvaluation(self.name, metrics, head=head, rows=rows, sample_ids=ids, per_class=per_class,
                               coco_scores=scores)
 
