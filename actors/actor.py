@@ -207,10 +207,10 @@ class InferenceActor:
         # OpenCV (resize, NMS) spreads a call over a pool as large as the node's cores; within
         # the CPUs Ray gave this actor instead (the process is the actor's own: one actor per
         # Ray worker process). The same pool as OpenCV's default on a node of that size: one
-        # OpenCV thread per call was not faster here (2 vCPUs: 0.74-1.24x in 8 alternating pairs)
+        # OpenCV thread per call was measured no faster (docs/performance.md)
         cv2.setNumThreads(self.cpus)
         self.dataset = dataset
-        # the runtime (--runtime, or the faster one measured here), planned for the device it got
+        # the runtime (--runtime, or the faster one measured on this node), planned for the device it got
         self.model, plan, self.runtime = open_model(cfg, self.cpus)
         self.adapter = adapter
         self.schema = records_schema(self.adapter.schema)

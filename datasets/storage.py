@@ -600,5 +600,5 @@ def aws_credential_source(environ: Mapping[str, str] | None = None) -> str:
     if env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         return ("no credentials found (none in the environment, no profile, no web identity or container "
                 "credentials, and the instance metadata service is disabled)")
-    return ("no credentials in the environment, a profile or a container; the instance role, if this machine "
+    return ("no credentials in the environment, a profile or a container; the instance role, if this host "
             "has one, may not do this")

@@ -47,7 +47,7 @@ def connect_ray(cfg: JobConfig) -> bool:
     if in_job:
         ray.init(**kwargs)
         return False
-    log.info("starting Ray on this machine")
+    log.info("starting Ray here (embedded)")
     try:
         init_local_ray(include_dashboard=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray did not start (in time)

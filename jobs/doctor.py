@@ -1,4 +1,4 @@
-"""`rayinfer doctor`: what this machine offers rayinfer, and which datasets it can find."""
+"""`rayinfer doctor`: what this host offers rayinfer, and which datasets it can find."""
 
 from __future__ import annotations
 

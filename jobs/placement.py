@@ -1,7 +1,7 @@
 """Actor placement: what one inference actor asks of the cluster, how many to ask for, and
 the pool that asks for them as the job goes.
 
-- Embedded Ray (this machine only) is fixed: the actors that fit are started once, and work
+- Embedded Ray (this host only) is fixed: the actors that fit are started once, and work
   starts when all have their model, as before.
 - A cluster the job joined (`--address`, a Ray Job) may grow: the pool asks for what fits in
   the nodes' free resources now plus pending actors beyond that, which an autoscaler sees as
@@ -333,7 +333,7 @@ def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
     Under `--runtime auto` with several installed CPU runtimes, the choice is measured
     once, in a Ray task with one actor's resources (so on an actor's kind of node, with its
     CPUs), and the actors get the chosen runtime by name. Where the actors can only run on
-    this machine (a one-node cluster that is this one and will not grow), a choice measured
+    this host (a one-node cluster that is this one and will not grow), a choice measured
     before is read here instead, without a task (0.36 s of a 5 s job: a worker importing
     both runtimes to read one file). Returns the config the actors get and the probe's
     record (None when nothing had to be chosen).
@@ -355,7 +355,7 @@ def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
 
 
 def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None:
-    """The probe's record cached on this machine for an actor of `shape`, where the cluster
+    """The probe's record cached on this host for an actor of `shape`, where the cluster
     is this one machine and holds such an actor; else None."""
     import ray
 

@@ -58,7 +58,7 @@ def test_coco_demo_then_a_second_run_says_where_it_goes_and_the_summary_states_i
     assert proc.returncode == 0, proc.stderr
     assert "results go to runs/coco2 (runs/coco holds an earlier run" in proc.stderr
     # issue 22 item 5: a status line for each phase, in order; no terminal here: progress as log lines
-    phases = ["results go to", "starting Ray on this machine", "starting 1 inference actor", "1 actor ready",
+    phases = ["results go to", "starting Ray here (embedded)", "starting 1 inference actor", "1 actor ready",
               "inference: 48 samples in 3 shards", "coco: 48/48 samples (100%)", "evaluation: coco",
               "writing the report", "report: "]
     at = [proc.stderr.find(p) for p in phases]

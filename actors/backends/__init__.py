@@ -172,7 +172,7 @@ def choose_runtime(cfg: ActorSettings, cpus: int) -> Runtime:
 
 
 def remembered_runtime(cfg: ActorSettings, cpus: int) -> Runtime | None:
-    """The runtime measured the faster before for `cfg.model` on this machine's CPU with
+    """The runtime measured the faster before for `cfg.model` on this host's CPU with
     `cpus` (choice.py's cache; reading it costs no measuring), or None."""
     from rayinfer.actors.backends import choice
 

@@ -184,7 +184,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
     if output_file:
         uri += f"&output_file={output_file}"
     start_ray(cpus, {"sim_device": devices})
-    # the host's costs just before and just after the job, averaged: this machine's speed drifts
+    # the host's costs just before and just after the job, averaged: a shared machine's speed drifts
     # by tens of percent over minutes, and a bound measured apart from the job compares with
     # another machine
     before = [host_costs(ds, samples, output, 96, threads) for threads in (1, cpus)]

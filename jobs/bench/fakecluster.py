@@ -1,4 +1,4 @@
-"""Ray's fake multi-node autoscaler on this machine, for the elastic tests and benchmark:
+"""Ray's fake multi-node autoscaler on the local host, for the elastic tests and benchmark:
 a head started as `ray start --head --block --autoscaling-config=...` with RAY_FAKE_CLUSTER=1,
 and worker nodes (raylets here) that Ray's `fake_multinode` provider launches and ends as
 the autoscaler decides. Shaped like cluster.yaml: the head has no CPUs, the worker type

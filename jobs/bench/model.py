@@ -162,7 +162,7 @@ def format_accuracy_bench(result: dict[str, Any]) -> str:
               f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
               *(f"{r['metrics'][k]:.4f}" for k in keys),
               *(f"{r['delta'][k]:+.4f}" if r["delta"] else "-" for k in keys)] for r in result["rows"]]
-    lines = [f"{result['task']} on {result['data_root']} ({result['images'] or 'every'} samples), model "
+    lines = [f"{result['task']} on {result['data_root']} ({result['images'] or 'all'} samples), model "
              f"{result['model']}, {result['cpus']} CPUs; img/s and latency: the model alone, random inputs, "
              f"{result['seconds']:g} s per row; metrics: a whole job; delta: against the first row at the model's "
              "own precision",

@@ -74,7 +74,7 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
     `threads=1`: one sample at a time with the other cores idle (the issue's `limit`).
     `threads=cores`: every core runs the same loop at once, each thread timing its own
     steps, so the costs include what the cores cost each other (shared caches, memory
-    bandwidth, the GIL): the most any schedule of these steps can get from this machine.
+    bandwidth, the GIL): the most any schedule of these steps can get from this host.
     """
     from rayinfer.jobs.config import JobConfig
     from rayinfer.jobs.tasks import get_task
@@ -160,7 +160,7 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool, re
     results["raydata_best"] = best
     rows.append(["raydata_best", best_desc + f" (best of {len(combos)})", best])
 
-    # rayinfer and the limits, `repeat` times in turn: this machine's speed drifts by several
+    # rayinfer and the limits, `repeat` times in turn: a shared machine's speed drifts by several
     # percent from one minute to the next, so each run is compared with limits measured
     # right before and right after it (their mean), and the medians are reported (every
     # run is in the table). median_low: each figure is one run's own, so the limit row's

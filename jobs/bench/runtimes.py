@@ -1,7 +1,7 @@
 """`runtimes`: the whole job with each runtime (onnxruntime, openvino, auto), back to back.
 
 The dataset (COCO or NYU layout) is repeated to `images` samples (links, new ids), and
-each runtime's job runs `repeat` times in turn (this machine's speed drifts minute to
+each runtime's job runs `repeat` times in turn (a shared machine's speed drifts minute to
 minute: medians of interleaved runs). End to end is samples / (actor start + inference),
 so auto's probe counts against it (the first auto run measures; the next ones find the
 cache); steady is the inference phase alone. `limit_loaded` per runtime: cores / the

@@ -6,12 +6,12 @@ Modes (one COCO set repeated to N images, simulated devices as in `accel`, so th
 reading and decoding is what is measured): local loose files, local tar shards, S3 loose, S3
 tar, S3 loose with 50 ms added to every request (a delaying proxy, in its own process as a
 network would be: not in the driver's), and the source limit: what
-the server alone gives a plain reader of 16 threads on this machine (the server shares its
+the server alone gives a plain reader of 16 threads on the host (the server shares its
 cores). Needs moto's server (`pip install -e ".[test]"`). Its last line is a JSON object.
 
 Each mode also says how busy the machine's CPUs were while it ran (all processes: the job,
 Ray, the S3 server and proxy) and the server's share: here the server is on the same two
-cores, so an S3 run whose CPUs are all busy is at this machine's limit, whatever the ratio
+cores, so an S3 run whose CPUs are all busy is at the host's limit, whatever the ratio
 to the local run says.
 """
 
