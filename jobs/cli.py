@@ -166,10 +166,12 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
         f"{_per_s(rate.get('samples_per_s'))} in steady state\n"
         f"metrics: {json.dumps(head)}\n"
     )
-    if run.get("runtime"):
-        from rayinfer.jobs.format import runtime_text
+    from rayinfer.jobs.format import family_text, runtime_text
 
+    if run.get("runtime"):
         sys.stdout.write(f"runtime: {runtime_text(run['runtime'])}\n")
+    if run.get("model_family"):
+        sys.stdout.write(f"model family: {family_text(run['model_family'])}\n")
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
             line = f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.backends import RUNTIMES
+from rayinfer.actors.families import family_names
 from rayinfer.actors.model import PRECISIONS
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
@@ -25,10 +26,11 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           factory: Any = dataclasses.MISSING) -> Any:
+           factory: Any = dataclasses.MISSING, choices: tuple[str, ...] | None = None) -> Any:
     """A JobConfig field with its command-line help (and its flag, where it is not
-    `--field-name`, or `--no-field-name` for a switch that is on by default)."""
-    metadata = {"help": help, **({"flag": flag} if flag else {})}
+    `--field-name`, or `--no-field-name` for a switch that is on by default; its `choices`,
+    where a registry names them)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -58,8 +60,8 @@ class JobConfig:
              "environment, a profile or an instance role, never from here", factory=dict)
     model_sha256: str | None = option(None, "the model file's SHA-256: other bytes are refused (set by the job for "
                                             "a remote --model, so every node runs the same file)")
-    model_family: str = option("auto", "auto | yolov8 | yolox (detection); auto takes the one family whose "
-                                       "output signature the model has")
+    model_family: str = option("auto", "the detection family; auto takes the one family whose output signature "
+                                       "(and metadata) the model has", choices=("auto", *family_names()))
     # Ray and placement
     address: str | None = option(None, "Ray cluster to join (e.g. auto, ray://host:10001); default: start Ray here")
     actors: int = option(0, "inference actors; 0 = one per GPU, or one per node's CPUs (on a cluster the job "
@@ -150,6 +152,9 @@ class JobConfig:
             raise ConfigError(f"preprocess_in: must be one of {PREPROCESS_IN}, got {self.preprocess_in!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.model_family not in ("auto", *family_names()):
+            raise ConfigError(f"model_family: must be auto or one of {', '.join(family_names())}, "
+                              f"got {self.model_family!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.hint not in ("throughput", "latency"):

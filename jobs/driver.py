@@ -381,6 +381,8 @@ def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples
         "task_options": options_record(setup.options),
         "versions": versions(cfg),
         "runtime": runtime_record(work.infos),
+        # the model family the adapter is (detection: its name and where NMS happens)
+        "model_family": setup.adapter.describe() if hasattr(setup.adapter, "describe") else None,
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
             "total_s": round(time.time() - t_start, 3),  # end to end, from the command's start

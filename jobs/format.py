@@ -29,3 +29,8 @@ def runtime_text(runtime: dict[str, Any]) -> str:
         figures = ", ".join(f"{k} {v:.1f}" for k, v in sorted(runtime["probe"].items(), key=lambda kv: -kv[1]))
         text += f"; the faster measured, img/s: {figures}{' (cached)' if runtime.get('probe_cached') else ''}"
     return text
+
+
+def family_text(family: dict[str, Any]) -> str:
+    """"end2end (NMS: in the model)" for run.json's model_family."""
+    return f"{family['name']} (NMS: {family['nms']})" if family.get("nms") else str(family.get("name"))

@@ -41,6 +41,8 @@ class Flag:
     negative: bool = False
     #: the field also applies to `rayinfer eval`
     eval: bool = False
+    #: the values it takes, where a registry names them
+    choices: tuple[str, ...] | None = None
 
     @property
     def metavar(self) -> str:
@@ -72,6 +74,7 @@ def _flags(kind: type, prefix: str) -> Iterator[Flag]:
             default=None if default is dataclasses.MISSING else default,
             negative=negative,
             eval=bool(f.metadata.get("eval")),
+            choices=f.metadata.get("choices"),
         )
 
 
@@ -156,8 +159,8 @@ def add_flags(parser: argparse.ArgumentParser, options: list[Flag]) -> None:
         if o.parse is None:
             parser.add_argument(o.flag, dest=o.key, action="store_true", default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(o.flag, dest=o.key, type=o.parse, default=argparse.SUPPRESS, help=text,
-                                metavar=o.metavar)
+            parser.add_argument(o.flag, dest=o.key, type=o.parse, default=argparse.SUPPRESS, metavar=o.metavar,
+                                help=f"{' | '.join(o.choices)}: {text}" if o.choices else text, choices=o.choices)
 
 
 def given(args: argparse.Namespace, options: list[Flag]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation
-from rayinfer.jobs.format import runtime_text
+from rayinfer.jobs.format import family_text, runtime_text
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,8 @@ def write_report(output: Path, ev: Evaluation, task: Any, data_root: str | Path 
         meta.append(f"model: <b>{html.escape(str(run['config']['model']))}</b>")
         if run.get("runtime"):
             meta.append(f"runtime: {html.escape(runtime_text(run['runtime']))}")
+        if run.get("model_family"):
+            meta.append(f"model family: {html.escape(family_text(run['model_family']))}")
     meta.append(f"data: {html.escape(str(data_root))}")
     meta.append(f"images: {number(ev.metrics.get('images'))}")
     if run:

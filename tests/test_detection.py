@@ -193,11 +193,13 @@ def test_a_family_is_chosen_by_its_signature_and_refused_rather_than_guessed():
     assert choose_family("auto", image640, _out(1, 84, 8400)) is YoloV8
     assert choose_family("auto", image416, _out(1, 3549, 85)) is YoloX
     assert YoloV8.num_classes(_out(1, 84, 8400)) == 80 and YoloX.num_classes(_out(1, 3549, 85)) == 80
-    # an NMS-free detector (RT-DETR / YOLOv10 style: 300 queries) is neither, and is refused saying why
-    for shape in ((1, 300, 6), (1, 300, 84)):
-        with pytest.raises(SetupError, match=r"no detection family matches .*yolov8: .*not \[1, 4\+nc, N\].*"
-                                             r"yolox: .*300 anchors, not the 8400 cells"):
-            choose_family("auto", image640, _out(*shape))
+    # NMS-free detectors (YOLOv10 / YOLO26 end to end: [1, 300, 6]; Ultralytics RT-DETR: [1, 300, 4+nc]) are
+    # neither YOLOv8 nor YOLOX, each saying why, and are their own families
+    for shape, family in (((1, 300, 84), "rtdetr"),):
+        for other in ("yolov8", "yolox"):
+            with pytest.raises(SetupError, match=rf"not a {other} detector: .*(not \[1, 4\+nc, N\]|300 anchors, not the 8400 cells)"):
+                choose_family(other, image640, _out(*shape))
+        assert choose_family("auto", image640, _out(*shape)).name == family
     with pytest.raises(SetupError, match="not a yolox detector: .*3549 anchors, not the 8400 cells"):
         choose_family("yolox", image640, _out(1, 3549, 85))
     with pytest.raises(SetupError, match="not a yolov8 detector"):
@@ -206,8 +208,8 @@ def test_a_family_is_chosen_by_its_signature_and_refused_rather_than_guessed():
         choose_family("yolov8", image640, _out(1, 10))
     with pytest.raises(SetupError, match=r"could be any of \['yolov8', 'yolox'\].*set --model-family"):
         choose_family("auto", image640, _out(1, None, 85))  # dynamic anchors: either layout
-    with pytest.raises(SetupError, match="unknown model family 'rtdetr'"):
-        choose_family("rtdetr", image640, _out(1, 300, 6))
+    with pytest.raises(SetupError, match="unknown model family 'detr3'"):
+        choose_family("detr3", image640, _out(1, 300, 6))
     with pytest.raises(SetupError, match="not an image tensor"):
         YoloV8([_spec((1, 80))], DetectionOptions(), [1])
 
@@ -237,7 +239,7 @@ def test_yolox_grid_decode():
     cell = 2 * 8 + 3  # stride-8 grid: row 2, column 3
     pred[cell, :4] = (0.5, 0.5, np.log(2.0), np.log(1.0))
     pred[cell, 4], pred[cell, 6] = 0.8, 0.9
-    xyxy, scores, classes = adapter.decode(pred)
+    xyxy, scores, classes = adapter.select(pred)
     assert classes.tolist() == [1]
     assert scores[0] == pytest.approx(0.72)
     assert np.allclose(xyxy[0], [28 - 8, 20 - 4, 28 + 8, 20 + 4])

@@ -1,17 +1,20 @@
 """What every detection family shares: the options, the rows' schema, NMS, and the
-template (`DetectionFamily`) whose hooks a family module fills (yolov8.py, yolox.py).
+template (`DetectionFamily`) whose hooks a family module fills.
 
-Decoding follows Ultralytics' `val` protocol: candidates above `conf_thres`
-(multi-label: every class score above it), class-aware NMS at `iou_thres`, at most
-`max_det` boxes, boxes mapped back to the image and clipped. All vectorised numpy;
-NMS itself is OpenCV's C++ `NMSBoxes` over class-offset boxes (the same trick as
-Ultralytics' `max_wh` offset), so there is no per-box Python loop.
+A family's one decoding hook is `decode`: the model's outputs for one image and the
+geometry of its preprocessing in, (boxes x1 y1 x2 y2 in image pixels, scores, class
+indices) out. Families whose model leaves duplicates to the host (YOLOv8 / YOLO11, YOLOX)
+subclass `NmsFamily`, which follows Ultralytics' `val` protocol: candidates above
+`conf_thres` (multi-label: every class score above it), class-aware NMS at `iou_thres`, at
+most `max_det` boxes, mapped back to the image and clipped. All vectorised numpy; NMS
+itself is OpenCV's C++ `NMSBoxes`, one pass per class. End-to-end and DETR-family models
+have no NMS to do (end2end.py, rtdetr.py, detr.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -36,6 +39,9 @@ class DetectionOptions:
         "help": "every class above the threshold is a candidate (default: by family)"})
     max_nms: int = field(default=30000, metadata={"help": "candidates kept (best scores) before NMS"})
     max_wh: float = field(default=7680.0, metadata={"help": "class offset for class-aware NMS (pixels)"})
+    category_labels: bool | None = field(default=None, metadata={
+        "help": "(detr) the model's labels are the dataset's category ids (RT-DETR's COCO exports with "
+                "remap_mscoco_category), not class indices 0..nc-1"})
     reduced_decode: bool = field(default=False, metadata={
         "help": "decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when it is at least twice the "
                 "model input: less host CPU per image, AP moves slightly (README: Performance); off keeps "
@@ -101,66 +107,90 @@ def batched_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_t
     return merged[np.lexsort((merged, -scores[merged]))][:max_det]
 
 
-def image_input_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
-    """(H, W) of a single NCHW 3-channel image input with static spatial dims."""
-    if len(inputs) != 1:
-        raise SetupError(f"expected one image input, the model has {len(inputs)}: {[i.name for i in inputs]}")
-    spec = inputs[0]
-    if len(spec.shape) != 4 or spec.shape[1] not in (3, None) or None in spec.shape[2:]:
+def image_input(inputs: Sequence[TensorSpec]) -> TensorSpec:
+    """The model's one NCHW 3-channel image input with static spatial dims (other inputs may
+    stand beside it: a DETR export's `orig_target_sizes`)."""
+    images = [i for i in inputs if len(i.shape) == 4]
+    if len(images) != 1:
+        raise SetupError(f"model inputs {[f'{i.name} {i.describe()}' for i in inputs]}: not an image tensor "
+                         "[N, 3, H, W] with fixed H, W (expected exactly one)")
+    spec = images[0]
+    if spec.shape[1] not in (3, None) or None in spec.shape[2:]:
         raise SetupError(
             f"model input '{spec.name}' is {spec.describe()}, not an image tensor [N, 3, H, W] with fixed H, W"
         )
+    return spec
+
+
+def image_input_size(inputs: Sequence[TensorSpec]) -> tuple[int, int]:
+    """(H, W) of the model's image input (`image_input`)."""
+    spec = image_input(inputs)
     return int(spec.shape[2]), int(spec.shape[3])  # type: ignore[arg-type]
 
 
 class DetectionFamily:
-    """Letterbox in, boxes out: the template. A family module subclasses it and fills the
-    hooks `matches`, `num_classes`, `preprocess` and `candidates`; thresholds, multi-label
-    selection, NMS and the mapping back to image pixels are common.
+    """The template. A family module subclasses it and fills the hooks `matches`,
+    `num_classes`, `preprocess` and `decode`; the row and the class mapping are common.
 
     Args:
-        inputs: the model's inputs (one [N, 3, H, W] image tensor with fixed H, W).
-        options: decoding thresholds.
+        inputs: the model's inputs (one [N, 3, H, W] image tensor with fixed H, W, unless the
+            family says otherwise).
+        options: decoding thresholds (the COCO task's options).
         category_ids: the dataset's category id of each class index the model predicts.
+        metadata: the model file's metadata (Ultralytics: `names`, `end2end`, ...).
+        outputs: the model's outputs (a family with several finds each one's role in them).
     """
 
     #: the name on the command line (`--model-family NAME`) and in run.json
     name = ""
     schema = DETECTION_SCHEMA
-    #: multi-label decoding unless `DetectionOptions.multi_label` says otherwise
-    multi_label = True
+    #: the `DetectionOptions` this family reads; one it does not read, set by the user, is refused
+    options_used: tuple[str, ...] = ("conf_thres", "max_det", "reduced_decode")
+    #: where duplicate boxes are removed, as the summary and the report say it
+    nms = "in the model"
 
-    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int]) -> None:
+    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int],
+                 metadata: Mapping[str, str] | None = None, outputs: Sequence[TensorSpec] = ()) -> None:
         self.size = image_input_size(inputs)
-        self.input_name = inputs[0].name
+        self.outputs = tuple(outputs)
+        self.input_name = image_input(inputs).name
         self.options = options
-        if options.multi_label is not None:
-            self.multi_label = options.multi_label
+        self.metadata = dict(metadata or {})
         self.category_ids = np.asarray(category_ids, np.int32)
         #: the reader may decode a large JPEG down to the input size (Adapter.draft)
         self.draft = self.size if options.reduced_decode else None
 
     # -- hooks ------------------------------------------------------------------------------
     @classmethod
-    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                metadata: Mapping[str, str] | None = None) -> str | None:
         """None when the model has this family's signature, else why it does not (one phrase)."""
         raise NotImplementedError
 
     @classmethod
-    def num_classes(cls, outputs: Sequence[TensorSpec]) -> int | None:
-        """Classes the model predicts, from its output shape (None if dynamic)."""
+    def num_classes(cls, outputs: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None) -> int | None:
+        """Classes the model predicts, from its output shape or metadata (None if unknown)."""
         raise NotImplementedError
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        """An HxWx3 BGR image -> the model's feed, and the letterbox to map boxes back."""
+        """An HxWx3 BGR image -> the model's feed, and the geometry to map boxes back."""
         raise NotImplementedError
 
-    def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One image's raw output -> (boxes [n, 4] cx, cy, w, h in model pixels, class scores
-        [n, nc]) for the n anchors whose best class score clears `conf_thres`."""
+    def decode(self, outputs: Sequence[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's outputs for one image (batch axis kept) -> (xyxy [n, 4] in image pixels,
+        clipped; scores [n]; class indices [n]), best first, at most `max_det`."""
         raise NotImplementedError
 
     # -- common -----------------------------------------------------------------------------
+    @classmethod
+    def unused_options(cls, given: Mapping[str, Any]) -> list[str]:
+        """The options in `given` (those the user set) that this family does not read."""
+        return sorted(k for k in given if k in {f.name for f in fields(DetectionOptions)} and k not in cls.options_used)
+
+    def describe(self) -> dict[str, Any]:
+        """run.json's `model_family`: its name and where NMS happens."""
+        return {"name": self.name, "nms": self.nms}
+
     @staticmethod
     def source_size(raw: np.ndarray, sample: Sample) -> tuple[int, int]:
         """The image's own (h, w) to map boxes back to: the annotations' size, which a
@@ -170,11 +200,11 @@ class DetectionFamily:
         return (info["height"], info["width"]) if "height" in info and "width" in info else raw.shape[:2]
 
     def postprocess(self, outputs: Sequence[np.ndarray], lb: Letterbox, sample: Sample) -> dict[str, Any]:
-        xyxy, scores, classes = self.decode(outputs[0][0])
-        xyxy = lb.to_image(xyxy)
+        xyxy, scores, classes = self.decode(outputs, lb)
         nc = len(self.category_ids)
-        if len(classes) and classes.max() >= nc:
-            raise ValueError(f"model predicts class {classes.max()} but the dataset has {nc} categories")
+        if len(classes) and (classes.max() >= nc or classes.min() < 0):
+            raise ValueError(f"model predicts class {classes.max() if classes.max() >= nc else classes.min()} but "
+                             f"the dataset has {nc} categories")
         bbox = np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]).astype(np.float32)
         return {
             "image_id": int(sample.info["image_id"]),
@@ -185,8 +215,34 @@ class DetectionFamily:
             "category_id": self.category_ids[classes],
         }
 
-    def decode(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw output for one image -> (xyxy in model pixels, scores, class indices)."""
+
+class NmsFamily(DetectionFamily):
+    """A family whose model leaves NMS to the host: its hook is `candidates` (one image's raw
+    output -> boxes and class scores); selection, NMS and the mapping back are here."""
+
+    options_used = ("conf_thres", "iou_thres", "max_det", "multi_label", "max_nms", "max_wh", "reduced_decode")
+    #: multi-label decoding unless `DetectionOptions.multi_label` says otherwise
+    multi_label = True
+
+    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int],
+                 metadata: Mapping[str, str] | None = None, outputs: Sequence[TensorSpec] = ()) -> None:
+        super().__init__(inputs, options, category_ids, metadata, outputs)
+        if options.multi_label is not None:
+            self.multi_label = options.multi_label
+        self.nms = f"class-aware NMS at IoU {options.iou_thres:g}{', multi-label' if self.multi_label else ''}"
+
+    def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image's raw output -> (boxes [n, 4] cx, cy, w, h in model pixels, class scores
+        [n, nc]) for the n anchors whose best class score clears `conf_thres`."""
+        raise NotImplementedError
+
+    def decode(self, outputs: Sequence[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xyxy, scores, classes = self.select(outputs[0][0])
+        return geometry.to_image(xyxy), scores, classes
+
+    def select(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw output for one image -> (xyxy in model pixels, scores, class indices) after
+        the thresholds and class-aware NMS."""
         o = self.options
         boxes, cls_scores = self.candidates(pred)
         if self.multi_label:
@@ -203,6 +259,28 @@ class DetectionFamily:
         xyxy = xywh2xyxy(boxes[rows])
         keep = batched_nms(xyxy, scores, cols, o.iou_thres, o.max_det, o.max_wh)
         return xyxy[keep], scores[keep], cols[keep]
+
+
+def best_first(scores: np.ndarray, conf_thres: float, max_det: int) -> np.ndarray:
+    """Indices of the scores above `conf_thres`, best first (ties: lower index first), at most
+    `max_det`: what an end-to-end model's rows are, whatever order and padding it returns."""
+    above = np.flatnonzero(scores > conf_thres)
+    return above[np.argsort(-scores[above], kind="stable")][:max_det]
+
+
+def names_count(metadata: Mapping[str, str] | None) -> int | None:
+    """The number of classes in an Ultralytics export's `names` metadata ({0: 'person', ...}),
+    or None where it has none (read with ast.literal_eval: never evaluated as code)."""
+    import ast
+
+    text = (metadata or {}).get("names")
+    if not text:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    return len(names) if isinstance(names, (dict, list)) else None
 
 
 def one_3d_output(outputs: Sequence[TensorSpec]) -> str | None:

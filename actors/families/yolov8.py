@@ -4,22 +4,23 @@ letterboxed to the centre with grey (114) borders, as Ultralytics `val` does."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rayinfer.actors.families.detection import DetectionFamily, one_3d_output
+from rayinfer.actors.families.detection import NmsFamily, one_3d_output
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample
 from rayinfer.datasets.images import Letterbox, letterbox, to_blob
 
 
-class YoloV8(DetectionFamily):
+class YoloV8(NmsFamily):
     name = "yolov8"
     multi_label = True  # as Ultralytics val
 
     @classmethod
-    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                metadata: Mapping[str, str] | None = None) -> str | None:
         wrong = one_3d_output(outputs)
         if wrong:
             return wrong
@@ -31,7 +32,7 @@ class YoloV8(DetectionFamily):
         return None
 
     @classmethod
-    def num_classes(cls, outputs: Sequence[TensorSpec]) -> int | None:
+    def num_classes(cls, outputs: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None) -> int | None:
         channels = outputs[0].shape[1]
         return channels - 4 if channels is not None else None
 

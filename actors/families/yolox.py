@@ -5,11 +5,11 @@ the top-left corner at the exact ratio, as YOLOX's own evaluation does."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rayinfer.actors.families.detection import DetectionFamily, DetectionOptions, image_input_size, one_3d_output
+from rayinfer.actors.families.detection import NmsFamily, DetectionOptions, image_input_size, one_3d_output
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SetupError
 from rayinfer.datasets.images import Letterbox, letterbox, to_blob
@@ -22,16 +22,18 @@ def grid_cells(size: tuple[int, int]) -> int:
     return sum((size[0] // s) * (size[1] // s) for s in STRIDES)
 
 
-class YoloX(DetectionFamily):
+class YoloX(NmsFamily):
     name = "yolox"
     multi_label = False  # one label per anchor, score = objectness x class
 
-    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int]) -> None:
-        super().__init__(inputs, options, category_ids)
+    def __init__(self, inputs: Sequence[TensorSpec], options: DetectionOptions, category_ids: Sequence[int],
+                 metadata: Mapping[str, str] | None = None, outputs: Sequence[TensorSpec] = ()) -> None:
+        super().__init__(inputs, options, category_ids, metadata, outputs)
         self._grid, self._strides = _grid(self.size)
 
     @classmethod
-    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    def matches(cls, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                metadata: Mapping[str, str] | None = None) -> str | None:
         wrong = one_3d_output(outputs)
         if wrong:
             return wrong
@@ -48,7 +50,7 @@ class YoloX(DetectionFamily):
         return None
 
     @classmethod
-    def num_classes(cls, outputs: Sequence[TensorSpec]) -> int | None:
+    def num_classes(cls, outputs: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None) -> int | None:
         channels = outputs[0].shape[2]
         return channels - 5 if channels is not None else None
 

@@ -67,16 +67,18 @@ class CocoDetection(Task):
                            storage_options=cfg.storage_options)
 
     def adapter(self, cfg: Any, dataset: Any, model: Any) -> Adapter:
-        from rayinfer.actors.families import choose_family
+        from rayinfer.actors.families import check_options, choose_family
         from rayinfer.actors.families.detection import image_input_size
 
         image_input_size(model.inputs)  # a model that does not take an image fails here, saying so
-        family = choose_family(cfg.model_family, model.inputs, model.outputs)
-        classes = family.num_classes(model.outputs)
+        metadata = getattr(model, "metadata", None) or {}
+        family = choose_family(cfg.model_family, model.inputs, model.outputs, metadata)
+        check_options(family, cfg.options)
+        classes = family.num_classes(model.outputs, metadata)
         if classes is not None and classes != len(dataset.category_ids):
             raise SetupError(f"the model predicts {classes} classes but the dataset has "
                              f"{len(dataset.category_ids)} categories")
-        return family(model.inputs, self.options(cfg), dataset.category_ids)
+        return family(model.inputs, self.options(cfg), dataset.category_ids, metadata, model.outputs)
 
     def running_metric(self) -> RunningMetric:
         return DetectionsPerImage()
