@@ -195,7 +195,7 @@ def test_a_family_is_chosen_by_its_signature_and_refused_rather_than_guessed():
     assert YoloV8.num_classes(_out(1, 84, 8400)) == 80 and YoloX.num_classes(_out(1, 3549, 85)) == 80
     # NMS-free detectors (YOLOv10 / YOLO26 end to end: [1, 300, 6]; Ultralytics RT-DETR: [1, 300, 4+nc]) are
     # neither YOLOv8 nor YOLOX, each saying why, and are their own families
-    for shape, family in (((1, 300, 84), "rtdetr"),):
+    for shape, family in (((1, 300, 6), "end2end"), ((1, 300, 84), "rtdetr")):
         for other in ("yolov8", "yolox"):
             with pytest.raises(SetupError, match=rf"not a {other} detector: .*(not \[1, 4\+nc, N\]|300 anchors, not the 8400 cells)"):
                 choose_family(other, image640, _out(*shape))

@@ -12,10 +12,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from rayinfer.actors.families import choose_family
+from rayinfer.actors.families.detection import DetectionOptions
+from rayinfer.actors.families.end2end import EndToEnd
+from rayinfer.actors.model import TensorSpec
+from rayinfer.datasets.base import Sample, SetupError
+from rayinfer.datasets.images import letterbox
 from rayinfer.datasets.synthetic import write_coco
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import run_job
-from tests.conftest import save_graph
+from tests.conftest import need_shared, save_graph
 
 SIZE = 64
 
@@ -70,6 +76,65 @@ def one_image(tmp_path_factory):
 def _job(root: Path, model: Path, out: Path, **options):
     return run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(out), progress=False,
                              runtime="onnxruntime", options=options))
+
+
+# -- end to end ------------------------------------------------------------------------------
+def test_end2end_rows_in_any_order_and_padded_with_garbage_give_the_right_detections():
+    """Rows are ranked by score whatever the model's order; rows at or below conf are dropped
+    (zero padding, or garbage scores); boxes are mapped back from the letterbox and clipped."""
+    spec = [TensorSpec("images", (1, 3, 64, 64), np.dtype(np.float32))]
+    family = EndToEnd(spec, DetectionOptions(conf_thres=0.25, max_det=2), category_ids=[1, 3, 7])
+    raw = np.zeros((48, 64, 3), np.uint8)  # 64 wide, 48 high: letterboxed with 8 px bars above and below
+    _, lb = letterbox(raw, (64, 64))
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = (10, 18, 30, 28, 0.4, 2)  # not sorted: the best comes second
+    rows[0, 1] = (0, 8, 20, 60, 0.9, 0)  # below the image's bottom edge: clipped
+    rows[0, 2] = (5, 10, 6, 12, 0.2, 1)  # garbage below conf
+    rows[0, 3] = (1, 9, 2, 11, 0.3, 1)  # above conf, but max_det=2 keeps the best two
+    record = family.postprocess([rows], lb, Sample("5", "x.jpg", {"image_id": 5}))
+    assert record["category_id"].tolist() == [1, 7]
+    assert np.allclose(record["score"], [0.9, 0.4])
+    assert np.allclose(record["bbox"][0], [0, 0, 20, 48])  # y 8..60 in the input -> 0..52, clipped to 48
+    assert np.allclose(record["bbox"][1], [10, 10, 20, 10])
+
+
+def test_end2end_is_chosen_by_shape_its_metadata_may_refuse_and_the_nms_options_are_not_its_own():
+    image = [TensorSpec("images", (1, 3, 640, 640), np.dtype(np.float32))]
+    out = [TensorSpec("output0", (1, 300, 6), np.dtype(np.float32))]
+    assert choose_family("auto", image, out).name == "end2end"
+    assert choose_family("auto", image, out, {"end2end": "True", "names": "{0: 'a', 1: 'b'}"}).name == "end2end"
+    assert EndToEnd.num_classes(out, {"names": "{0: 'a', 1: 'b'}"}) == 2 and EndToEnd.num_classes(out) is None
+    with pytest.raises(SetupError, match="end2end: its metadata says end2end: False"):
+        choose_family("auto", image, out, {"end2end": "False"})
+    from rayinfer.actors.families import check_options
+
+    check_options(EndToEnd, {"conf_thres": 0.1, "max_det": 100})
+    with pytest.raises(SetupError, match=r"^--iou-thres, --multi-label: not an option of the end2end family \(NMS: "
+                                         r"in the model; its options: --conf-thres, --max-det, --reduced-decode\); "
+                                         r"yolov8 and yolox take them$"):
+        check_options(EndToEnd, {"iou_thres": 0.5, "multi_label": True})
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("metadata", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_yolov8n_end2end_matches_the_reference(ray_session, tmp_path, metadata):
+    """../shared/README.md: AP 0.4063, AP50 0.5542, AP75 0.4409, AR100 0.5770 (+-0.005), with
+    and without the model's metadata (the family is recognised by shape alone)."""
+    onnx = pytest.importorskip("onnx")
+    root = need_shared("data", "coco-val2017-mini")
+    model = need_shared("models", "yolov8n_end2end.onnx")
+    if not metadata:
+        stripped = onnx.load(model)
+        assert any(p.key == "end2end" for p in stripped.metadata_props)
+        del stripped.metadata_props[:]
+        model = tmp_path / "stripped.onnx"
+        onnx.save(stripped, model)
+    outcome = run_job(JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / "o"),
+                                progress=False, report=False))
+    reference = {"AP": 0.4063, "AP50": 0.5542, "AP75": 0.4409, "AR100": 0.5770}
+    for key, value in reference.items():
+        assert abs(outcome.metrics[key] - value) <= 0.005, (key, outcome.metrics[key])
+    assert outcome.run["model_family"] == {"name": "end2end", "nms": "in the model"}
 
 
 # -- DETR family ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rayinfer.datasets.base import SetupError
 REGISTRY: dict[str, str] = {
     "yolov8": "rayinfer.actors.families.yolov8:YoloV8",  # and YOLO11: the same export
     "yolox": "rayinfer.actors.families.yolox:YoloX",
+    "end2end": "rayinfer.actors.families.end2end:EndToEnd",  # YOLO26, YOLOv10, nms=True: [B, N, 6]
     "rtdetr": "rayinfer.actors.families.rtdetr:RtDetr",  # RT-DETR as Ultralytics exports it: [B, N, 4+nc]
     "detr": "rayinfer.actors.families.detr:Detr",  # RT-DETR(v2) / D-FINE / DEIM own exports: labels, boxes, scores
 }
