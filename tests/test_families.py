@@ -115,6 +115,26 @@ def test_end2end_is_chosen_by_shape_its_metadata_may_refuse_and_the_nms_options_
         check_options(EndToEnd, {"iou_thres": 0.5, "multi_label": True})
 
 
+def test_end2end_graph_with_unsorted_rows_and_garbage_padding_gives_ap_1(ray_session, one_image, tmp_path):
+    """Through the whole job: a built [1, 300, 6] graph whose rows are the ground truth in
+    input pixels, worst first, the padding holding garbage boxes scored at or below conf."""
+    root, width, height, gt, nc = one_image
+    _, lb = letterbox(np.zeros((height, width, 3), np.uint8), (SIZE, SIZE))
+    rows = np.zeros((1, 300, 6), np.float32)
+    rng = np.random.default_rng(0)
+    rows[0, :, :4] = rng.uniform(0, SIZE, (300, 4))  # garbage boxes ...
+    rows[0, :, 4] = rng.uniform(0, 0.001, 300)  # ... scored at most conf (0.001): dropped
+    for q, ((x, y, w, h), c) in enumerate(gt):
+        x1, y1 = x * lb.gain_x + lb.left, y * lb.gain_y + lb.top
+        rows[0, q] = (x1, y1, x1 + w * lb.gain_x, y1 + h * lb.gain_y, 0.5 + 0.1 * q / len(gt), c)  # worst first
+    model = const_model(tmp_path / "e2e.onnx", {"output0": rows})
+    outcome = _job(root, model, tmp_path / "out")
+    assert outcome.run["model_family"]["name"] == "end2end"
+    assert outcome.metrics["AP"] == pytest.approx(1.0)
+    scores = pq.read_table(tmp_path / "out/predictions").column("score").to_pylist()[0]
+    assert len(scores) == len(gt) and scores == sorted(scores, reverse=True)
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("metadata", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_yolov8n_end2end_matches_the_reference(ray_session, tmp_path, metadata):
