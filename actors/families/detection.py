@@ -229,7 +229,7 @@ class NmsFamily(DetectionFamily):
         super().__init__(inputs, options, category_ids, metadata, outputs)
         if options.multi_label is not None:
             self.multi_label = options.multi_label
-        self.nms = f"class-aware NMS at IoU {options.iou_thres:g}{', multi-label' if self.multi_label else ''}"
+        self.nms = f"class-aware at IoU {options.iou_thres:g}{', multi-label' if self.multi_label else ''}"
 
     def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One image's raw output -> (boxes [n, 4] cx, cy, w, h in model pixels, class scores
