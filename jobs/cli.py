@@ -344,7 +344,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.bench.model import format_accuracy_bench, format_bench, run_accuracy_bench, run_model_bench
+    from rayinfer.jobs.benchmark import format_accuracy_bench, format_bench, run_accuracy_bench, run_model_bench
 
     if args.task and not args.data_root:
         raise SetupError("bench: --task needs --data-root (accuracy on that dataset)")

@@ -12,8 +12,9 @@ from typing import Any
 from rayinfer.actors.model import available_cpus
 
 
-def shared_dir() -> Path:
-    return Path(os.environ.get("RAYINFER_SHARED", "../shared"))  # as the tests: beside the checkout
+#: where `rayinfer download` puts the datasets in the README's quick start (relative to the
+#: folder doctor runs in), looked at beside any `--data-root`
+DOWNLOAD_ROOTS = (Path("data/coco"), Path("data/nyu"))
 
 
 def gpus() -> list[str]:
@@ -29,18 +30,17 @@ def gpus() -> list[str]:
 
 
 def datasets_found(extra: list[Path]) -> list[tuple[str, Path, bool]]:
-    shared = shared_dir()
-    candidates = [
-        ("coco (shared mini)", shared / "data/coco-val2017-mini/annotations/instances_val2017.json"),
-        ("nyu (shared mini)", shared / "data/nyu-depth-v2-mini/val/official"),
-        ("yolov8n_int8 (shared)", shared / "models/yolov8n_int8.onnx"),
-        ("fastdepth (shared)", shared / "models/fastdepth_nyu_224_fp32.onnx"),
-    ]
-    for root in extra:
-        candidates.append((f"coco at {root}", root / "annotations/instances_val2017.json"))
-        candidates.append((f"nyu at {root}", root / "val/official"))
+    """Each dataset layout a task knows (`Task.layout`) at each root: the `--data-root`s given
+    and the quick start's download destinations; and the built-in demo models."""
     from rayinfer.jobs.demo import demo_models
+    from rayinfer.jobs.tasks import REGISTRY, get_task
 
+    candidates = []
+    for root in [*extra, *(r for r in DOWNLOAD_ROOTS if r not in extra)]:
+        for name in REGISTRY:
+            layout = get_task(name).layout
+            if layout:
+                candidates.append((f"{name} at {root}", root / layout[0]))
     candidates += [(f"built-in {task} model", path) for task, path in demo_models().items()]
     return [(name, path, path.exists()) for name, path in candidates]
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rayinfer.jobs.bench.s3server import use_dummy_credentials
+from tests.support.s3server import use_dummy_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,7 +205,7 @@ def _embedded_ray_stops_at_the_end():
 @pytest.fixture(scope="session")
 def s3():
     """An S3 server on 127.0.0.1 (moto's server mode: no client is patched)."""
-    from rayinfer.jobs.bench.s3server import S3Server
+    from tests.support.s3server import S3Server
 
     server = S3Server()
     yield server
@@ -221,7 +221,7 @@ class GcsServer:
         import subprocess
         import sys
 
-        from rayinfer.jobs.bench.s3server import _wait_listening, free_port
+        from tests.support.s3server import _wait_listening, free_port
 
         port = free_port()
         self.options = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "anonymous": "true",
@@ -240,7 +240,7 @@ class GcsServer:
 
     def upload(self, local: Path, bucket_and_prefix: str) -> str:
         """Copy a folder (or one file) to `bucket/prefix`, creating the bucket; returns its gs:// URL."""
-        from rayinfer.jobs.bench.s3server import upload
+        from tests.support.s3server import upload
 
         upload(self.fs, local, bucket_and_prefix)
         return f"gs://{bucket_and_prefix}"

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import rayinfer.actors
-from rayinfer.jobs.bench.s3server import free_port
+from tests.support.s3server import free_port
 from rayinfer.jobs.submit import client
 from tests.conftest import need_shared
 

@@ -307,7 +307,7 @@ def test_the_decode_benchs_upscaled_copy_is_the_same_set_larger(tmp_path):
     """The decode bench's stand-in for high-resolution sources: every image `factor` times
     larger, its annotations scaled, so perfect boxes still score AP 1 and the reduced-scale
     decode applies to each image twice the input."""
-    from rayinfer.jobs.bench.decode import reduced_images, upscale_coco
+    from benchmarks.decode import reduced_images, upscale_coco
 
     root = write_coco(tmp_path / "coco", n_images=4, seed=2)
     big = upscale_coco(root, 2, tmp_path / "big")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayinfer.datasets.synthetic import write_coco
-from rayinfer.jobs.bench.fakecluster import FakeAutoscaler
+from tests.support.fakecluster import FakeAutoscaler
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import EXIT_OK, run_job
 

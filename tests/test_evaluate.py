@@ -216,7 +216,7 @@ REPORT_FILES = {"coco": {"confusion_matrix", "confidence_curves", "pr_curves", "
 def open_in_chromium(page: Path, profile: Path, screenshot: Path) -> str:
     """The page's DOM after load, checked for console messages (the page writes none: any
     is an error, a figure that failed to load included); a full-width screenshot saved."""
-    from rayinfer.jobs.bench.report import chromium, headless
+    from benchmarks.report import chromium, headless
 
     browser = chromium()
     if browser is None:

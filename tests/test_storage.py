@@ -62,7 +62,7 @@ def test_a_whole_s3_object_is_one_get_with_the_endpoint_in_either_form(tmp_path,
     it (a URL, or host:port with `scheme`), anonymous or signed, reads the same bytes."""
     from collections import Counter
 
-    from rayinfer.jobs.bench.s3server import CuttingProxy
+    from tests.support.s3server import CuttingProxy
 
     (tmp_path / "one").mkdir()
     (tmp_path / "one/x.bin").write_bytes(os.urandom(300_000))
@@ -265,7 +265,7 @@ def test_s3_answers_cut_short_are_retried_and_one_never_whole_is_a_transient_err
     predicts it: then the metrics equal the local run's."""
     from collections import Counter
 
-    from rayinfer.jobs.bench.s3server import CuttingProxy
+    from tests.support.s3server import CuttingProxy
 
     root, local, here = coco_here
     data = s3.upload(root, "cut-job/coco")
@@ -398,7 +398,7 @@ def test_no_credentials_and_access_denied_name_the_url_and_where_credentials_cam
     Without credentials the remote file is the model, asked for before any IAM user exists: moto
     5.2 answers an unsigned request with a 500 (a KeyError on the Authorization header) where the
     key is a prefix or a multipart upload, or once users have policies; S3 answers 403."""
-    from rayinfer.jobs.bench.s3server import S3Server
+    from tests.support.s3server import S3Server
 
     server = S3Server()
     try:
@@ -636,7 +636,7 @@ def test_a_profile_s_credentials_sign_the_gets(tmp_path, monkeypatch):
     """An S3 GET is signed with what botocore's chain finds: here a profile in a credentials
     file, with nothing in the environment (obstore alone reads only the environment). The
     same read with the profile's secret wrong is refused, naming the profile."""
-    from rayinfer.jobs.bench.s3server import S3Server
+    from tests.support.s3server import S3Server
 
     server = S3Server()
     try:

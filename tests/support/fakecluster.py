@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayinfer.jobs.bench.s3server import free_port
+from tests.support.s3server import free_port
 
 #: each fake worker node's object store (Ray's default is 30% of the machine's memory, per node)
 WORKER_OBJECT_STORE = 150 * 1024 * 1024

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from rayinfer.actors.model import available_cpus
-from rayinfer.jobs.bench.common import _rayinfer, start_ray
+from benchmarks.common import _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from rayinfer.actors.model import TensorSpec, available_cpus
-from rayinfer.jobs.bench.common import _bench_set, _rayinfer, start_ray
+from benchmarks.common import _bench_set, _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
 #: host steps per image, in the order a sample goes through them

@@ -1,6 +1,6 @@
 """`storage`: the same job reading its images from a folder, packed tars, and an S3 server.
 
-    python -m rayinfer.jobs.bench storage --data-root ../shared/data/coco-val2017-mini --images 1000
+    python -m benchmarks storage --data-root ../shared/data/coco-val2017-mini --images 1000
 
 Modes (one COCO set repeated to N images, simulated devices as in `accel`, so the host's
 reading and decoding is what is measured): local loose files, local tar shards, S3 loose, S3
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.model import available_cpus
-from rayinfer.jobs.bench.common import _bench_set, _rayinfer, start_ray
+from benchmarks.common import _bench_set, _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
 
@@ -79,7 +79,7 @@ def run_storage_bench(data_root: Path, images: int, devices: int, latency_ms: fl
                       delay_ms: float = 50.0, per_shard: int = 64) -> dict[str, Any]:
     from rayinfer.datasets.coco import CocoDataset
     from rayinfer.datasets.storage import Location
-    from rayinfer.jobs.bench.s3server import ProxyProcess, S3Server, use_dummy_credentials
+    from tests.support.s3server import ProxyProcess, S3Server, use_dummy_credentials
     from rayinfer.jobs.pack import pack_dataset
 
     use_dummy_credentials()  # before any Ray starts

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayinfer.jobs.bench.fakecluster import FakeAutoscaler
+from tests.support.fakecluster import FakeAutoscaler
 from rayinfer.jobs.format import format_table
 
 WORKER = {"CPU": 1, "sim_device": 1}

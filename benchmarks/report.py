@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rayinfer.jobs.bench.common import repeat_coco
-from rayinfer.jobs.bench.memory import _MEASURED_RUN, _size_name
+from benchmarks.common import repeat_coco
+from benchmarks.memory import _MEASURED_RUN, _size_name
 from rayinfer.jobs.format import format_table
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rayinfer.jobs.bench.common import repeat_coco
+from benchmarks.common import repeat_coco
 from rayinfer.jobs.format import format_table
 
 

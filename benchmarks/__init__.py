@@ -1,37 +1,37 @@
 """Benchmarks that print figures (never timed asserts). Each prints a table and, as
 its last line, one JSON object.
 
-`python -m rayinfer.jobs.bench runtime --model M [--seconds S]`
+`python -m benchmarks runtime --model M [--seconds S]`
     One model, no Ray: one request at a time vs the request queue with 1, 2, 4 and the
     automatic number of requests; `limit` = cores x single-thread rate. Keys: sync,
     jobs1, jobs2, jobs4, auto, limit (img/s).
-`python -m rayinfer.jobs.bench pipeline --data-root D --model M --images N [--repeat K]`
+`python -m benchmarks pipeline --data-root D --model M --images N [--repeat K]`
     The whole COCO job vs a naive loop and Ray Data on the same N images (the set
     repeated). rayinfer runs K times (default 3), each between two measurements of the
     limits; medians are reported. `limit` adds up single-thread costs measured one image
     at a time; `limit_loaded` measures the same costs with every core running them at
     once. Keys: sync, raydata_default, raydata_best, rayinfer, rayinfer_steady, limit,
     limit_loaded (img/s).
-`python -m rayinfer.jobs.bench accel --data-root D`
+`python -m benchmarks accel --data-root D`
     Real JPEG decode + letterbox feeding simulated devices (Ray custom resource
     `sim_device`): Ray Data map_batches (best batch size) vs rayinfer, and the bound
     min(devices x C / latency, CPU preprocessing limit). Keys: raydata, rayinfer, bound.
-`python -m rayinfer.jobs.bench scale`
+`python -m benchmarks scale`
     1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
     samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...
-`python -m rayinfer.jobs.bench memory --data-root D --model M [--sizes 1000,5000]`
+`python -m benchmarks memory --data-root D --model M [--sizes 1000,5000]`
     The whole COCO job (evaluation, coco_results.json and the report included) on the set
     repeated to each size, each in a fresh process: peak RSS of the driver process (its
     own getrusage, taken after the job returns) and of the actor. Keys: driver_mb_1k,
     driver_mb_5k, actor_mb_1k, actor_mb_5k (sizes named in thousands), driver_growth,
     actor_growth (5k / 1k - 1).
-`python -m rayinfer.jobs.bench decode --data-root D --model M [--images N] [--factor F] [--repeat K]`
+`python -m benchmarks decode --data-root D --model M [--images N] [--factor F] [--repeat K]`
     The opt-in reduced-scale JPEG decode (`--reduced-decode`), off and on, on the COCO set as
     it is and upscaled F times (no val2017 image is twice a 640 input): AP and AP50 of the
     whole job with the real model; host ms per image of the plain loop and img/s of the job
     on simulated fast devices (2 ms, 8 streams), medians of K alternating runs. Keys: {as_is,x2}_{full,reduced}_{ap,ap50,
     host_ms,actor_ms,img_s}.
-`python -m rayinfer.jobs.bench elastic`
+`python -m benchmarks elastic`
     Clusters that change under a job (simulated devices, the `null` task): from zero workers
     on Ray's fake autoscaler (time to the first result from the command, and Ray's own node
     start time), 2 -> 6 devices mid-job (the rate 10 s after the nodes joined against a

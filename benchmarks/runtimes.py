@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.actors.model import available_cpus
-from rayinfer.jobs.bench.common import _rayinfer, repeat_coco, start_ray
+from benchmarks.common import _rayinfer, repeat_coco, start_ray
 from rayinfer.jobs.format import format_table
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def repeat_nyu(src: Path, n: int, dest: Path) -> Path:
 def limit_loaded(task: str, data_root: Path, model: Path, cpus: int, runtime: str) -> float:
     """cores / the per-sample cost of read + preprocess + inference + postprocess with every
     core running that loop at once (the pipeline bench's), with `runtime`."""
-    from rayinfer.jobs.bench.pipeline import _per_image_costs
+    from benchmarks.pipeline import _per_image_costs
 
     return cpus / sum(_per_image_costs(data_root, model, threads=cpus, runtime=runtime, task=task).values())
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
 from rayinfer.actors.model import available_cpus
-from rayinfer.jobs.bench.common import _bench_set, _rayinfer, start_ray
+from benchmarks.common import _bench_set, _rayinfer, start_ray
 from rayinfer.jobs.format import format_table
 
 log = logging.getLogger(__name__)

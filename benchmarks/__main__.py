@@ -1,4 +1,4 @@
-"""`python -m rayinfer.jobs.bench NAME ...`: one benchmark (see the package docstring)."""
+"""`python -m benchmarks NAME ...`: one benchmark (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rayinfer.jobs import bench
+import benchmarks as bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rayinfer.jobs.bench", description=bench.__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=bench.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     rt = sub.add_parser("runtime", help="request queue vs one-at-a-time, no Ray")
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc.add_argument("--capacity", type=int, default=4)
     sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
     sc.add_argument("--memory-sizes", default="1000,20000")
-    from rayinfer.jobs.bench.runtimes import BENCH_SETS
+    from benchmarks.runtimes import BENCH_SETS
 
     rn = sub.add_parser("runtimes", help="the whole job with onnxruntime, openvino and auto, back to back")
     rn.add_argument("task", choices=sorted(BENCH_SETS))
@@ -86,47 +86,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.bench == "runtime":
-        from rayinfer.jobs.bench.runtime import run_runtime_bench
+        from benchmarks.runtime import run_runtime_bench
 
 
         result = run_runtime_bench(args.model, args.seconds, args.providers.split(","))
     elif args.bench == "pipeline":
-        from rayinfer.jobs.bench.pipeline import run_pipeline_bench
+        from benchmarks.pipeline import run_pipeline_bench
 
         result = run_pipeline_bench(args.data_root, args.model, args.images, grid=not args.quick,
                                     repeat=max(1, args.repeat))
     elif args.bench == "accel":
-        from rayinfer.jobs.bench.accel import run_accel_bench
+        from benchmarks.accel import run_accel_bench
 
         result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity,
                                  args.output_model, [int(v) for v in args.raydata_batches.split(",")])
     elif args.bench == "storage":
-        from rayinfer.jobs.bench.storage import run_storage_bench
+        from benchmarks.storage import run_storage_bench
 
         result = run_storage_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity,
                                    args.delay_ms, args.samples_per_shard)
     elif args.bench == "runtimes":
-        from rayinfer.jobs.bench.runtimes import run_runtimes_bench
+        from benchmarks.runtimes import run_runtimes_bench
 
         result = run_runtimes_bench(args.task, args.data_root, args.model, args.images, max(1, args.repeat))
     elif args.bench == "decode":
-        from rayinfer.jobs.bench.decode import run_decode_bench
+        from benchmarks.decode import run_decode_bench
 
         result = run_decode_bench(args.data_root, args.model, args.images, args.factor, max(1, args.repeat))
     elif args.bench == "elastic":
-        from rayinfer.jobs.bench.elastic import run_elastic_bench
+        from benchmarks.elastic import run_elastic_bench
 
         result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size)
     elif args.bench == "report":
-        from rayinfer.jobs.bench.report import run_report_bench
+        from benchmarks.report import run_report_bench
 
         result = run_report_bench(args.data_root, args.model, [int(v) for v in args.sizes.split(",")])
     elif args.bench == "memory":
-        from rayinfer.jobs.bench.memory import run_memory_bench
+        from benchmarks.memory import run_memory_bench
 
         result = run_memory_bench(args.data_root, args.model, [int(v) for v in args.sizes.split(",")])
     else:
-        from rayinfer.jobs.bench.scale import run_scale_bench
+        from benchmarks.scale import run_scale_bench
 
         a, b = (int(v) for v in args.memory_sizes.split(","))
         result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b))

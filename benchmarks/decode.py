@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from rayinfer.actors.model import available_cpus
-from rayinfer.jobs.bench.accel import _accel_adapter, host_costs, real_output
-from rayinfer.jobs.bench.common import _rayinfer, repeat_coco, start_ray
+from benchmarks.accel import _accel_adapter, host_costs, real_output
+from benchmarks.common import _rayinfer, repeat_coco, start_ray
 from rayinfer.jobs.format import format_table
 
 ANNOTATIONS = Path("annotations") / "instances_val2017.json"

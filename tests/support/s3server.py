@@ -257,8 +257,9 @@ class ProxyProcess:
     threads then share no GIL with the client's (the bench's driver). `endpoint`, `stop()`."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "rayinfer.jobs.bench.s3server", str(upstream_port),
-                                         str(delay_s)], stdout=subprocess.PIPE, text=True)
+        root = Path(__file__).resolve().parents[2]  # `tests.support` is importable from the repository's root
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.support.s3server", str(upstream_port),
+                                         str(delay_s)], stdout=subprocess.PIPE, text=True, cwd=root)
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("http://"):
             self.process.kill()
