@@ -162,7 +162,8 @@ def job_package() -> Path:
                 continue  # a script beside the package (demo_models/train.py), not part of it
             (dest / name / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest / name / relative)
-    (dest / "__init__.py").write_text('"""rayinfer, as shipped with a job (see rayinfer.jobs.cluster.job_package)."""\n')
+    # the package's own __init__.py: the Python API (jobs/api/__init__.py)
+    shutil.copy2(Path(importlib.import_module("rayinfer").__file__), dest / "__init__.py")
     return dest
 
 

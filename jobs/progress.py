@@ -54,7 +54,11 @@ class Progress:
         self.started = self.last_line = time.monotonic()
         stream = stream or sys.stderr
         self.bar: Any = None
-        if enabled and terminal_columns(stream) >= MIN_COLUMNS:
+        if enabled and "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its widget there
+            from tqdm.auto import tqdm as notebook_tqdm
+
+            self.bar = notebook_tqdm(total=total, initial=initial, unit="img", desc=desc, mininterval=0.5)
+        elif enabled and terminal_columns(stream) >= MIN_COLUMNS:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="img", desc=desc, dynamic_ncols=True,
