@@ -77,3 +77,14 @@ def test_the_demo_from_a_fresh_process_gives_the_clis_metrics(tmp_path):
     assert got["AP50"] == json.loads((tmp_path / "cli/metrics.json").read_text())["AP50"]
     assert got["rows"] == got["predictions"] == 48
     assert "metrics: " in got["repr"] and got["repr"].splitlines()[-1] == f"Results saved to {tmp_path / 'api'}"
+
+
+def test_ray_data_reads_the_predictions_as_they_are(ray_session, coco_det, tmp_path):
+    """Item 3: a Ray Data pipeline beside rayinfer reads its predictions without conversion."""
+    rd = pytest.importorskip("ray.data", reason="Ray Data is not installed here (pip install -e '.[bench]')")
+    root, model = coco_det
+    result = rayinfer.run("coco", data_root=str(root), model=str(model), output=str(tmp_path / "r"), shard_size=2,
+                          runtime="onnxruntime", report=False)
+    dataset = rd.read_parquet(result.output + "/predictions")
+    assert dataset.count() == result.predictions.num_rows == 6
+    assert set(dataset.schema().names) >= {"sample_id", "image_id", "bbox", "score", "category_id"}
