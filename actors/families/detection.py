@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SetupError
-from rayinfer.datasets.images import Letterbox
+from rayinfer.datasets.images import Letterbox, letterbox, to_blob
 
 @dataclass(frozen=True)
 class DetectionOptions:
@@ -190,6 +190,12 @@ class DetectionFamily:
     def describe(self) -> dict[str, Any]:
         """run.json's `model_family`: its name and where NMS happens."""
         return {"name": self.name, "nms": self.nms}
+
+    def ultralytics_letterbox(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
+        """Ultralytics' preprocessing (YOLOv8 / YOLO11 and their end-to-end exports): letterboxed to
+        the centre with grey 114, RGB / 255."""
+        image, lb = letterbox(raw, self.size, center=True, source=self.source_size(raw, sample))
+        return {self.input_name: to_blob(image, 1.0 / 255.0, swap_rb=True)}, lb
 
     @staticmethod
     def source_size(raw: np.ndarray, sample: Sample) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 from rayinfer.actors.families.detection import DetectionFamily, best_first, names_count, one_3d_output
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample
-from rayinfer.datasets.images import Letterbox, letterbox, to_blob
+from rayinfer.datasets.images import Letterbox
 
 
 class EndToEnd(DetectionFamily):
@@ -42,8 +42,7 @@ class EndToEnd(DetectionFamily):
         return names_count(metadata)
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        image, lb = letterbox(raw, self.size, center=True, source=self.source_size(raw, sample))
-        return {self.input_name: to_blob(image, 1.0 / 255.0, swap_rb=True)}, lb
+        return self.ultralytics_letterbox(raw, sample)
 
     def decode(self, outputs: Sequence[np.ndarray], geometry: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = np.asarray(outputs[0][0], np.float32)

@@ -11,7 +11,7 @@ import numpy as np
 from rayinfer.actors.families.detection import NmsFamily, one_3d_output
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample
-from rayinfer.datasets.images import Letterbox, letterbox, to_blob
+from rayinfer.datasets.images import Letterbox
 
 
 class YoloV8(NmsFamily):
@@ -37,8 +37,7 @@ class YoloV8(NmsFamily):
         return channels - 4 if channels is not None else None
 
     def preprocess(self, raw: np.ndarray, sample: Sample) -> tuple[dict[str, np.ndarray], Letterbox]:
-        image, lb = letterbox(raw, self.size, center=True, source=self.source_size(raw, sample))
-        return {self.input_name: to_blob(image, 1.0 / 255.0, swap_rb=True)}, lb
+        return self.ultralytics_letterbox(raw, sample)
 
     def candidates(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Anchors whose best class clears the threshold first (Ultralytics' `xc`): the full
