@@ -300,9 +300,7 @@ class Location:
         except (oe.PermissionDeniedError, oe.UnauthenticatedError):
             raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
         except oe.BaseError as exc:
-            # the first line, without obstore's debug dump or the store's XML answer
-            text = str(exc).split("\n\nDebug source")[0].split(": <?xml")[0]
-            why = " ".join(text.split(" - ", 1)[-1].removeprefix("Generic S3 error: ").split())
+            why = " ".join(obstore_text(exc).split(" - ", 1)[-1].removeprefix("Generic S3 error: ").split())
             if "403 Forbidden" in why:
                 raise OSError(f"access denied (GetObject): {aws_credential_source()}") from None
             if not isinstance(exc, oe.GenericError):  # a request obstore would not send
@@ -474,6 +472,11 @@ _NETWORK = re.compile(r"AWS Error NETWORK_CONNECTION during (\w+) operation: (.*
 #: google-cloud-cpp's status in pyarrow's GCS errors: code, message, its error_info
 _GCS = re.compile(r"google::cloud::Status\((\w+): (.*?)(?: error_info=\{(.*)\}\)|\)(?:\. Detail|$))")
 _GCS_NETWORK = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def obstore_text(exc: BaseException) -> str:
+    """An obstore error's message without its debug dump or the store's XML answer."""
+    return str(exc).split("\n\nDebug source")[0].split(": <?xml")[0]
 
 
 def _back_off(url: str, why: str, delay: float, attempt: int, attempts: int) -> float:

@@ -220,26 +220,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rayinfer.jobs.evaluate import SavedRun, ground_truth_changed, read_run_record
+    from rayinfer.jobs.evaluate import evaluate_offline
     from rayinfer.jobs.format import format_table
 
     task = get_task(args.task)
-    saved = local_run(args.predictions, args.storage_options)  # a run in object storage: copied here
+    done = evaluate_offline(task, args.predictions, args.data_root, args.storage_options,
+                            given(args, eval_flags()).get("options", {}),  # the job's own options, these changed
+                            args.image_ids, args.limit, args.ignore_missing_images,
+                            warn=lambda line: sys.stderr.write(f"rayinfer: warning: {line}\n"))
+    ev, saved, run, root, options = done.evaluation, done.saved, done.record, done.data_root, done.options
     out = saved.root
-    run = read_run_record(out) if out.is_dir() else None
-    changes = given(args, eval_flags()).get("options", {})  # the job's own options, these changed
-    used = task.saved_options(SavedRun(out, [], run)) if out.is_dir() else None
-    options = task.options_with(used, changes)
-    # remote data is read with the storage options given, else those the job ran with
-    storage = args.storage_options or (run or {}).get("config", {}).get("storage_options") or {}
-    root = Location.of(args.data_root, storage)
-    _say_if_being_written(args.predictions, storage)
-    ev = task.evaluate_saved(out, root, sample_ids=args.image_ids, limit=args.limit, options=options,
-                             ignore_missing=args.ignore_missing_images)
-    changed = ground_truth_changed(SavedRun(out, [], run).fingerprint() if out.is_dir() else None, ev.metrics,
-                                   str(args.data_root))
-    if changed:
-        sys.stderr.write(f"rayinfer: warning: {changed}\n")
     if args.json:  # every metric, at full precision, and nothing else
         sys.stdout.write(json.dumps(ev.metrics, indent=2) + "\n")
         return 0
@@ -259,16 +249,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shown = f"{saved.location}/report.html" if saved.location != str(out) else page
         sys.stdout.write(f"report: {shown}\n")
     return 0
-
-
-def _say_if_being_written(url: str, storage: dict[str, Any]) -> None:
-    """One line when a job holds the run at `url` now: what is read is a run in progress."""
-    from rayinfer.jobs.lock import describe, holder
-
-    body = holder(str(url), storage)
-    if body:
-        sys.stderr.write(f"rayinfer: warning: {describe(body, str(url))}: the run is incomplete, and these metrics "
-                         "are of the shards committed so far\n")
 
 
 def _cell(v: Any) -> Any:

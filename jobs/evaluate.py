@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,50 @@ def ground_truth_changed(fingerprint: dict[str, Any] | None, metrics: dict[str, 
         return None
     return (f"the annotations differ from the run's: evaluated against those in {data_root} (sha256 {used[:12]}), "
             f"the run was made with sha256 {made[:12]}")
+
+
+@dataclass
+class Offline:
+    """`evaluate_offline`'s answer: the evaluation, the saved run it read, and what it said."""
+
+    evaluation: Evaluation
+    saved: Any  # the RunOutput read (a local copy for a run in object storage)
+    record: dict[str, Any] | None  # its run.json
+    data_root: Any  # the Location of the ground truth
+    options: Any  # the task's options the evaluation used
+
+
+def evaluate_offline(task: Any, predictions: str | Path, data_root: str | Path,
+                     storage_options: dict[str, Any] | None = None, changes: dict[str, Any] | None = None,
+                     sample_ids: Sequence[str] | None = None, limit: int | None = None,
+                     ignore_missing: bool = False, warn: Callable[[str], None] = log.warning) -> Offline:
+    """The metrics of saved predictions (a run's folder or URL, or another tool's results file)
+    against the ground truth at `data_root`, without Ray or the model: what `rayinfer eval`
+    and `rayinfer.evaluate` give. The task's options are the run's own with `changes`; remote
+    data is read with `storage_options`, else those the job ran with. `warn` gets one line each
+    for a run still being written (before evaluating) and annotations other than the run's."""
+    from rayinfer.datasets.storage import Location
+    from rayinfer.jobs.lock import describe, holder
+    from rayinfer.jobs.output import local_run
+
+    saved = local_run(str(predictions), storage_options)  # a run in object storage: copied here
+    out = saved.root
+    record = read_run_record(out) if out.is_dir() else None
+    options = task.options_with(task.saved_options(SavedRun(out, [], record)) if out.is_dir() else None,
+                                changes or {})
+    storage = storage_options or (record or {}).get("config", {}).get("storage_options") or {}
+    root = Location.of(str(data_root), storage)
+    writer = holder(str(predictions), storage)
+    if writer:
+        warn(f"{describe(writer, str(predictions))}: the run is incomplete, and these metrics are of the shards "
+             "committed so far")
+    ev = task.evaluate_saved(out, root, sample_ids=sample_ids, limit=limit, options=options,
+                             ignore_missing=ignore_missing)
+    changed = ground_truth_changed(SavedRun(out, [], record).fingerprint() if out.is_dir() else None, ev.metrics,
+                                   str(data_root))
+    if changed:
+        warn(changed)
+    return Offline(ev, saved, record, root, options)
 
 
 def compare(a: Path, b: Path) -> list[tuple[str, float | None, float | None, float | None]]:

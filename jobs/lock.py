@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from rayinfer.datasets.base import SetupError
-from rayinfer.datasets.storage import Location, is_remote, storage_error
+from rayinfer.datasets.storage import Location, is_remote, obstore_text, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ def _alive(body: dict[str, Any]) -> bool:
         return False
     start = _process_start(pid)
     return start is not None and start == body.get("pid_start", start)
+
+
+def refused(body: dict[str, Any], where: str) -> RunLockedError:
+    """The one line a job that finds the output held stops with."""
+    return RunLockedError(f"{describe(body, where)}; wait for it or choose another --output")
 
 
 def describe(body: dict[str, Any], where: str) -> str:
@@ -110,12 +115,15 @@ class LocalLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
-                    body = _read_fd(fd) or (time.sleep(0.2), _read_fd(fd))[1]  # the holder writes it just after
+                    body = _read_fd(fd)
+                    if not body:  # the holder writes it just after taking the flock
+                        time.sleep(0.2)
+                        body = _read_fd(fd)
                     os.close(fd)
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
                     self._undo_root()
-                    raise RunLockedError(f"{describe(body, str(self.root))}; wait for it or choose another --output")
+                    raise refused(body, str(self.root))
                 try:
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
@@ -173,7 +181,6 @@ class ObjectLock:
         self._version: str | None = None  # the ETag of what we last wrote (S3)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.lost: str | None = None  # why the lease was lost, if it was
 
     # -- the store's operations: S3 with preconditions, others checked and read back ---------
     def _key(self) -> str:
@@ -248,10 +255,10 @@ class ObjectLock:
             found = self._get() or ({}, None)
         current = found[0]
         if not self._stale(current):
-            raise RunLockedError(f"{describe(current, self.root.url)}; wait for it or choose another --output")
+            raise refused(current, self.root.url)
         if not self._put(body, found):
             current = (self._get() or ({}, None))[0]
-            raise RunLockedError(f"{describe(current, self.root.url)}; wait for it or choose another --output")
+            raise refused(current, self.root.url)
         why = "its lease expired" if time.time() - float(current.get("renewed", 0)) > self.lease_s else "that process is gone"
         log.warning("%s: taking over the lock of pid %s on host %s (since %s): %s", self.root.url, current.get("pid"),
                     current.get("host"), current.get("started"), why)
@@ -271,8 +278,8 @@ class ObjectLock:
             try:
                 body = {**(self._body or {}), "renewed": time.time()}
                 if not self._put(body, (self._body or {}, self._version)):
-                    self.lost = "another job took the lock over"
-                    log.error("%s: %s; this job's results there are no longer its own", self.root.url, self.lost)
+                    log.error("%s: another job took the lock over; this job's results there are no longer its own",
+                              self.root.url)
                     return
                 self._body = body
             except OSError as exc:  # the store unreachable for a moment: the lease covers it
@@ -294,9 +301,8 @@ class ObjectLock:
 
 
 def _one_line(exc: BaseException) -> OSError:
-    """obstore's error as an OSError of one line (without its debug dump or the store's XML)."""
-    text = str(exc).split("\n\nDebug source")[0].split(": <?xml")[0]
-    return OSError(" ".join(text.split()[:40]))
+    """obstore's error as an OSError of one line."""
+    return OSError(" ".join(obstore_text(exc).split()[:40]))
 
 
 def run_lock(url: str, options: dict[str, Any] | None = None) -> LocalLock | ObjectLock:

@@ -125,23 +125,14 @@ def evaluate(task: str, predictions: str | Path, data_root: str | Path, **option
     the ground truth at `data_root`, without Ray or the model: `rayinfer eval`'s numbers.
     `options`: the task's evaluation options (default: the run's own), `sample_ids`, `limit`,
     `ignore_missing_images`, `storage_options`."""
-    from rayinfer.datasets.storage import Location
-    from rayinfer.jobs.evaluate import SavedRun, read_run_record
-    from rayinfer.jobs.output import local_run
+    from rayinfer.jobs.evaluate import evaluate_offline
     from rayinfer.jobs.tasks import get_task
 
     storage = options.pop("storage_options", None) or {}
     sample_ids, limit = options.pop("sample_ids", None), options.pop("limit", None)
     ignore_missing = bool(options.pop("ignore_missing_images", False))
-    chosen = get_task(task)
-    saved = local_run(str(predictions), storage)
-    out = saved.root
-    record = read_run_record(out) if out.is_dir() else None
-    used = chosen.saved_options(SavedRun(out, [], record)) if out.is_dir() else None
-    task_options = chosen.options_with(used, options)
-    ev = chosen.evaluate_saved(out, Location.of(str(data_root), storage), sample_ids=sample_ids, limit=limit,
-                               options=task_options, ignore_missing=ignore_missing)
-    return ev.metrics
+    done = evaluate_offline(get_task(task), predictions, data_root, storage, options, sample_ids, limit, ignore_missing)
+    return done.evaluation.metrics
 
 
 def compare(a: str | Path, b: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, tuple]:
