@@ -48,7 +48,9 @@ def test_a_second_job_on_a_folder_being_written_is_refused_in_one_line(coco16, t
     (plain, --resume, --overwrite) exits 2 naming it and touches nothing; `rayinfer eval` of
     the run in progress says so; the first finishes with its own run."""
     out = tmp_path / "x"
-    first = _start(["run", "coco", "--data-root", str(coco16), "--model", SIM.format(ms=150), "--output", str(out),
+    # 16 images at 0.7 s each: the first job outlasts three refused jobs and an eval, each a Python
+    # start-up of a few seconds on a loaded machine
+    first = _start(["run", "coco", "--data-root", str(coco16), "--model", SIM.format(ms=700), "--output", str(out),
                     "--shard-size", "4", "--no-report", "--quiet", "--conf-thres", "0.5"])
     try:
         wait_for(lambda: (out / LOCK_NAME).exists() or first.poll() is not None, timeout=60)
@@ -72,7 +74,7 @@ def test_a_second_job_on_a_folder_being_written_is_refused_in_one_line(coco16, t
             os.killpg(first.pid, signal.SIGKILL)
     assert set(listing) - {LOCK_NAME} <= {p.name for p in out.rglob("*")}  # the second jobs removed nothing
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["options"] == {"conf_thres": 0.5} and run["config"]["model"] == SIM.format(ms=150)
+    assert run["config"]["options"] == {"conf_thres": 0.5} and run["config"]["model"] == SIM.format(ms=700)
     assert not (out / LOCK_NAME).exists() and holder(str(out)) is None
     ids = pq.read_table(out / "predictions").column("sample_id").to_pylist()
     assert len(ids) == 16 == len(set(ids))
