@@ -7,7 +7,7 @@ actor that owns exactly one runtime per accelerator.
 - `queue`: `AsyncInferQueue`, OpenVINO's request-pool shape;
 - `async_runtime`: `AsyncRuntime`, RBLN's asyncio/task shape;
 - `families/`: model families, one module each (pre/post-processing around the runtime);
-- `actor`: `InferenceActor`, which glues a model family's adapter to a runtime.
+- `actor`: `InferenceActor`, which glues a model family's family to a runtime.
 """
 
 from rayinfer.actors.async_runtime import AsyncResult, AsyncRuntime

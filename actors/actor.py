@@ -39,7 +39,7 @@ from rayinfer.actors.model import available_cpus
 from rayinfer.actors.queue import InferRequest, queue_for
 from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
-from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SampleError, records_schema
+from rayinfer.datasets.base import ERROR_SCHEMA, ModelFamily, Dataset, Sample, SampleError, rows_schema
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ FETCH_THREADS = 16
 
 @dataclass
 class ShardResult:
-    """What an actor returns for one shard: records, per-sample errors and timings."""
+    """What an actor returns for one shard: its prediction rows, per-sample errors and timings."""
 
     shard: int
-    records: pa.Table
+    rows: pa.Table
     errors: pa.Table
     actor: str
     wall_s: float
@@ -63,13 +63,13 @@ class ShardResult:
         """Pickled with its tables as Arrow IPC streams: Ray's own serializer for Arrow
         tables calls pyarrow.compute with a Python int, and that imports pandas in the actor
         (0.26 s of CPU on its first result; see actors/rows.py)."""
-        return _shard_result, (self.shard, to_ipc(self.records), to_ipc(self.errors), self.actor, self.wall_s,
+        return _shard_result, (self.shard, to_ipc(self.rows), to_ipc(self.errors), self.actor, self.wall_s,
                                self.stage_s)
 
 
-def _shard_result(shard: int, records: pa.Buffer, errors: pa.Buffer, actor: str, wall_s: float,
+def _shard_result(shard: int, rows: pa.Buffer, errors: pa.Buffer, actor: str, wall_s: float,
                   stage_s: dict[str, float]) -> ShardResult:
-    return ShardResult(shard, from_ipc(records), from_ipc(errors), actor, wall_s, stage_s)
+    return ShardResult(shard, from_ipc(rows), from_ipc(errors), actor, wall_s, stage_s)
 
 
 class RequestTimeout(RuntimeError):
@@ -103,7 +103,7 @@ class _InFlight:
 class _ShardState:
     """Collects one shard's outcomes; `done` fires when every sample has one.
 
-    Each sample gets exactly one outcome: the first of record, error or timeout wins,
+    Each sample gets exactly one outcome: the first of row, error or timeout wins,
     and nothing is accepted after `abandon()`.
     """
 
@@ -111,7 +111,7 @@ class _ShardState:
         self.shard = shard
         self.actor = actor
         self.order = {s.sample_id: i for i, s in enumerate(samples)}
-        self.records: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.stage_s = dict.fromkeys(STAGES, 0.0)
         self.remaining = len(samples)
@@ -153,13 +153,13 @@ class _ShardState:
         with self.lock:
             self.closed = True
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any]) -> None:
         with self.lock:
-            if not self._settle(record["sample_id"]):
+            if not self._settle(row["sample_id"]):
                 return
-            self.records.append(record)
+            self.rows.append(row)
             for stage in STAGES:
-                self.stage_s[stage] += record[f"{stage}_ms"] / 1000.0
+                self.stage_s[stage] += row[f"{stage}_ms"] / 1000.0
             self._check_done()
 
     def fail(self, sample: Sample, stage: str, message: str, transient: bool = False) -> None:
@@ -173,9 +173,9 @@ class _ShardState:
             self._check_done()
 
     def outcomes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The records (in the shard's order) and the errors, once `done`."""
+        """The rows (in the shard's order) and the errors, once `done`."""
         with self.lock:
-            return sorted(self.records, key=lambda r: self.order[r["sample_id"]]), list(self.errors)
+            return sorted(self.rows, key=lambda r: self.order[r["sample_id"]]), list(self.errors)
 
     def _settle(self, sample_id: str) -> bool:
         """Claim `sample_id`'s one outcome (the caller holds the lock and stores it next)."""
@@ -188,7 +188,7 @@ class _ShardState:
 
     def _check_done(self) -> None:
         # Only after the outcome is stored: `process` wakes on `done` and reads the lists
-        # at once. (Set inside `_settle`, a busy machine lost the last sample's record.)
+        # at once. (Set inside `_settle`, a busy machine lost the last sample's row.)
         if self.remaining == 0:
             self.done.set()
 
@@ -197,8 +197,8 @@ class InferenceActor:
     """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
     returning one table per shard."""
 
-    def __init__(self, cfg: ActorSettings, name: str, dataset: Dataset, adapter: Adapter) -> None:
-        """`dataset`: the reader whose `load` this actor calls per sample; `adapter`: the
+    def __init__(self, cfg: ActorSettings, name: str, dataset: Dataset, family: ModelFamily) -> None:
+        """`dataset`: the reader whose `load` this actor calls per sample; `family`: the
         model family's steps around inference. Both built and checked by the driver (the
         task's hooks); Ray gives a restarted actor the same ones."""
         self.cfg = cfg
@@ -212,9 +212,9 @@ class InferenceActor:
         self.dataset = dataset
         # the runtime (--runtime, or the faster one measured on this node), planned for the device it got
         self.model, plan, self.runtime = open_model(cfg, self.cpus)
-        self.adapter = adapter
-        self.schema = records_schema(self.adapter.schema)
-        draft = getattr(adapter, "draft", None)  # Dataset.load's optional keyword, only when set
+        self.family = family
+        self.schema = rows_schema(self.family.schema)
+        draft = getattr(family, "draft", None)  # Dataset.load's optional keyword, only when set
         self._load_options = {"draft": draft} if draft else {}
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
@@ -248,7 +248,7 @@ class InferenceActor:
             "node_id": _node_id(),
             "pid": os.getpid(),
             "cpus": self.cpus,
-            "requests": self.queue.jobs,
+            "requests": len(self.queue),
             "threads_per_request": getattr(self.model, "intra_op_threads", None),
             "loader_threads": self.loader_threads,
             "fetch_threads": FETCH_THREADS if self.fetcher is not None else 0,
@@ -317,8 +317,8 @@ class InferenceActor:
             for sample in hung:
                 state.fail(sample, "infer", f"{sample.file}: inference did not finish within {timeout:g}s",
                            transient=True)
-        records, errors = state.outcomes()
-        table = to_table(records, self.schema)  # never imports pandas: see actors/rows.py
+        rows, errors = state.outcomes()
+        table = to_table(rows, self.schema)  # never imports pandas: see actors/rows.py
         errors = to_table(errors, ERROR_SCHEMA)
         self.samples_done += len(samples)
         self.shards_done += 1
@@ -361,7 +361,7 @@ class InferenceActor:
             else:
                 raw = self.dataset.load(sample, data, **self._load_options)
             t1 = time.perf_counter()
-            feed, job.meta = self.adapter.preprocess(raw, sample)
+            feed, job.meta = self.family.preprocess(raw, sample)
         except SampleError as exc:
             raise _SampleFailed(exc.stage, str(exc), exc.transient) from None
         except Exception as exc:  # noqa: BLE001 - any reader or preprocessing failure is this sample's
@@ -382,10 +382,10 @@ class InferenceActor:
         if request.error is not None:
             return state.fail(sample, "infer", f"{sample.file}: {type(request.error).__name__}: {request.error}")
         try:
-            record = self.adapter.postprocess(request.outputs or [], job.meta, sample)
+            row = self.family.postprocess(request.outputs or [], job.meta, sample)
         except Exception as exc:  # noqa: BLE001
             return state.fail(sample, "postprocess", f"{sample.file}: {type(exc).__name__}: {exc}")
-        record.update(
+        row.update(
             sample_id=sample.sample_id,
             file=sample.file,
             shard=state.shard,
@@ -395,7 +395,7 @@ class InferenceActor:
             postprocess_ms=(time.perf_counter() - t0) * 1000,
             **job.timing,
         )
-        state.add(record)
+        state.add(row)
 
 
 class LoaderPool:

@@ -35,7 +35,7 @@ def optimal_requests(device: str, cpus: int, hint: Hint | str = Hint.THROUGHPUT)
       requests scale almost linearly until the cores are full.
     - THROUGHPUT on an accelerator: 4 requests (two computing while two are in copy or
       host post-processing), each driven by one host thread.
-    `python -m benchmarks runtime` measures jobs 1/2/4 against this choice.
+    `python -m benchmarks runtime` measures 1, 2 and 4 requests against this choice.
     """
     hint = Hint(hint)
     cpus = max(1, cpus)

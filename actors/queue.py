@@ -87,7 +87,7 @@ class BusyClock:
 
 class RequestSlots:
     """What every request pool exposes about its slots: `len(pool)`, `pool[id]` (the
-    `InferRequest`), `jobs`, and `with pool:` (closed on exit). Subclasses set `_requests`
+    `InferRequest`), and `with pool:` (closed on exit). Subclasses set `_requests`
     and define `close`."""
 
     _requests: list[InferRequest]
@@ -101,10 +101,6 @@ class RequestSlots:
     def __getitem__(self, request_id: int) -> InferRequest:
         return self._requests[request_id]
 
-    @property
-    def jobs(self) -> int:
-        return len(self._requests)
-
     def __enter__(self) -> Any:
         return self
 
@@ -113,7 +109,8 @@ class RequestSlots:
 
 
 class AsyncInferQueue(RequestSlots):
-    """A pool of `jobs` infer requests over one thread-safe model.
+    """A pool of infer requests over one thread-safe model: `jobs` of them (OpenVINO's
+    name for the count; 0: the device's optimal number).
 
     `model` is a path to an .onnx file (then the session is built with the thread
     count the plan asks for) or a `Model` already built. `prepare`, if given, runs
@@ -129,31 +126,32 @@ class AsyncInferQueue(RequestSlots):
         prepare: Callable[[Any], Any] | None = None,
         cpus: int | None = None,
     ) -> None:
+        requests = jobs  # OpenVINO's parameter name; a request count
         cpus = cpus or available_cpus()
         if isinstance(model, (str, os.PathLike)):
             options = options or RuntimeOptions()
-            plan = plan_requests("gpu" if options.wants_gpu else "cpu", cpus, hint, jobs)
+            plan = plan_requests("gpu" if options.wants_gpu else "cpu", cpus, hint, requests)
             if not options.intra_op_threads:
                 options = RuntimeOptions(**{**options.__dict__, "intra_op_threads": plan.threads_per_request})
             model = OnnxModel(model, options)
-            jobs = plan.requests
-        elif jobs <= 0:
+            requests = plan.requests
+        elif requests <= 0:
             threads = getattr(model, "intra_op_threads", 1) or 1
             if getattr(model, "optimal_requests", None):  # the device says (simulated, NPU)
-                jobs = 1 if Hint(hint) is Hint.LATENCY else int(model.optimal_requests)  # type: ignore[attr-defined]
+                requests = 1 if Hint(hint) is Hint.LATENCY else int(model.optimal_requests)  # type: ignore[attr-defined]
             elif model.device == "cpu":
-                jobs = 1 if Hint(hint) is Hint.LATENCY else max(1, cpus // threads)
+                requests = 1 if Hint(hint) is Hint.LATENCY else max(1, cpus // threads)
             else:
-                jobs = optimal_requests(model.device, cpus, hint).requests
+                requests = optimal_requests(model.device, cpus, hint).requests
         self.model: Model = model
         self.hint = Hint(hint)
         self._prepare = prepare
         self._callback: Callable[[InferRequest, Any], None] | None = None
-        self._requests = [InferRequest(i) for i in range(jobs)]
-        self._idle: deque[int] = deque(range(jobs))
+        self._requests = [InferRequest(i) for i in range(requests)]
+        self._idle: deque[int] = deque(range(requests))
         self._cond = threading.Condition()
         self._closed = False
-        self._inbox: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(jobs)]
+        self._inbox: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(requests)]
         self._waiting: deque[_Waiting] = deque()  # inputs whose start_async waits for a request
         self.callback_errors = 0
         self.failed = 0
@@ -161,7 +159,7 @@ class AsyncInferQueue(RequestSlots):
         self._busy = BusyClock()
         self._workers = [
             threading.Thread(target=self._work, args=(i,), name=f"infer-request-{i}", daemon=True)
-            for i in range(jobs)
+            for i in range(requests)
         ]
         for t in self._workers:
             t.start()
@@ -304,15 +302,15 @@ class AsyncInferQueue(RequestSlots):
                 item = box.get()
 
 
-def queue_for(model: Model, jobs: int, hint: Hint | str = Hint.THROUGHPUT, cpus: int | None = None,
+def queue_for(model: Model, requests: int, hint: Hint | str = Hint.THROUGHPUT, cpus: int | None = None,
               prepare: Callable[[Any], Any] | None = None) -> Any:
     """The request pool for `model`: the runtime's own (`model.async_queue`: OpenVINO's
     `AsyncInferQueue`), else this module's; this module's whenever inputs are prepared in
     the requests' threads (`prepare`), which only it has."""
     native = getattr(model, "async_queue", None)
     if native is not None and prepare is None:
-        return native(jobs)
-    return AsyncInferQueue(model, jobs=jobs, hint=hint, cpus=cpus, prepare=prepare)
+        return native(requests)
+    return AsyncInferQueue(model, jobs=requests, hint=hint, cpus=cpus, prepare=prepare)
 
 
 class _Waiting:

@@ -1,10 +1,10 @@
-"""Records (one dict per sample) to an Arrow table, without pandas.
+"""Prediction rows (one dict per sample) to an Arrow table, without pandas.
 
 `pa.Table.from_pylist` is the obvious way, but pyarrow's first conversion of any Python
 list or numpy array imports pandas (0.26 s of CPU holding the GIL and about 50 MB per
 process: docs/performance.md), and an actor has no other use for pandas: every actor would pay
 it on its start-up path, 64 times over on a node of 64 simulated devices. `to_table`
-builds the columns from numpy buffers instead, for the types record schemas use
+builds the columns from numpy buffers instead, for the types row schemas use
 (booleans, integers, floats, strings, bytes and lists of those), and hands anything else, or any
 value it cannot take as is (a None, a wrong type, an int out of range), to
 `pa.Table.from_pylist`, whose result or error is the reference.

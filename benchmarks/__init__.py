@@ -4,7 +4,7 @@ its last line, one JSON object.
 `python -m benchmarks runtime --model M [--seconds S]`
     One model, no Ray: one request at a time vs the request queue with 1, 2, 4 and the
     automatic number of requests; `limit` = cores x single-thread rate. Keys: sync,
-    jobs1, jobs2, jobs4, auto, limit (img/s).
+    requests1, requests2, requests4, auto, limit (img/s).
 `python -m benchmarks pipeline --data-root D --model M --images N [--repeat K]`
     The whole COCO job vs a naive loop and Ray Data on the same N images (the set
     repeated). rayinfer runs K times (default 3), each between two measurements of the

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     el.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.loader", "rayinfer.jobs.cluster",
+    for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.scheduler", "rayinfer.jobs.cluster",
                   "rayinfer.jobs.placement"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

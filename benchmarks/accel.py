@@ -48,7 +48,7 @@ class SimDeviceUDF:
 
         output = np.load(output_file) if output_file else None
         self.device = SimulatedModel(latency_ms, capacity, output=output)
-        self.adapter = _accel_adapter(range(80))
+        self.family = _accel_family(range(80))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from rayinfer.datasets.base import Sample
@@ -58,12 +58,12 @@ class SimDeviceUDF:
         for i, image in enumerate(batch["image"]):
             out = self.device.run({"images": image[None]})
             lb = Letterbox(*(batch[k][i].item() for k in ("gain_x", "gain_y", "left", "top", "height", "width")))
-            found.append(len(self.adapter.postprocess(out, lb, Sample("0", "0.jpg", {"image_id": 0}))["score"]))
+            found.append(len(self.family.postprocess(out, lb, Sample("0", "0.jpg", {"image_id": 0}))["score"]))
         return {"detections": np.asarray(found)}
 
 
-def _accel_adapter(category_ids: Sequence[int] = (), reduced_decode: bool = False) -> Any:
-    """The YOLOv8 adapter (640x640 input) whose pre- and postprocessing every accel mode runs."""
+def _accel_family(category_ids: Sequence[int] = (), reduced_decode: bool = False) -> Any:
+    """The YOLOv8 family (640x640 input) whose pre- and postprocessing every accel mode runs."""
     from rayinfer.actors.families.detection import DetectionOptions
     from rayinfer.actors.families.yolov8 import YoloV8
 
@@ -72,15 +72,15 @@ def _accel_adapter(category_ids: Sequence[int] = (), reduced_decode: bool = Fals
 
 
 def _decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data's decode stage: the same read + preprocessing as rayinfer's adapter."""
+    """Ray Data's decode stage: the same read + preprocessing as rayinfer's family."""
     from rayinfer.datasets.base import Sample
     from rayinfer.datasets.images import read_image
 
-    adapter = _accel_adapter()
+    family = _accel_family()
     out, boxes = [], []
     for path in batch["path"]:
-        feed, lb = adapter.preprocess(read_image(Path(path)), Sample(str(path), str(path), {}))
-        out.append(feed[adapter.input_name][0])
+        feed, lb = family.preprocess(read_image(Path(path)), Sample(str(path), str(path), {}))
+        out.append(feed[family.input_name][0])
         boxes.append((lb.gain_x, lb.gain_y, lb.left, lb.top, lb.height, lb.width))
     columns = np.asarray(boxes, np.float64).T
     fitted = {k: columns[i] for i, k in enumerate(("gain_x", "gain_y"))}
@@ -107,23 +107,23 @@ def real_output(ds: Any, sample: Any, model: Path, dest: Path) -> Path:
     from rayinfer.actors.backends.onnxruntime import OnnxModel, RuntimeOptions
 
     m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
-    adapter = _accel_adapter(ds.category_ids)
-    feed, _ = adapter.preprocess(ds.load(sample), sample)
+    family = _accel_family(ds.category_ids)
+    feed, _ = family.preprocess(ds.load(sample), sample)
     np.save(dest, m.run(feed)[0])
     return dest
 
 
 def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, threads: int,
-               adapter: Any = None) -> dict[str, float]:
+               family: Any = None) -> dict[str, float]:
     """Seconds per image for each of `STEPS`, the loop run by `threads` threads at once
     (each times its own steps, so the costs include what the threads cost each other).
-    `adapter`: the YOLOv8 steps (default: the accel bench's, at the decoding defaults)."""
+    `family`: the YOLOv8 steps (default: the accel bench's, at the decoding defaults)."""
     from rayinfer.actors.rows import to_table
-    from rayinfer.datasets.base import records_schema
+    from rayinfer.datasets.base import rows_schema
 
-    adapter = adapter or _accel_adapter(ds.category_ids)
-    load_options = {"draft": adapter.draft} if adapter.draft else {}
-    schema = records_schema(adapter.schema)
+    family = family or _accel_family(ds.category_ids)
+    load_options = {"draft": family.draft} if family.draft else {}
+    schema = rows_schema(family.schema)
     extra = {"file": "", "shard": 0, "actor": "bench", **{f"{k}_ms": 0.0 for k in
                                                           ("load", "preprocess", "queue", "infer", "postprocess")}}
     totals: list[dict[str, float]] = []
@@ -137,11 +137,11 @@ def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, thre
             t0 = time.perf_counter()
             raw = ds.load(s, **load_options)
             t1 = time.perf_counter()
-            _, lb = adapter.preprocess(raw, s)
+            _, lb = family.preprocess(raw, s)
             t2 = time.perf_counter()
-            record = adapter.postprocess(outputs, lb, s)
-            record.update(sample_id=s.sample_id, **extra)
-            rows.append(record)
+            row = family.postprocess(outputs, lb, s)
+            row.update(sample_id=s.sample_id, **extra)
+            rows.append(row)
             t3 = time.perf_counter()
             if len(rows) == ROWS_PER_TABLE:
                 to_table(rows, schema)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from rayinfer.actors.model import available_cpus
-from benchmarks.accel import _accel_adapter, host_costs, real_output
+from benchmarks.accel import _accel_family, host_costs, real_output
 from benchmarks.common import _rayinfer, repeat_coco, start_ray
 from rayinfer.jobs.format import format_table
 
@@ -95,7 +95,7 @@ def run_decode_bench(data_root: Path, model: Path, images: int, factor: int = 2,
         speed: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
         for rep in range(repeat):  # alternating (ABBA...): the machine's drift falls on both
             for reduced in ((False, True) if rep % 2 == 0 else (True, False)):
-                host = host_costs(ds, samples, output, 2 * len(samples), 1, _accel_adapter(ds.category_ids, reduced))
+                host = host_costs(ds, samples, output, 2 * len(samples), 1, _accel_family(ds.category_ids, reduced))
                 rate, _, run = _job(repeated, uri, work / "speed", reduced, resource="sim_device")
                 actors = run["actors"]
                 actor_ms = sum(a["host_cpu_s"] for a in actors) * 1000 / max(1, sum(a["samples"] for a in actors))

@@ -38,7 +38,7 @@ class DetectorUDF:
         inputs = [tensor_spec(i) for i in self.session.get_inputs()]
         outputs = [tensor_spec(o) for o in self.session.get_outputs()]
         family = choose_family("auto", inputs, outputs)
-        self.adapter = family(inputs, DetectionOptions(), list(range(family.num_classes(outputs))))
+        self.family = family(inputs, DetectionOptions(), list(range(family.num_classes(outputs))))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from rayinfer.datasets.base import Sample
@@ -47,9 +47,9 @@ class DetectorUDF:
         found = []
         for path in batch["path"]:
             sample = Sample(str(path), str(path), {"image_id": 0})
-            feed, lb = self.adapter.preprocess(read_image(Path(path)), sample)
-            record = self.adapter.postprocess(self.session.run(None, feed), lb, sample)
-            found.append(len(record["score"]))
+            feed, lb = self.family.preprocess(read_image(Path(path)), sample)
+            row = self.family.postprocess(self.session.run(None, feed), lb, sample)
+            found.append(len(row["score"]))
         return {"detections": np.asarray(found)}
 
 
@@ -69,7 +69,7 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
                      runtime: str = "onnxruntime", task: str = "coco") -> dict[str, float]:
     """Seconds per sample for read + preprocess, single-thread inference and postprocess
     (COCO: decode + letterbox, decode + NMS; NYU: HDF5 read + transforms, the per-image
-    metrics), the task's own reader and adapter as the job builds them.
+    metrics), the task's own reader and family as the job builds them.
 
     `threads=1`: one sample at a time with the other cores idle (the issue's `limit`).
     `threads=cores`: every core runs the same loop at once, each thread timing its own
@@ -90,9 +90,9 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
     cfg = JobConfig(task=task, data_root=str(root), model=str(model), output=str(root / "unused"))
     hooks = get_task(task)
     ds = hooks.dataset(cfg)
-    adapter = hooks.adapter(cfg, ds, m)
+    family = hooks.family(cfg, ds, m)
     samples = ds.samples()
-    m.run(adapter.preprocess(ds.load(samples[0]), samples[0])[0])
+    m.run(family.preprocess(ds.load(samples[0]), samples[0])[0])
     totals: list[tuple[float, float, float]] = []
 
     def loop(first: int) -> None:
@@ -100,11 +100,11 @@ def _per_image_costs(root: Path, model: Path, n: int = 24, threads: int = 1,
         for i in range(first, first + n):
             s = samples[i % len(samples)]
             t0 = time.perf_counter()
-            feed, meta = adapter.preprocess(ds.load(s), s)
+            feed, meta = family.preprocess(ds.load(s), s)
             t1 = time.perf_counter()
             out = m.run(feed)
             t2 = time.perf_counter()
-            adapter.postprocess(out, meta, s)
+            family.postprocess(out, meta, s)
             t3 = time.perf_counter()
             pre, inf, post = pre + t1 - t0, inf + t2 - t1, post + t3 - t2
         totals.append((pre, inf, post))
@@ -138,11 +138,11 @@ def run_pipeline_bench(data_root: Path, model: Path, images: int, grid: bool, re
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     m = OnnxModel(model, RuntimeOptions(intra_op_threads=1))
-    adapter = choose_family("auto", m.inputs, m.outputs)(m.inputs, DetectionOptions(), ds.category_ids)
+    family = choose_family("auto", m.inputs, m.outputs)(m.inputs, DetectionOptions(), ds.category_ids)
     t0 = time.perf_counter()
     for s in samples:
-        feed, lb = adapter.preprocess(ds.load(s), s)
-        adapter.postprocess(sess.run(None, feed), lb, s)
+        feed, lb = family.preprocess(ds.load(s), s)
+        family.postprocess(sess.run(None, feed), lb, s)
     results["sync"] = len(samples) / (time.perf_counter() - t0)
     rows.append(["sync", "1 loop, default session", results["sync"]])
 

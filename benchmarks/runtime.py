@@ -48,9 +48,9 @@ def bench_single_thread(path: Path, seconds: float) -> float:
     return _timed_loop(lambda: model.run(feed), seconds)
 
 
-def bench_queue(path: Path, jobs: int, seconds: float, options: RuntimeOptions) -> tuple[float, int, int]:
-    """Keep every request busy for `seconds`; returns (img/s, jobs, threads per request)."""
-    q = AsyncInferQueue(path, jobs=jobs, options=options)
+def bench_queue(path: Path, requests: int, seconds: float, options: RuntimeOptions) -> tuple[float, int, int]:
+    """Keep every request busy for `seconds`; returns (img/s, requests, threads per request)."""
+    q = AsyncInferQueue(path, jobs=requests, options=options)
     feed = _dummy_feed(q.model)  # type: ignore[arg-type]
     try:
         saturate(q, feed, 0.0, at_least=2 * len(q))  # warm-up
@@ -68,10 +68,10 @@ def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> 
 
     results["sync"] = bench_sync(model, seconds)
     rows.append(["sync", 1, "default", results["sync"]])
-    for jobs in (1, 2, 4):
-        rate, n, threads = bench_queue(model, jobs, seconds, options)
-        results[f"jobs{jobs}"] = rate
-        rows.append([f"jobs{jobs}", n, threads, rate])
+    for count in (1, 2, 4):
+        rate, n, threads = bench_queue(model, count, seconds, options)
+        results[f"requests{count}"] = rate
+        rows.append([f"requests{count}", n, threads, rate])
     rate, n, threads = bench_queue(model, 0, seconds, options)
     results["auto"] = rate
     rows.append([f"auto (jobs=0 -> {n})", n, threads, rate])
@@ -81,6 +81,6 @@ def run_runtime_bench(model: Path, seconds: float, providers: Sequence[str]) -> 
 
     print(f"model {model.name}, {cpus} CPUs, providers {list(providers)}, {seconds:.0f}s per mode")
     print(format_table(["mode", "requests", "threads/request", "img/s"], rows))
-    best = max(results["jobs1"], results["jobs2"], results["jobs4"])
+    best = max(results["requests1"], results["requests2"], results["requests4"])
     print(f"auto / sync = {results['auto'] / results['sync']:.2f}x; auto / best fixed = {results['auto'] / best:.2f}x")
     return {k: round(v, 2) for k, v in results.items()}

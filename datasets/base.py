@@ -1,11 +1,11 @@
-"""The two seams a job is made of: a dataset and a task adapter.
+"""The two seams a job is made of: a dataset and a task family.
 
 - `Dataset`: lists samples with stable ids, loads one sample's raw data on the host,
-  and evaluates saved records against its ground truth. Knows nothing of models or Ray.
-- `Adapter` (dataset x model family): turns raw data into model inputs, and model
-  outputs into one record (a row of the predictions table).
+  and evaluates saved prediction rows against its ground truth. Knows nothing of models or Ray.
+- `ModelFamily` (dataset x model family): turns raw data into model inputs, and model
+  outputs into one row of the predictions table.
 
-The pipeline runs any (dataset, adapter) pair; a new dataset or model family is a new
+The pipeline runs any (dataset, family) pair; a new dataset or model family is a new
 class here, never a copy of the job.
 """
 
@@ -92,7 +92,7 @@ class Dataset(Protocol):
         request, where the data root is remote; None where `load` reads it itself) and take
         its result as `load(sample, data)`: an actor then fetches samples ahead, many at once,
         in I/O threads, and decodes them as they arrive. An image reader may take
-        `load(sample, data, draft=(h, w))`, the size the adapter's `draft` says preprocessing
+        `load(sample, data, draft=(h, w))`, the size the family's `draft` says preprocessing
         shrinks images to, and decode large JPEGs at a reduced scale."""
         ...
 
@@ -112,10 +112,10 @@ class Dataset(Protocol):
         ...
 
 
-class Adapter(Protocol):
+class ModelFamily(Protocol):
     """Model-family specific steps around inference."""
 
-    #: Columns this adapter adds to each record, beyond the common ones.
+    #: Columns this family adds to each row, beyond the common ones.
     schema: pa.Schema
     #: Optional: (h, w) preprocessing shrinks images to, passed to `Dataset.load` as `draft`
     #: (None or absent: the reader decodes at full size).
@@ -126,7 +126,7 @@ class Adapter(Protocol):
         ...
 
     def postprocess(self, outputs: Sequence[np.ndarray], meta: Any, sample: Sample) -> dict[str, Any]:
-        """One record: a dict of the schema's columns."""
+        """One row: a dict of the schema's columns."""
         ...
 
 
@@ -157,5 +157,5 @@ ERROR_SCHEMA = pa.schema(
 )
 
 
-def records_schema(adapter_schema: pa.Schema) -> pa.Schema:
-    return pa.schema(COMMON_FIELDS + list(adapter_schema))
+def rows_schema(family_schema: pa.Schema) -> pa.Schema:
+    return pa.schema(COMMON_FIELDS + list(family_schema))

@@ -1,6 +1,6 @@
-"""The `null` task: N empty samples, for benchmarks (the pass-through adapter is actors/families/null.py).
+"""The `null` task: N empty samples, for benchmarks (the pass-through family is actors/families/null.py).
 
-It runs the whole pipeline (loader stage, actors, request queue, driver, Parquet)
+It runs the whole pipeline (scheduler, actors, request queue, driver, Parquet)
 with trivial host work, so what is measured is the pipeline's own overhead and the
 device (e.g. a simulated one).
 """

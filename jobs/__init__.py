@@ -1,1 +1,1 @@
-"""Entry points and the pipeline: the loader stage, the driver, the CLI, offline evaluation, benchmarks."""
+"""Entry points and the pipeline: the scheduler, the driver, the CLI, offline evaluation, benchmarks."""

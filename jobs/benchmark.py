@@ -51,11 +51,11 @@ def measure(model: Any, requests: int, hint: str, cpus: int, seconds: float) -> 
     queue = queue_for(model, requests, hint, cpus)
     feed = example_inputs(model)
     try:
-        saturate(queue, feed, 0.0, at_least=2 * queue.jobs)  # warm-up
+        saturate(queue, feed, 0.0, at_least=2 * len(queue))  # warm-up
         elapsed, latencies = saturate(queue, feed, seconds)
     finally:
         queue.close()
-    return {"requests": queue.jobs, "img_s": round(len(latencies) / elapsed, 2),
+    return {"requests": len(queue), "img_s": round(len(latencies) / elapsed, 2),
             "latency_ms": latency_summary(latencies)}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
-from rayinfer.jobs.loader import first_line
+from rayinfer.jobs.scheduler import first_line
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The driver: one pipeline for every job.
 
-dataset (sample list) -> loader stage (shards) -> inference actors -> committed
+dataset (sample list) -> scheduler (shards) -> inference actors -> committed
 Parquet shards -> evaluator -> metrics.json, run.json.
 
 Setup problems (missing files, unusable model, wrong output directory) stop the job
@@ -27,15 +27,15 @@ from rayinfer.actors.actor import STAGES, ShardResult, peak_rss_mb
 from rayinfer.actors.backends import backend_for, candidates
 from rayinfer.actors.devices import Plan
 from rayinfer.actors.fetch import fetched, pin
-from rayinfer.datasets.base import ERROR_SCHEMA, Adapter, Dataset, Sample, SetupError, records_schema
+from rayinfer.datasets.base import ERROR_SCHEMA, ModelFamily, Dataset, Sample, SetupError, rows_schema
 from rayinfer.datasets.storage import Location, storage_error
 from rayinfer.jobs.config import JobConfig, resolve_paths
 from rayinfer.jobs.cluster import connect_ray, may_grow
-from rayinfer.jobs.loader import FailedShard, LoaderStage, make_shards
+from rayinfer.jobs.scheduler import FailedShard, ShardScheduler, make_shards
 from rayinfer.jobs.lock import run_lock
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
 from rayinfer.jobs.output import RunOutput, open_output, read_shards, writing
-from rayinfer.jobs.placement import ActorPool, actor_stats, open_pool
+from rayinfer.jobs.placement import ActorFleet, actor_stats, open_pool
 from rayinfer.jobs.progress import Progress
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
@@ -126,15 +126,15 @@ class Setup:
     task: Task
     dataset: Dataset
     samples: list[Sample]
-    #: the model-family adapter the actors use (built and checked here, so no actor re-reads
+    #: the model family the actors use (built and checked here, so no actor re-reads
     #: the annotations to build its own)
-    adapter: Adapter
+    family: ModelFamily
     #: the task's options as resolved against the model (Task.resolved_options)
     options: Any
 
 
 def check_setup(cfg: JobConfig) -> Setup:
-    """Everything that can fail before work starts: data root, samples, model, adapter."""
+    """Everything that can fail before work starts: data root, samples, model, family."""
     task = get_task(cfg.task)
     root = Location.of(cfg.data_root, cfg.storage_options)
     try:
@@ -165,8 +165,8 @@ def check_setup(cfg: JobConfig) -> Setup:
         raise
     except Exception as exc:
         raise SetupError(str(exc)) from None
-    adapter = task.adapter(cfg, dataset, model)
-    return Setup(task, dataset, samples, adapter, task.resolved_options(cfg, adapter))
+    family = task.family(cfg, dataset, model)
+    return Setup(task, dataset, samples, family, task.resolved_options(cfg, family))
 
 
 def run_job(cfg: JobConfig) -> JobOutcome:
@@ -194,20 +194,22 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
     if committed:
         log.info("resuming: %d of %d shards already committed", len(shards) - len(todo), len(shards))
 
-    work = dispatch(cfg, setup, todo, output, len(samples), done_before, len(shards))
+    state = JobState(cfg, setup, t_start, len(samples), len(shards), done_before, len(todo), checks_s)
+    dispatch(state, todo, output)
 
     errors = output.gather_errors()
-    unfinished = sum(len(s.samples) for s in work.stage.unfinished) if work.stage else 0
+    left = state.scheduler.unfinished if state.scheduler else []
+    unfinished = sum(len(s.samples) for s in left)
     if unfinished:
-        run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), None, errors.num_rows,
-                         {"checks_s": round(checks_s, 3)})
+        run = run_record(state, None, errors.num_rows)
         output.write_json("run.json", run)
         log.error("%d samples in %d shards were not run (no inference actor is left alive) and are not "
-                  "committed; rerun with --resume to run them", unfinished, len(work.stage.unfinished))
+                  "committed; rerun with --resume to run them", unfinished, len(left))
         return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
     # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
     # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
-    setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
+    state.setup = setup = dataclasses.replace(setup, dataset=None)  # type: ignore[arg-type]
+    state.setup = setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     t_eval = time.time()
     log.info("evaluation: %s", cfg.task)
@@ -217,10 +219,8 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
         output.write_json(name, obj)
     output.write_json("metrics.json", evaluation.metrics)
 
-    timings = {"checks_s": round(checks_s, 3), "evaluation_s": round(time.time() - t_eval, 3),
-               "stage_percentiles_ms": stage_percentiles(output)}
-    run = run_record(cfg, setup, work, t_start, len(samples), done_before, len(shards), evaluation.rows,
-                     errors.num_rows, timings)
+    timings = {"evaluation_s": round(time.time() - t_eval, 3), "stage_percentiles_ms": stage_percentiles(output)}
+    run = run_record(state, evaluation.rows, errors.num_rows, timings)
     output.write_json("run.json", run)
     if cfg.report:
         from rayinfer.jobs.report import report_files, write_report
@@ -236,7 +236,7 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
         # the whole job's wall time, the report's included
         run["timings"]["report_s"] = round(time.time() - t_report, 3)
         run["timings"]["total_s"] = round(time.time() - t_start, 3)
-        run["throughput"]["end_to_end_samples_per_s"] = _rate(work.processed, run["timings"]["total_s"])
+        run["throughput"]["end_to_end_samples_per_s"] = _rate(state.processed, run["timings"]["total_s"])
         output.write_json("run.json", run)
     return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows, evaluation=evaluation,
                       task=setup.task)
@@ -247,49 +247,68 @@ def _rate(samples: int, seconds: float) -> float | None:
 
 
 @dataclass
-class Work:
-    """What the dispatch measured."""
+class JobState:
+    """The driver's state over one job: what it runs, and what the dispatch counted and
+    timed (run.json is written from it). `scheduler`: None where nothing was dispatched
+    (every shard committed before, on `--resume`)."""
 
+    cfg: JobConfig
+    setup: Setup
+    started: float  # epoch seconds, the command's start
+    samples: int
+    shards: int
+    done_before: int = 0  # samples of shards an earlier run committed (--resume)
+    shards_todo: int = 0
+    checks_s: float = 0.0  # data, model, task options: checked before anything runs
     ray_s: float = 0.0
     ray_stop_s: float = 0.0
     setup_s: float = 0.0
     work_s: float = 0.0
     driver_cpu_s: float = 0.0  # the driver's CPU over the inference phase (dealing, committing)
     processed: int = 0
-    shards_todo: int = 0
     stage_totals: dict[str, float] = field(default_factory=dict)
     infos: list[dict[str, Any]] = field(default_factory=list)
     actor_stats: list[dict[str, Any]] = field(default_factory=list)
-    stage: LoaderStage | None = None
+    scheduler: ShardScheduler | None = None
     pool: dict[str, Any] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, Any]:
+        """What the scheduler did to shards and actors (zeros where nothing was dispatched)."""
+        if self.scheduler is not None:
+            return self.scheduler.counts()
+        return {"shards_requeued": 0, "shards_unfinished": 0, "actor_restarts": 0, "actors_retired": [],
+                "actors_released": [], "shards_speculated": 0, "speculative_wins": 0, "copies_dropped": 0}
 
-def _actors_text(stage: LoaderStage, pool: ActorPool) -> str:
+    def shards_of(self, actor: str) -> int:
+        return self.scheduler.shards_per_actor.get(actor, 0) if self.scheduler else 0
+
+
+def _actors_text(scheduler: ShardScheduler, pool: ActorFleet) -> str:
     """"3 actors up, 2 pending" on a cluster that may grow (nothing on a fixed one)."""
     if not pool.placement.growable:
         return ""
-    up = len(stage.actors) - len(stage.retired) - len(stage.released)
+    up = len(scheduler.actors) - len(scheduler.retired) - len(scheduler.released)
     return f"{up} actor{'' if up == 1 else 's'} up" + (f", {pool.pending} pending" if pool.pending else "")
 
 
-def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, total: int,
-             done_before: int, shards: int) -> Work:
-    """Start the actors, run every shard through the loader stage, commit each result."""
+def dispatch(state: JobState, todo: list[Any], output: RunOutput) -> None:
+    """Start the actors, run every shard in `todo` through the scheduler, commit each
+    result; `state` takes what it counted and timed."""
     import ray
 
-    work = Work(shards_todo=len(todo))
-    schema = records_schema(setup.adapter.schema)
+    cfg, setup = state.cfg, state.setup
+    schema = rows_schema(setup.family.schema)
     if not todo:
-        output.start(shards)
-        return work
+        output.start(state.shards)
+        return
     t_ray = time.time()
     started_ray = connect_ray(cfg)
-    work.ray_s = time.time() - t_ray
-    pool: ActorPool | None = None
+    state.ray_s = time.time() - t_ray
+    pool: ActorFleet | None = None
     try:
         t_setup = time.time()
         growable = may_grow(cfg)
-        pool, probe = open_pool(cfg, setup.dataset, setup.adapter, growable)
+        pool, probe = open_pool(cfg, setup.dataset, setup.family, growable)
         first = pool.wait_first(cfg.actor_wait_s)
         shape = pool.placement.shape
         log.info("%d actor%s ready, each with %s%s", len(first), "" if len(first) == 1 else "s", shape,
@@ -297,21 +316,20 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
         if probe:
             for _, _, info in first:  # what chose their runtime
                 info["runtime"].update(probe=probe["probe"], probe_cached=probe["probe_cached"])
-        output.start(shards)  # the manifest: only now, so a failed setup leaves the folder as it was
+        output.start(state.shards)  # the manifest: only now, so a failed setup leaves the folder as it was
         t_work, cpu_work = time.time(), time.process_time()
-        work.setup_s = t_work - t_setup
-        work.stage = LoaderStage([h for h, _, _ in first], [n for _, n, _ in first], cfg.in_flight,
-                                 cfg.max_shard_attempts,
-                                 shard_timeout_s=cfg.request_timeout_s * (max(len(s.samples) for s in todo) + 2),
-                                 restart_wait_s=cfg.actor_restart_timeout_s,
-                                 max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts, pool=pool,
-                                 actor_wait_s=cfg.actor_wait_s, speculation=cfg.speculation,
-                                 speculation_factor=cfg.speculation_factor)
+        state.setup_s = t_work - t_setup
+        scheduler = state.scheduler = ShardScheduler(
+            [h for h, _, _ in first], [n for _, n, _ in first], cfg.in_flight, cfg.max_shard_attempts,
+            shard_timeout_s=cfg.request_timeout_s * (max(len(s.samples) for s in todo) + 2),
+            restart_wait_s=cfg.actor_restart_timeout_s, max_losses=cfg.max_shard_attempts + cfg.max_actor_restarts,
+            pool=pool, actor_wait_s=cfg.actor_wait_s, speculation=cfg.speculation,
+            speculation_factor=cfg.speculation_factor)
         running = setup.task.running_metric()
         log.info("inference: %d samples in %d shards", sum(len(s.samples) for s in todo), len(todo))
-        with Progress(cfg.task, total, done_before, cfg.progress_interval_s,
+        with Progress(cfg.task, state.samples, state.done_before, cfg.progress_interval_s,
                       enabled=cfg.progress and not cfg.quiet) as bar:
-            for result in work.stage.run(todo):
+            for result in scheduler.run(todo):
                 if isinstance(result, FailedShard):
                     errors = pa.Table.from_pylist(
                         [{"sample_id": s.sample_id, "file": s.file, "stage": "actor", "message": result.reason,
@@ -321,29 +339,27 @@ def dispatch(cfg: JobConfig, setup: Setup, todo: list[Any], output: RunOutput, t
                     output.commit(result.shard.index, schema.empty_table(), errors)
                     n = len(result.shard.samples)
                 else:
-                    output.commit(result.shard, result.records, result.errors)
+                    output.commit(result.shard, result.rows, result.errors)
                     for k, v in result.stage_s.items():
-                        work.stage_totals[k] = work.stage_totals.get(k, 0.0) + v
-                    running.add(result.records)
-                    n = result.records.num_rows + result.errors.num_rows
-                work.processed += n
-                bar.update(n, "; ".join(filter(None, [running.text(), _actors_text(work.stage, pool)])))
-        work.work_s = time.time() - t_work
-        work.driver_cpu_s = time.process_time() - cpu_work
-        stage = work.stage
-        released = set(stage.released)
-        work.infos = [pool.infos[name] for name in stage.names]
-        work.actor_stats = [pool.stats[name] if name in released else actor_stats(h)
-                            for h, name in zip(stage.actors, stage.names)]
-        work.pool = pool.record()
+                        state.stage_totals[k] = state.stage_totals.get(k, 0.0) + v
+                    running.add(result.rows)
+                    n = result.rows.num_rows + result.errors.num_rows
+                state.processed += n
+                bar.update(n, "; ".join(filter(None, [running.text(), _actors_text(scheduler, pool)])))
+        state.work_s = time.time() - t_work
+        state.driver_cpu_s = time.process_time() - cpu_work
+        released = set(scheduler.released)
+        state.infos = [pool.infos[name] for name in scheduler.names]
+        state.actor_stats = [pool.stats[name] if name in released else actor_stats(h)
+                             for h, name in zip(scheduler.actors, scheduler.names)]
+        state.pool = pool.record()
     finally:
         if pool is not None:
-            pool.shutdown(work.stage.actors if work.stage else [])
+            pool.shutdown(state.scheduler.actors if state.scheduler else [])
         if started_ray:
             t_stop = time.time()
             ray.shutdown()
-            work.ray_stop_s = time.time() - t_stop
-    return work
+            state.ray_stop_s = time.time() - t_stop
 
 
 def host_need(actor: dict[str, Any]) -> dict[str, Any]:
@@ -361,66 +377,60 @@ def host_need(actor: dict[str, Any]) -> dict[str, Any]:
     return {"host_ms_per_sample": round(per_sample * 1000, 3), "host_cores_needed": needed}
 
 
-def run_record(cfg: JobConfig, setup: Setup, work: Work, t_start: float, samples: int, done_before: int, shards: int,
-               predictions: int | None, errors: int, timings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """run.json: config, versions, timings (`timings`: those measured outside the dispatch),
+def run_record(state: JobState, predictions: int | None, errors: int,
+               timings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """run.json: config, versions, timings (`timings`: those measured after the dispatch),
     memory, throughput, counts, and per actor."""
+    cfg, setup = state.cfg, state.setup
     per_actor = []
-    for info, st in zip(work.infos, work.actor_stats):
+    for info, st in zip(state.infos, state.actor_stats):
         entry = {**info, **st}
-        entry["shards"] = work.stage.shards_per_actor.get(info["name"], 0) if work.stage else 0
+        entry["shards"] = state.shards_of(info["name"])
         # over the part of the inference phase the actor was there for (it may join late, or go early)
-        span = min(work.work_s, st.get("uptime_s", work.work_s))
+        span = min(state.work_s, st.get("uptime_s", state.work_s))
         entry["busy_fraction"] = round(st["busy_s"] / span, 4) if span > 0 and "busy_s" in st else None
         entry.update(host_need(entry))
         per_actor.append(entry)
+    counts = state.counts()
     return {
-        "complete": not (work.stage and work.stage.unfinished),
+        "complete": not counts["shards_unfinished"],
         "config": cfg.to_dict(),
         # the task's options as the job used them (a declared depth profile in place of auto)
         "task_options": options_record(setup.options),
         "versions": versions(cfg),
-        "runtime": runtime_record(work.infos),
-        # the model family the adapter is (detection: its name and where NMS happens)
-        "model_family": setup.adapter.describe() if hasattr(setup.adapter, "describe") else None,
+        "runtime": runtime_record(state.infos),
+        # the model family (detection: its name and where NMS happens)
+        "model_family": setup.family.describe() if hasattr(setup.family, "describe") else None,
         "timings": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
-            "total_s": round(time.time() - t_start, 3),  # end to end, from the command's start
-            "ray_start_s": round(work.ray_s, 3),
-            "ray_stop_s": round(work.ray_stop_s, 3),
-            "setup_s": round(work.setup_s, 3),  # actor start (their models loaded, a runtime chosen)
-            "inference_s": round(work.work_s, 3),
-            "driver_cpu_s": round(work.driver_cpu_s, 3),
-            "stage_mean_ms": {k: round(v * 1000 / max(1, work.processed), 3) for k, v in work.stage_totals.items()},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(state.started)),
+            "total_s": round(time.time() - state.started, 3),  # end to end, from the command's start
+            "checks_s": round(state.checks_s, 3),
+            "ray_start_s": round(state.ray_s, 3),
+            "ray_stop_s": round(state.ray_stop_s, 3),
+            "setup_s": round(state.setup_s, 3),  # actor start (their models loaded, a runtime chosen)
+            "inference_s": round(state.work_s, 3),
+            "driver_cpu_s": round(state.driver_cpu_s, 3),
+            "stage_mean_ms": {k: round(v * 1000 / max(1, state.processed), 3) for k, v in state.stage_totals.items()},
             **(timings or {}),
         },
         "memory": {"driver_peak_rss_mb": peak_rss_mb(),
-                   "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in work.actor_stats), default=None)},
+                   "actor_peak_rss_mb": max((st.get("peak_rss_mb", 0) for st in state.actor_stats), default=None)},
         # samples_per_s: steady state (the inference phase); end to end: over total_s
-        "throughput": {"samples_per_s": _rate(work.processed, work.work_s),
-                       "end_to_end_samples_per_s": _rate(work.processed, time.time() - t_start)},
+        "throughput": {"samples_per_s": _rate(state.processed, state.work_s),
+                       "end_to_end_samples_per_s": _rate(state.processed, time.time() - state.started)},
         "counts": {
-            "samples": samples,
-            "processed_this_run": work.processed,
-            "resumed_samples": done_before,
+            "samples": state.samples,
+            "processed_this_run": state.processed,
+            "resumed_samples": state.done_before,
             "predictions": predictions,
             "errors": errors,
-            "shards": shards,
-            "shards_resumed": shards - work.shards_todo,
-            "shards_requeued": work.stage.requeued if work.stage else 0,
-            "shards_unfinished": len(work.stage.unfinished) if work.stage else 0,
-            "actor_restarts": work.stage.restarts if work.stage else 0,
-            "actors_retired": work.stage.retired if work.stage else [],
-            "actors_released": work.stage.released if work.stage else [],
-            "shards_speculated": work.stage.speculated if work.stage else 0,
-            "speculative_wins": work.stage.speculative_wins if work.stage else 0,
-            "copies_dropped": work.stage.dropped_copies if work.stage else 0,
+            "shards": state.shards,
+            "shards_resumed": state.shards - state.shards_todo,
+            **counts,
         },
-        "pool": work.pool,
-        # per shard run, for the report's actor timeline: seconds from `started` (epoch seconds)
-        # and when each actor joined (0: there from the start, after `setup_s` of start-up)
-        "timeline": {"started": work.stage.started_at, "runs": work.stage.timeline,
-                     "joined": work.stage.joined} if work.stage else None,
+        "pool": state.pool,
+        # per shard run, for the report's actor timeline
+        "timeline": state.scheduler.timeline_record() if state.scheduler else None,
         "actors": per_actor,
     }
 

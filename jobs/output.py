@@ -271,12 +271,12 @@ class RunOutput:
         return out
 
     # -- per shard ---------------------------------------------------------------------
-    def commit(self, shard: int, records: pa.Table, errors: pa.Table) -> None:
+    def commit(self, shard: int, rows: pa.Table, errors: pa.Table) -> None:
         """Commit one whole shard: errors first, then predictions (the commit marker)."""
         name = shard_name(shard)
         _written(self.errors_dir / name, atomic_write_table, errors)
         self._put(f"errors/{name}")
-        _written(self.predictions_dir / name, atomic_write_table, records)
+        _written(self.predictions_dir / name, atomic_write_table, rows)
         self._put(f"predictions/{name}")
 
     # -- reading back ------------------------------------------------------------------
@@ -316,7 +316,7 @@ class RemoteRunOutput(RunOutput):
     file is on disk. A shard's errors object is put before its predictions object, the
     commit marker, and `--resume` takes the committed shards from the objects under
     `predictions/`. `prepare` first makes the staging folder a copy of the remote run (its
-    manifest; for `--resume` also its shards and records, which the evaluation reads);
+    manifest; for `--resume` also its shards and rows, which the evaluation reads);
     the folder is the cache's (`$RAYINFER_CACHE_DIR/runs/`), never a user's.
     """
 

@@ -6,12 +6,12 @@ the pool that asks for them as the job goes.
 - A cluster the job joined (`--address`, a Ray Job) may grow: the pool asks for what fits in
   the nodes' free resources now plus pending actors beyond that, which an autoscaler sees as
   demand and answers with nodes; work starts with the first ready actor, and actors that
-  become ready later join the loader stage. When no queued work is left, pending actors are
+  become ready later join the scheduler. When no queued work is left, pending actors are
   cancelled and the stage releases idle ones, so the autoscaler can scale down before the job
   ends.
 
 >>> placement = plan_placement(cfg, growable=True)
->>> pool = ActorPool(start_one, placement)
+>>> pool = ActorFleet(start_one, placement)
 >>> ready = pool.wait_first(timeout_s=600)   # [(handle, name, info)]
 >>> pool.grow(wanted=4, alive=len(ready))    # while shards wait: ask for more
 >>> pool.pending_refs()                       # ray.wait on these; pool.take(ref) when one is ready
@@ -28,7 +28,7 @@ from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
 from rayinfer.actors.backends import candidates, device_for, settled
-from rayinfer.datasets.base import Adapter, Dataset, SetupError
+from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _resources(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
-class ActorPool:
+class ActorFleet:
     """The inference actors a job asked for: pending until Ray places them and they have
     their model, then handed out once by `take` / `wait_first`. It knows nothing of shards.
 
@@ -284,9 +284,9 @@ class ActorPool:
                 "released": list(self.released)}
 
 
-def open_pool(cfg: JobConfig, dataset: Dataset, adapter: Adapter, growable: bool) -> tuple[ActorPool, dict[str, Any] | None]:
+def open_pool(cfg: JobConfig, dataset: Dataset, family: ModelFamily, growable: bool) -> tuple[ActorFleet, dict[str, Any] | None]:
     """Plan the actors, choose the runtime (`--runtime auto`), and ask for the first ones:
-    each gets the dataset reader and adapter the driver built and checked (so no actor
+    each gets the dataset reader and family the driver built and checked (so no actor
     re-reads the annotations). Returns the pool and the runtime probe's record."""
     import uuid
 
@@ -301,11 +301,11 @@ def open_pool(cfg: JobConfig, dataset: Dataset, adapter: Adapter, growable: bool
         return remote.options(name=f"rayinfer-{run_tag}-{name}", **placement.shape.options(),
                               max_restarts=cfg.max_actor_restarts, max_task_retries=0,
                               max_concurrency=cfg.in_flight + 2,
-                              scheduling_strategy="SPREAD").remote(cfg, name, dataset, adapter)
+                              scheduling_strategy="SPREAD").remote(cfg, name, dataset, family)
 
     log.info("starting %d inference actor%s (each loads the model)%s", placement.ask,
              "" if placement.ask == 1 else "s", "; more as shards wait and nodes join" if growable else "")
-    pool = ActorPool(start_one, placement)
+    pool = ActorFleet(start_one, placement)
     pool.ask(placement.ask)
     return pool, probe
 

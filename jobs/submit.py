@@ -78,7 +78,7 @@ def client(dashboard: str) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     from rayinfer.jobs.cluster import quiet_packaging
-    from rayinfer.jobs.loader import first_line
+    from rayinfer.jobs.scheduler import first_line
 
     quiet_packaging()
     try:
@@ -89,7 +89,7 @@ def client(dashboard: str) -> Any:
 
 def _job(dashboard: str, job_id: str) -> tuple[Any, Any]:
     """The client and the job's info; a one-line SetupError for a job the cluster does not know."""
-    from rayinfer.jobs.loader import first_line
+    from rayinfer.jobs.scheduler import first_line
 
     jobs_api = client(dashboard)
     try:

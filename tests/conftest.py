@@ -24,12 +24,12 @@ use_dummy_credentials()
 
 
 def inference_actor(cfg: Any, name: str = "actor-0", actor_class: Any = None) -> Any:
-    """An InferenceActor in this process, with the dataset and adapter the driver would give it."""
+    """An InferenceActor in this process, with the dataset and family the driver would give it."""
     from rayinfer.actors.actor import InferenceActor
     from rayinfer.jobs.driver import check_setup
 
     setup = check_setup(cfg)
-    return (actor_class or InferenceActor)(cfg, name, setup.dataset, setup.adapter)
+    return (actor_class or InferenceActor)(cfg, name, setup.dataset, setup.family)
 
 
 def shared_dir() -> Path:

@@ -239,7 +239,7 @@ class _SnapshotOnSet(threading.Event):
         self.state, self.seen = state, None
 
     def set(self) -> None:
-        self.seen = len(self.state.records) + len(self.state.errors)
+        self.seen = len(self.state.rows) + len(self.state.errors)
         super().set()
 
 
@@ -287,17 +287,17 @@ class _Partial:
 
 def test_a_result_missing_a_sample_is_a_failed_attempt_never_yielded(ray_session, tmp_path):
     from rayinfer.datasets.base import Sample
-    from rayinfer.jobs.loader import LoaderStage, Shard
+    from rayinfer.jobs.scheduler import ShardScheduler, Shard
 
     ray = ray_session
     flag = tmp_path / "drop-one"
     flag.write_text("")
     actor = ray.remote(_Partial).options(num_cpus=0).remote(str(flag))
     shards = [Shard(i, tuple(Sample(f"{i}-{k}", f"{i}-{k}.jpg") for k in range(3))) for i in range(4)]
-    stage = LoaderStage([actor], ["partial"], in_flight=1)
-    results = list(stage.run(shards))
+    scheduler = ShardScheduler([actor], ["partial"], in_flight=1)
+    results = list(scheduler.run(shards))
     assert not flag.exists()
     assert sorted(r.shard for r in results) == [0, 1, 2, 3]
-    assert all(r.records.num_rows == 3 for r in results)  # the short result was run again
-    assert stage.requeued == 1 and [t["outcome"] for t in stage.timeline].count("failed") == 1
+    assert all(r.rows.num_rows == 3 for r in results)  # the short result was run again
+    assert scheduler.requeued == 1 and [t["outcome"] for t in scheduler.timeline].count("failed") == 1
     ray.kill(actor)

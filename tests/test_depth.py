@@ -10,7 +10,7 @@ import pytest
 
 from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample, SampleError, SetupError
-from rayinfer.actors.families.depth import DepthAdapter
+from rayinfer.actors.families.depth import DepthFamily
 from rayinfer.datasets.depth import (
     DEPTH_BINS,
     METRIC_NAMES,
@@ -86,7 +86,7 @@ def test_one_pass_metrics_equal_their_definition_per_image_and_per_depth_range()
 
 
 def test_planar_rgb_reads_and_normalises_as_numpy_does(tmp_path):
-    """The reader turns 3xHxW planes into HxWx3 with OpenCV and the adapter normalises with
+    """The reader turns 3xHxW planes into HxWx3 with OpenCV and the family normalises with
     OpenCV's blobFromImage (both for speed): the same pixels as numpy's transpose and
     (x / 255 - mean) / std, to a float32 rounding."""
     rng = np.random.default_rng(4)
@@ -100,9 +100,9 @@ def test_planar_rgb_reads_and_normalises_as_numpy_does(tmp_path):
     rgb, depth = ds.load(ds.samples()[0])
     assert rgb.shape == (48, 64, 3) and rgb.flags.c_contiguous and (rgb == planes.transpose(1, 2, 0)).all()
     options = DepthOptions(profile="resize", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    adapter = DepthAdapter([TensorSpec("x", (1, 3, 32, 40), np.dtype(np.float32))], options)
-    feed, _ = adapter.preprocess((rgb, depth), Sample("a", "a.h5"))
-    image = transform(rgb, adapter.profile, (32, 40), nearest=False).astype(np.float32) / 255.0
+    family = DepthFamily([TensorSpec("x", (1, 3, 32, 40), np.dtype(np.float32))], options)
+    feed, _ = family.preprocess((rgb, depth), Sample("a", "a.h5"))
+    image = transform(rgb, family.profile, (32, 40), nearest=False).astype(np.float32) / 255.0
     expected = ((image - np.float32(options.mean)) / np.float32(options.std)).transpose(2, 0, 1)[None]
     assert feed["x"].dtype == np.float32 and feed["x"].flags.c_contiguous
     np.testing.assert_allclose(feed["x"], expected, rtol=0, atol=1e-6)
@@ -135,12 +135,12 @@ def test_profiles_and_options_validation():
         DepthOptions(align="scale")
     assert DepthOptions(profile="resize", mean=(0.5, 0.5, 0.5)).resolved_profile().mean == (0.5, 0.5, 0.5)
     spec_nhwc = TensorSpec("x", (1, 512, 512, 3), np.dtype(np.float32))
-    adapter = DepthAdapter([spec_nhwc], DepthOptions(profile="unet"))
+    family = DepthFamily([spec_nhwc], DepthOptions(profile="unet"))
     rgb = np.zeros((100, 120, 3), np.uint8)
-    feed, (gt, _) = adapter.preprocess((rgb, np.ones((100, 120), np.float32)), Sample("a", "a.h5"))
+    feed, (gt, _) = family.preprocess((rgb, np.ones((100, 120), np.float32)), Sample("a", "a.h5"))
     assert feed["x"].shape == (1, 512, 512, 3) and gt.shape == (512, 512)
     with pytest.raises(SetupError, match="image input"):
-        DepthAdapter([TensorSpec("x", (1, 3), np.dtype(np.float32))], DepthOptions())
+        DepthFamily([TensorSpec("x", (1, 3), np.dtype(np.float32))], DepthOptions())
 
 
 def test_a_depth_model_is_one_map_per_image_and_a_detector_is_refused(tmp_path):
@@ -149,11 +149,11 @@ def test_a_depth_model_is_one_map_per_image_and_a_detector_is_refused(tmp_path):
 
     image = spec(1, 3, 224, 224)
     for ok in ((1, 1, 224, 224), (1, 112, 112), (1, 224, 224, 1), (1, 1, None, None)):
-        assert DepthAdapter.matches(image, spec(*ok)) is None, ok
-    assert DepthAdapter.matches(spec(1, 480, 640, 3), spec(1, 240, 320)) is None  # NHWC input
-    assert "not shaped like its 640x640 image input" in DepthAdapter.matches(spec(1, 3, 640, 640), spec(1, 84, 8400))
-    assert "not one map per image" in DepthAdapter.matches(image, spec(1, 3, 224, 224))
-    assert "2 outputs" in DepthAdapter.matches(image, spec(1, 1, 8, 8) + spec(1, 1, 8, 8))
+        assert DepthFamily.matches(image, spec(*ok)) is None, ok
+    assert DepthFamily.matches(spec(1, 480, 640, 3), spec(1, 240, 320)) is None  # NHWC input
+    assert "not shaped like its 640x640 image input" in DepthFamily.matches(spec(1, 3, 640, 640), spec(1, 84, 8400))
+    assert "not one map per image" in DepthFamily.matches(image, spec(1, 3, 224, 224))
+    assert "2 outputs" in DepthFamily.matches(image, spec(1, 1, 8, 8) + spec(1, 1, 8, 8))
     # through the command line: a detector given to the depth task is one line, exit 2, nothing run
     from tests.conftest import make_const_detector
 
@@ -167,16 +167,16 @@ def test_a_depth_model_is_one_map_per_image_and_a_detector_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_adapter_saves_float16_and_metrics_match_the_saved_map():
+def test_depth_family_saves_float16_and_metrics_match_the_saved_map():
     spec = TensorSpec("input", (1, 3, 224, 224), np.dtype(np.float32))
-    adapter = DepthAdapter([spec], DepthOptions())
+    family = DepthFamily([spec], DepthOptions())
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     depth = rng.uniform(0.5, 8, (480, 640)).astype(np.float32)
-    feed, meta = adapter.preprocess((rgb, depth), Sample("s", "s.h5"))
+    feed, meta = family.preprocess((rgb, depth), Sample("s", "s.h5"))
     assert feed["input"].shape == (1, 3, 224, 224) and feed["input"].max() <= 1.0
     pred = rng.uniform(0.5, 8, (1, 1, 112, 112)).astype(np.float32)  # smaller: resized to the gt
-    record = adapter.postprocess([pred], meta, Sample("s", "s.h5"))
+    record = family.postprocess([pred], meta, Sample("s", "s.h5"))
     saved = decode_depth(record["depth"], record["height"], record["width"])
     assert saved.dtype == np.float16 and saved.shape == (224, 224)
     again, _, _ = evaluate_prediction(saved, *meta, DepthOptions())

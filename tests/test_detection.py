@@ -153,13 +153,13 @@ def test_reduced_scale_decode_maps_boxes_back_to_the_original_image(tmp_path):
     path = tmp_path / "big.jpg"
     cv2.imwrite(str(path), _photo(960, 1280), [cv2.IMWRITE_JPEG_QUALITY, 95])
     options = DetectionOptions(reduced_decode=True)
-    for family, spec in ((YoloV8, (1, 3, 320, 320)), (YoloX, (1, 3, 320, 320))):
-        adapter = family([_spec(spec)], options, [1])
-        assert adapter.draft == (320, 320) and family([_spec(spec)], DetectionOptions(), [1]).draft is None
+    for kind, spec in ((YoloV8, (1, 3, 320, 320)), (YoloX, (1, 3, 320, 320))):
+        family = kind([_spec(spec)], options, [1])
+        assert family.draft == (320, 320) and kind([_spec(spec)], DetectionOptions(), [1]).draft is None
         sample = Sample("1", "big.jpg", {"image_id": 1, "height": 960, "width": 1280})
-        raw = read_image(path, (960, 1280), draft=adapter.draft)
-        feed, lb = adapter.preprocess(raw, sample)
-        _, full_lb = adapter.preprocess(read_image(path, (960, 1280)), sample)
+        raw = read_image(path, (960, 1280), draft=family.draft)
+        feed, lb = family.preprocess(raw, sample)
+        _, full_lb = family.preprocess(read_image(path, (960, 1280)), sample)
         assert raw.shape == (240, 320, 3) and next(iter(feed.values())).shape == spec
         assert (lb.height, lb.width) == (960, 1280) and lb == full_lb
         # the bright square, found in model pixels, lands where it is in the original
@@ -215,7 +215,7 @@ def test_a_family_is_chosen_by_its_signature_and_refused_rather_than_guessed():
 
 
 def test_yolov8_decoding_multi_label_nms_and_mapping():
-    adapter = YoloV8([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3, 7])
+    family = YoloV8([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3, 7])
     pred = np.zeros((4 + 3, 8), np.float32)
     pred[:4, 0] = (32, 32, 20, 10)  # best box, class 0 (0.9) and class 2 (0.5): multi-label keeps both
     pred[4, 0], pred[6, 0] = 0.9, 0.5
@@ -224,7 +224,7 @@ def test_yolov8_decoding_multi_label_nms_and_mapping():
     pred[:4, 2] = (10, 10, 4, 4)  # below the threshold
     pred[5, 2] = 0.0005
     _, lb = letterbox(np.zeros((48, 64, 3), np.uint8), (64, 64))
-    record = adapter.postprocess([pred[None]], lb, Sample("5", "x.jpg", {"image_id": 5}))
+    record = family.postprocess([pred[None]], lb, Sample("5", "x.jpg", {"image_id": 5}))
     assert record["category_id"].tolist() == [1, 7]
     assert np.allclose(record["score"], [0.9, 0.5])
     assert np.allclose(record["bbox"][0], [22, 19, 20, 10])  # xywh in the 64x48 image
@@ -233,13 +233,13 @@ def test_yolov8_decoding_multi_label_nms_and_mapping():
 
 
 def test_yolox_grid_decode():
-    adapter = YoloX([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3])
+    family = YoloX([_spec((1, 3, 64, 64))], DetectionOptions(), category_ids=[1, 3])
     n = (8 * 8) + (4 * 4) + (2 * 2)
     pred = np.zeros((n, 5 + 2), np.float32)
     cell = 2 * 8 + 3  # stride-8 grid: row 2, column 3
     pred[cell, :4] = (0.5, 0.5, np.log(2.0), np.log(1.0))
     pred[cell, 4], pred[cell, 6] = 0.8, 0.9
-    xyxy, scores, classes = adapter.select(pred)
+    xyxy, scores, classes = family.select(pred)
     assert classes.tolist() == [1]
     assert scores[0] == pytest.approx(0.72)
     assert np.allclose(xyxy[0], [28 - 8, 20 - 4, 28 + 8, 20 + 4])

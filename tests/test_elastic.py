@@ -1,7 +1,7 @@
 """Elastic clusters (issue 20): actors that join mid-run, idle ones released, speculative
 copies of straggling shards, and the wait for a first actor that never comes.
 
-The quick tests drive the loader stage with small toy actors on the embedded Ray; the slow
+The quick tests drive the scheduler with small toy actors on the embedded Ray; the slow
 ones (tests/test_elastic_cluster.py) run whole jobs on clusters whose nodes come and go.
 """
 
@@ -12,12 +12,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from rayinfer.datasets.base import Sample, SetupError
+from rayinfer.actors.actor import ShardResult
+from rayinfer.datasets.base import ERROR_SCHEMA, Sample, SetupError
 from rayinfer.jobs.config import ConfigError, JobConfig
-from rayinfer.jobs.loader import LoaderStage, Shard
-from rayinfer.jobs.placement import ActorPool, ActorShape, Placement
+from rayinfer.jobs.scheduler import ShardScheduler, Shard
+from rayinfer.jobs.placement import ActorFleet, ActorShape, Placement
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +40,7 @@ class Toy:
     def stats(self) -> dict:
         return {"name": self.name, "pid": os.getpid()}
 
-    def process(self, index: int, samples, final_attempt: bool = False) -> tuple[int, str]:
+    def process(self, index: int, samples, final_attempt: bool = False) -> ShardResult:
         if index in self.always_slow:
             time.sleep(self.slower_s)
         elif index == self.slow_shard and self.flag and os.path.exists(self.flag):
@@ -46,7 +48,9 @@ class Toy:
             time.sleep(self.slow_s)
         else:
             time.sleep(self.delay_s)
-        return index, self.name
+        # a whole result: one row per sample, as the scheduler checks
+        rows = pa.table({"sample_id": [s.sample_id for s in samples]})
+        return ShardResult(index, rows, ERROR_SCHEMA.empty_table(), self.name, 0.0)
 
 
 def shards(n: int) -> list[Shard]:
@@ -67,20 +71,20 @@ def test_a_straggling_shard_gets_a_copy_and_is_yielded_once(ray_session, tmp_pat
     # (3.5 s), so the job is still running when shard 6's original comes back and is dropped
     actors, names = toys(ray, 4, slow_s=1.5, flag=str(flag), slow_shard=6, always_slow=(7,), slower_s=3.5)
     ray.get([a.info.remote() for a in actors])
-    stage = LoaderStage(actors, names, in_flight=1, speculation=speculation, speculation_factor=1.5)
-    got = [index for index, _ in stage.run(shards(8))]
+    scheduler = ShardScheduler(actors, names, in_flight=1, speculation=speculation, speculation_factor=1.5)
+    got = [r.shard for r in scheduler.run(shards(8))]
     assert sorted(got) == list(range(8)), got  # each shard yielded exactly once
     assert not flag.exists()  # shard 6's first run was the slow one
-    outcomes = Counter((t["shard"], t["outcome"]) for t in stage.timeline)
+    outcomes = Counter((t["shard"], t["outcome"]) for t in scheduler.timeline)
     if speculation:
-        assert stage.speculated >= 2 and stage.speculative_wins >= 1, stage.timeline
+        assert scheduler.speculated >= 2 and scheduler.speculative_wins >= 1, scheduler.timeline
         # shard 6: its copy won, and its original's result came back and was dropped
-        assert outcomes[(6, "ok")] == 1 and outcomes[(6, "dropped")] == 1, [sorted(t.items()) for t in stage.timeline]
-        assert [t["copy"] for t in stage.timeline if (t["shard"], t["outcome"]) == (6, "ok")] == [True]
-        assert stage.dropped_copies >= 1
+        assert outcomes[(6, "ok")] == 1 and outcomes[(6, "dropped")] == 1, [sorted(t.items()) for t in scheduler.timeline]
+        assert [t["copy"] for t in scheduler.timeline if (t["shard"], t["outcome"]) == (6, "ok")] == [True]
+        assert scheduler.dropped_copies >= 1
     else:
-        assert stage.speculated == 0 and stage.dropped_copies == 0
-        assert outcomes[(6, "ok")] == 1 and not any(t["copy"] for t in stage.timeline)
+        assert scheduler.speculated == 0 and scheduler.dropped_copies == 0
+        assert outcomes[(6, "ok")] == 1 and not any(t["copy"] for t in scheduler.timeline)
     for a in actors:
         ray.kill(a)
 
@@ -88,29 +92,29 @@ def test_a_straggling_shard_gets_a_copy_and_is_yielded_once(ray_session, tmp_pat
 def test_actors_that_join_mid_run_take_shards_and_idle_ones_are_released(ray_session):
     ray = ray_session
     remote = ray.remote(Toy).options(max_concurrency=4, num_cpus=0)
-    pool = ActorPool(lambda name: remote.remote(name, delay_s=0.05),
+    pool = ActorFleet(lambda name: remote.remote(name, delay_s=0.05),
                      Placement(ActorShape(cpus=0.0), ask=1, maximum=3, growable=True))
     pool.ask(1)
     first = pool.wait_first(timeout_s=60)
     assert len(first) == 1
     (handle, name, _), = first
-    stage = LoaderStage([handle], [name], in_flight=2, pool=pool, speculation=False)
-    got = Counter(index for index, _ in stage.run(shards(200)))
+    scheduler = ShardScheduler([handle], [name], in_flight=2, pool=pool, speculation=False)
+    got = Counter(r.shard for r in scheduler.run(shards(200)))
     assert sorted(got) == list(range(200)) and set(got.values()) == {1}
-    assert pool.asked == 3 and len(stage.names) == 3, stage.names  # grew to the maximum, no further
-    late = [n for n in stage.names if n != name]
-    assert all(stage.shards_per_actor[n] >= 5 for n in late), stage.shards_per_actor
+    assert pool.asked == 3 and len(scheduler.names) == 3, scheduler.names  # grew to the maximum, no further
+    late = [n for n in scheduler.names if n != name]
+    assert all(scheduler.shards_per_actor[n] >= 5 for n in late), scheduler.shards_per_actor
     # the queue ran dry before the last shards finished: idle actors went before the end
-    assert stage.released and set(stage.released) <= set(stage.names)
+    assert scheduler.released and set(scheduler.released) <= set(scheduler.names)
     assert pool.pending == 0
-    pool.shutdown(stage.actors)
+    pool.shutdown(scheduler.actors)
 
 
 def test_an_actor_no_node_can_host_stops_the_job_naming_what_was_asked(ray_session):
     ray = ray_session
     shape = ActorShape(cpus=1.0, resource="tpu_v9")
     remote = ray.remote(Toy).options(**shape.options())
-    pool = ActorPool(lambda name: remote.remote(name), Placement(shape, ask=1, maximum=None, growable=True))
+    pool = ActorFleet(lambda name: remote.remote(name), Placement(shape, ask=1, maximum=None, growable=True))
     pool.ask(1)
     t0 = time.monotonic()
     with pytest.raises(SetupError) as err:

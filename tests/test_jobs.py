@@ -145,9 +145,9 @@ def test_samples_are_prepared_in_the_request_on_cpu_and_ahead_of_it_for_a_device
         finally:
             actor.close()
         assert actor.info()["preprocess_in"] == expected
-        assert result.records.num_rows == 6 and result.errors.num_rows == 0
+        assert result.rows.num_rows == 6 and result.errors.num_rows == 0
         assert readers and all(name.startswith(thread_prefix) for name in readers), readers
-        assert all(result.records.column(f"{stage}_ms").to_pylist() for stage in ("load", "preprocess", "infer"))
+        assert all(result.rows.column(f"{stage}_ms").to_pylist() for stage in ("load", "preprocess", "infer"))
 
 
 def test_an_actors_opencv_threads_are_its_cpus_not_the_nodes(coco_set, tmp_path):

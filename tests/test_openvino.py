@@ -42,7 +42,7 @@ def test_queue_is_openvinos_own_and_gives_the_same_outputs(heavy_model):
 
     with OpenVinoQueue(model, jobs=0) as queue:
         assert isinstance(queue._queue, ov.AsyncInferQueue)
-        assert queue.jobs == model.optimal_requests  # jobs=0: OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+        assert len(queue) == model.optimal_requests  # jobs=0: OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS
         queue.set_callback(done)
         for i, x in enumerate(inputs):
             queue.start_async({"x": x}, i)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from rayinfer.actors.rows import to_table
-from rayinfer.datasets.base import ERROR_SCHEMA, records_schema
+from rayinfer.datasets.base import ERROR_SCHEMA, rows_schema
 from rayinfer.datasets.depth import METRIC_NAMES, depth_schema
 from rayinfer.actors.families.detection import DETECTION_SCHEMA
 
@@ -43,7 +43,7 @@ def depth(i: int, aligned: bool, rng: np.random.Generator) -> dict:
 
 def test_detection_records_equal_from_pylist():
     rng = np.random.default_rng(0)
-    schema = records_schema(DETECTION_SCHEMA)
+    schema = rows_schema(DETECTION_SCHEMA)
     rows = [detection(i, n, rng) for i, n in enumerate([0, 1, 7, 300, 0, 42])]
     table = to_table(rows, schema)
     assert table.equals(pa.Table.from_pylist(rows, schema=schema))
@@ -54,7 +54,7 @@ def test_detection_records_equal_from_pylist():
 @pytest.mark.parametrize("aligned", [False, True])
 def test_depth_records_equal_from_pylist(aligned):
     rng = np.random.default_rng(1)
-    schema = records_schema(depth_schema(aligned))
+    schema = rows_schema(depth_schema(aligned))
     rows = [depth(i, aligned, rng) for i in range(5)]
     table = to_table(rows, schema)
     assert table.equals(pa.Table.from_pylist(rows, schema=schema))
@@ -94,12 +94,12 @@ SUBPROCESS = """
 import json, sys
 import numpy as np
 from rayinfer.actors.rows import to_table
-from rayinfer.datasets.base import records_schema
+from rayinfer.datasets.base import rows_schema
 from rayinfer.actors.families.detection import DETECTION_SCHEMA
 from tests.test_rows import detection
 
 rows = [detection(i, 5, np.random.default_rng(i)) for i in range(4)]
-table = to_table(rows, records_schema(DETECTION_SCHEMA))
+table = to_table(rows, rows_schema(DETECTION_SCHEMA))
 print(json.dumps({"rows": table.num_rows, "pandas": "pandas" in sys.modules}))
 """
 

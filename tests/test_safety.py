@@ -281,12 +281,12 @@ def test_a_read_that_never_returns_fails_only_its_sample_within_the_load_deadlin
         t0 = time.monotonic()
         result = actor.process(0, samples[:4])
         assert time.monotonic() - t0 < 10
-        assert result.records.num_rows == 3
+        assert result.rows.num_rows == 3
         errors = result.errors.to_pylist()
         assert len(errors) == 1 and errors[0]["sample_id"] == samples[2].sample_id and errors[0]["transient"]
         assert "did not finish within 1s" in errors[0]["message"]
         again = actor.process(1, samples[4:8])  # the actor goes on
-        assert again.records.num_rows == 4
+        assert again.rows.num_rows == 4
     finally:
         stuck.set()
         actor.close()

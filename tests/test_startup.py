@@ -35,13 +35,13 @@ from rayinfer.jobs.driver import check_setup
 cfg = JobConfig(task="null", data_root=".", model="sim://?latency_ms=0&capacity=2&input=1x1&output=1x1",
                 output="unused", limit=8)
 setup = check_setup(cfg)
-actor = InferenceActor(cfg, "a", setup.dataset, setup.adapter)
+actor = InferenceActor(cfg, "a", setup.dataset, setup.family)
 before = set(sys.modules)
 result = actor.process(0, [Sample(f"{i}", "") for i in range(8)])
 actor.close()
 imported = sorted(m for m in set(sys.modules) - before if not m.startswith("_"))
 pandas_in_actor = "pandas" in sys.modules
-print(json.dumps({"rows": result.records.num_rows, "errors": result.errors.num_rows, "imported": imported,
+print(json.dumps({"rows": result.rows.num_rows, "errors": result.errors.num_rows, "imported": imported,
                   "pandas_in_actor": pandas_in_actor}))
 """
 
@@ -120,11 +120,11 @@ def test_an_actor_under_ray_never_imports_pandas(ray_session, tmp_path):
     model = make_const_detector(tmp_path / "det.onnx", 64, np.array([[32, 32, 20, 10, 0, 0.9]]))
     cfg = JobConfig(task="coco", data_root=str(root), model=str(model), output=str(tmp_path / "out"))
     setup = check_setup(cfg)
-    actor = ray.remote(_ModuleProbe).options(num_cpus=1).remote(cfg, "probe", setup.dataset, setup.adapter)
+    actor = ray.remote(_ModuleProbe).options(num_cpus=1).remote(cfg, "probe", setup.dataset, setup.family)
     try:
         result = ray.get(actor.process.remote(0, setup.samples), timeout=120)
-        assert result.records.num_rows == 4 and result.errors.num_rows == 0
-        assert result.records.column("bbox").to_pylist()[0], "the rows carry list columns"
+        assert result.rows.num_rows == 4 and result.errors.num_rows == 0
+        assert result.rows.column("bbox").to_pylist()[0], "the rows carry list columns"
         assert "pandas" not in ray.get(actor.imported.remote(), timeout=60)
     finally:
         ray.kill(actor)

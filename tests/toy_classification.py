@@ -1,6 +1,6 @@
 """A toy task, as a user would add one: image classification with top-1 accuracy.
 
-This module is the whole task (reader, adapter, evaluation, progress figure, table and
+This module is the whole task (reader, family, evaluation, progress figure, table and
 report figure); registering it is one line (`REGISTRY["toy"] = "tests.toy_classification:TASK"`).
 Data: DATA_ROOT/labels.json ({"sample id": class index}) and DATA_ROOT/images/ID.npy
 (uint8 H x W x 3). Model: any ONNX model taking [1, 3, H, W] float32 in [0, 1] and giving
@@ -67,7 +67,7 @@ class ToyOptions:
             raise ValueError(f"top_k must be in 1..{len(CLASSES)}, got {self.top_k}")
 
 
-class ToyAdapter:
+class ToyFamily:
     schema = pa.schema([pa.field("predicted", pa.int32()), pa.field("score", pa.float32()),
                         pa.field("ranked", pa.list_(pa.int32()))])
 
@@ -109,8 +109,8 @@ class Classification(Task):
     def dataset(self, cfg: Any) -> ToyDataset:
         return ToyDataset(cfg.data_root)
 
-    def adapter(self, cfg: Any, dataset: Any, model: Any) -> ToyAdapter:
-        return ToyAdapter(model.inputs[0].name)
+    def family(self, cfg: Any, dataset: Any, model: Any) -> ToyFamily:
+        return ToyFamily(model.inputs[0].name)
 
     def running_metric(self) -> RunningMetric:
         return MeanScore()

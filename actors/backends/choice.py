@@ -107,8 +107,8 @@ def lead(rates: dict[str, float]) -> float:
 def _run(queue: Any, feed: dict[str, np.ndarray], seconds: float) -> float:
     """Keep `queue` full for `seconds` or ROUND_REQUESTS requests (at least one request
     per slot); img/s."""
-    elapsed, latencies = saturate(queue, feed, seconds, at_least=queue.jobs,
-                                  at_most=max(queue.jobs, ROUND_REQUESTS))
+    elapsed, latencies = saturate(queue, feed, seconds, at_least=len(queue),
+                                  at_most=max(len(queue), ROUND_REQUESTS))
     return len(latencies) / elapsed if elapsed > 0 else 0.0
 
 

@@ -198,8 +198,8 @@ class OpenVinoModel:
         request.infer(feed)
         return [request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
-    def async_queue(self, jobs: int = 0) -> OpenVinoQueue:
-        return OpenVinoQueue(self, jobs)
+    def async_queue(self, requests: int = 0) -> OpenVinoQueue:
+        return OpenVinoQueue(self, requests)
 
     def __repr__(self) -> str:
         return (f"OpenVinoModel({self.path.name!r}, device={self.providers[0]}, threads={self.threads}, "
@@ -209,7 +209,7 @@ class OpenVinoModel:
 class OpenVinoQueue(RequestSlots):
     """`openvino.AsyncInferQueue` over an `OpenVinoModel`, with the surface of rayinfer's
     `AsyncInferQueue`: `set_callback(fn(request, userdata))`, `start_async`, `wait_all`,
-    `close`, `jobs`, `in_flight`, `busy_seconds` and the failure counters.
+    `close`, `len(queue)`, `in_flight`, `busy_seconds` and the failure counters.
 
     `start_async` is serialised (OpenVINO's picks an idle request, then fills it: two
     threads at once could fill one request). A callback that raises is logged and counted,

@@ -18,7 +18,7 @@ from rayinfer.datasets.base import Sample, SetupError
 from rayinfer.datasets.depth import DepthOptions, depth_schema, eval_mask, evaluate_image, transform
 
 
-class DepthAdapter:
+class DepthFamily:
     """RGB frame in, metric depth map out (saved as float16), with per-image metrics."""
 
     def __init__(self, inputs: Sequence[TensorSpec], options: DepthOptions,
@@ -94,7 +94,7 @@ class DepthAdapter:
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
         pred16 = np.clip(pred, self.options.min_depth, self.options.max_depth).astype(np.float16)
         raw, aligned, n, bins = evaluate_image(pred16, gt, mask, self.options)
-        record: dict[str, Any] = {
+        row: dict[str, Any] = {
             "height": gt.shape[0],
             "width": gt.shape[1],
             "depth": pred16.tobytes(),
@@ -103,6 +103,6 @@ class DepthAdapter:
             **raw,
         }
         if aligned is not None:
-            record.update({f"aligned_{k}": v for k, v in aligned.items()})
-        record.update(bins)  # the report's metrics by depth range
-        return record
+            row.update({f"aligned_{k}": v for k, v in aligned.items()})
+        row.update(bins)  # the report's metrics by depth range
+        return row

@@ -157,7 +157,7 @@ class DetectionFamily:
         self.options = options
         self.metadata = dict(metadata or {})
         self.category_ids = np.asarray(category_ids, np.int32)
-        #: the reader may decode a large JPEG down to the input size (Adapter.draft)
+        #: the reader may decode a large JPEG down to the input size (ModelFamily.draft)
         self.draft = self.size if options.reduced_decode else None
 
     # -- hooks ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from rayinfer.actors.model import TensorSpec
 from rayinfer.datasets.base import Sample
 
 
-class NullAdapter:
+class NullFamily:
     """Feeds zeros of the model's input shape; records nothing but the common columns."""
 
     schema = pa.schema([])

@@ -4,7 +4,7 @@
 
 - `detector.onnx`: a small anchor-free detector for the synthetic shapes. Its output is
   in Ultralytics' YOLOv8 layout ([1, 4 + classes, cells]: cx, cy, w, h in input pixels,
-  then per-class scores), so the stock YOLOv8 adapter decodes it.
+  then per-class scores), so the stock YOLOv8 family decodes it.
 - `depth.onnx`: a small U-Net that maps a synthetic NYU-style frame to metric depth.
   Its ONNX metadata declares the `resize` preprocessing profile.
 

@@ -11,8 +11,8 @@ a task is a file of hooks.
         def dataset(self, cfg):                 # the reader: samples, load, ground truth
             return ToyDataset(cfg.data_root)
 
-        def adapter(self, cfg, dataset, model): # model family: inputs and one record per sample
-            return ToyAdapter(model.inputs)
+        def family(self, cfg, dataset, model): # model family: inputs and one row per sample
+            return ToyFamily(model.inputs)
 
         def evaluate(self, run, data_root, options):
             table = run.table()
@@ -21,7 +21,7 @@ a task is a file of hooks.
 
 and one line in `rayinfer.jobs.tasks.REGISTRY`.
 
-Per-sample objects (the dataset reader, the adapter) travel to the inference actors
+Per-sample objects (the dataset reader, the family) travel to the inference actors
 pickled: they hold paths and options, never loaded annotations (see CocoDataset.__getstate__).
 """
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from rayinfer.datasets.base import Adapter, Dataset, SetupError
+from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, from_data
 
@@ -68,7 +68,7 @@ class Table:
 class RunningMetric:
     """A figure for the progress bar that costs nothing to keep up. The default shows none."""
 
-    def add(self, records: pa.Table) -> None:
+    def add(self, rows: pa.Table) -> None:
         """Called with each committed shard's predictions."""
 
     def text(self) -> str:
@@ -76,7 +76,7 @@ class RunningMetric:
 
 
 class Task:
-    """The hooks of one task. Subclasses set `name` and implement `dataset`, `adapter` and
+    """The hooks of one task. Subclasses set `name` and implement `dataset`, `family` and
     `evaluate`; the rest have defaults."""
 
     #: the name on the command line (`rayinfer run NAME`) and in run.json
@@ -103,8 +103,8 @@ class Task:
         """The reader for `cfg.data_root` (cheap: annotations load on first use)."""
         raise NotImplementedError
 
-    def adapter(self, cfg: Any, dataset: Dataset, model: Model) -> Adapter:
-        """The model-family adapter for this dataset, checked against the model's signature."""
+    def family(self, cfg: Any, dataset: Dataset, model: Model) -> ModelFamily:
+        """The model family for this dataset, checked against the model's signature."""
         raise NotImplementedError
 
     def options(self, cfg: Any) -> Any:
@@ -118,7 +118,7 @@ class Task:
                               f"({'its options: ' + ', '.join(known) if known else 'it takes none'})")
         return from_data(self.options_type, dict(cfg.options), "options.") if self.options_type else None
 
-    def resolved_options(self, cfg: Any, adapter: Adapter) -> Any:
+    def resolved_options(self, cfg: Any, family: ModelFamily) -> Any:
         """The options the job really uses, once the model is known (a declared preprocessing
         profile replaces `auto`, say): in the fingerprint, run.json and the evaluation."""
         return self.options(cfg)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from rayinfer.actors.families.detection import DetectionOptions
-from rayinfer.datasets.base import Adapter, Dataset, SetupError
+from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
 from rayinfer.datasets.cocoeval import CocoScores
 from rayinfer.datasets.detection_errors import DetectionErrors
 from rayinfer.datasets.storage import Location
@@ -40,9 +40,9 @@ class DetectionsPerImage(RunningMetric):
     def __init__(self) -> None:
         self.detections, self.images = 0, 0
 
-    def add(self, records: Any) -> None:
-        self.detections += sum(len(v) for v in records.column("score").to_pylist())
-        self.images += records.num_rows
+    def add(self, rows: Any) -> None:
+        self.detections += sum(len(v) for v in rows.column("score").to_pylist())
+        self.images += rows.num_rows
 
     def text(self) -> str:
         return f"det/img {self.detections / self.images:.1f}" if self.images else ""
@@ -66,7 +66,7 @@ class CocoDetection(Task):
         return CocoDataset(cfg.data_root, image_ids=ids, limit=cfg.limit, max_pixels=cfg.max_image_pixels,
                            storage_options=cfg.storage_options)
 
-    def adapter(self, cfg: Any, dataset: Any, model: Any) -> Adapter:
+    def family(self, cfg: Any, dataset: Any, model: Any) -> ModelFamily:
         from rayinfer.actors.families import check_options, choose_family
         from rayinfer.actors.families.detection import image_input_size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayinfer.datasets.base import Adapter, Dataset
+from rayinfer.datasets.base import ModelFamily, Dataset
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation, SavedRun
 from rayinfer.jobs.tasks.base import Task
@@ -19,10 +19,10 @@ class NullTask(Task):
 
         return NullDataset(cfg.data_root, cfg.limit or 1000)
 
-    def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
-        from rayinfer.actors.families.null import NullAdapter
+    def family(self, cfg: Any, dataset: Dataset, model: Any) -> ModelFamily:
+        from rayinfer.actors.families.null import NullFamily
 
-        return NullAdapter(model.inputs)
+        return NullFamily(model.inputs)
 
     def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
         from rayinfer.datasets.null import NullDataset

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rayinfer.datasets.base import Adapter, Dataset, Sample, SetupError
+from rayinfer.datasets.base import ModelFamily, Dataset, Sample, SetupError
 from rayinfer.datasets.depth import DepthOptions
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import HEAD_ROWS, Evaluation, SavedRun
@@ -34,8 +34,8 @@ class MeanAbsRel(RunningMetric):
     def __init__(self) -> None:
         self.total, self.images = 0.0, 0
 
-    def add(self, records: Any) -> None:
-        values = [v for v, n in zip(records.column("abs_rel").to_pylist(), records.column("valid_pixels").to_pylist()) if n]
+    def add(self, rows: Any) -> None:
+        values = [v for v, n in zip(rows.column("abs_rel").to_pylist(), rows.column("valid_pixels").to_pylist()) if n]
         self.total, self.images = self.total + sum(values), self.images + len(values)
 
     def text(self) -> str:
@@ -58,16 +58,16 @@ class NyuDepth(Task):
         return NyuDataset(cfg.data_root, sample_ids=cfg.sample_ids, limit=cfg.limit,
                           storage_options=cfg.storage_options)
 
-    def adapter(self, cfg: Any, dataset: Dataset, model: Any) -> Adapter:
-        from rayinfer.actors.families.depth import DepthAdapter
+    def family(self, cfg: Any, dataset: Dataset, model: Any) -> ModelFamily:
+        from rayinfer.actors.families.depth import DepthFamily
 
-        wrong = DepthAdapter.matches(model.inputs, model.outputs)
+        wrong = DepthFamily.matches(model.inputs, model.outputs)
         if wrong:
             raise SetupError(f"the model is not a depth model: {wrong}; a detector runs as `rayinfer run coco`")
-        return DepthAdapter(model.inputs, self.options(cfg), getattr(model, "metadata", None))
+        return DepthFamily(model.inputs, self.options(cfg), getattr(model, "metadata", None))
 
-    def resolved_options(self, cfg: Any, adapter: Any) -> DepthOptions:
-        return adapter.options  # `auto` replaced by the profile the model declares
+    def resolved_options(self, cfg: Any, family: Any) -> DepthOptions:
+        return family.options  # `auto` replaced by the profile the model declares
 
     def running_metric(self) -> RunningMetric:
         return MeanAbsRel()

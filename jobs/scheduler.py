@@ -1,4 +1,4 @@
-"""The loader stage: deals work units (shards) to inference actors.
+"""The scheduler: deals work units (shards) to inference actors.
 
 - Bounded: at most `in_flight` shards per actor are outstanding, so memory does not
   grow with the dataset (the driver holds only sample ids for the rest).
@@ -16,7 +16,7 @@
 - Honest at the end: when no actor is left and none can come back, the shards not
   run are left in `unfinished`, never returned as failed: the driver does not commit
   them, and `--resume` runs them.
-- Elastic (with an `ActorPool`, jobs/placement.py): actors that become ready mid-run join
+- Elastic (with an `ActorFleet`, jobs/placement.py): actors that become ready mid-run join
   and take queued shards at once; while shards wait the pool is asked for more; when the
   queue is empty, pending actors are cancelled and idle ones released.
 - Ahead of stragglers (`speculation`): with the queue empty, a shard running longer than
@@ -102,15 +102,71 @@ class _Recovery:
     next_probe: float = 0.0
 
 
-class LoaderStage:
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a shard or an actor is given up.
+
+    - a shard whose own run fails (an error in the actor, a timeout) runs at most
+      `max_attempts` times, then its samples become error rows;
+    - a shard in flight on `max_losses` lost actors is given up as transient (`--resume`
+      runs it): the losses say nothing about its samples, but a shard that takes every actor
+      down with it must not take the whole cluster;
+    - an actor whose shards fail `max_consecutive_failures` times in a row is retired.
+    """
+
+    max_attempts: int = 3
+    max_losses: int = 6
+    max_consecutive_failures: int = 3
+
+    def retry(self, attempts: int) -> bool:
+        return attempts < self.max_attempts
+
+    def requeue_after_loss(self, losses: int) -> bool:
+        return losses < self.max_losses
+
+    def retire(self, failures_in_a_row: int) -> bool:
+        return failures_in_a_row >= self.max_consecutive_failures
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """When a straggling shard gets a copy: the queue is empty, an actor is idle, at least
+    three shards have finished, and the shard has run longer than `factor` x their median
+    time. One copy per shard at most."""
+
+    enabled: bool = False
+    factor: float = 1.5
+
+    def limit(self, durations: Sequence[float]) -> float | None:
+        """Seconds a shard may run before it gets a copy (None: not yet known, or off)."""
+        if not self.enabled or len(durations) < 3:
+            return None
+        return self.factor * statistics.median(durations)
+
+    def stragglers(self, running: Iterable[_Run], limit: float, now: float) -> list[_Run]:
+        """Runs past `limit` whose shard has no copy yet, the oldest first."""
+        running = list(running)
+        copies = Counter(r.shard.index for r in running)
+        return [r for r in sorted(running, key=lambda r: r.started)
+                if copies[r.shard.index] == 1 and now - r.started > limit]
+
+    def next_check(self, running: Iterable[_Run], limit: float) -> float | None:
+        """The monotonic time the next of `running` (without a copy) becomes a straggler."""
+        running = list(running)
+        copies = Counter(r.shard.index for r in running)
+        later = [r.started + limit for r in running if copies[r.shard.index] == 1]
+        return min(later) if later else None
+
+
+class ShardScheduler:
     """Feeds shards to actors and yields their results as they finish.
 
-    >>> stage = LoaderStage(actors, ["actor-0", "actor-1"])
-    >>> for result in stage.run(make_shards(samples, 16)):
+    >>> scheduler = ShardScheduler(actors, ["actor-0", "actor-1"])
+    >>> for result in scheduler.run(make_shards(samples, 16)):
     ...     commit(result)
-    >>> stage.unfinished  # shards no actor was left to run
+    >>> scheduler.unfinished  # shards no actor was left to run
 
-    `pool`: an ActorPool whose actors join as they become ready (None: only `actors`);
+    `pool`: an ActorFleet whose actors join as they become ready (None: only `actors`);
     `actor_wait_s`: how long shards wait with no actor alive for one to join.
     """
 
@@ -123,16 +179,13 @@ class LoaderStage:
             raise ValueError("no actors to run on")
         self.pool = pool
         self.actor_wait_s = actor_wait_s
-        self.speculation = speculation
-        self.speculation_factor = speculation_factor
+        self.speculation = Speculation(speculation, speculation_factor)
+        self.policy = RetryPolicy(max_attempts, max_losses, max_consecutive_failures)
         self.actors: list[Any] = []
         self.names: list[str] = []
         self.in_flight = in_flight
-        self.max_attempts = max_attempts
         self.shard_timeout_s = shard_timeout_s
-        self.max_consecutive_failures = max_consecutive_failures
         self.restart_wait_s = restart_wait_s
-        self.max_losses = max_losses  # a shard in flight at this many actor losses is given up (transient)
         self.shards_per_actor: dict[str, int] = {}
         self.requeued = 0
         self.restarts = 0
@@ -208,6 +261,18 @@ class LoaderStage:
             self._queue.clear()
             log.error("no inference actor is left alive; %d shards not run", len(self.unfinished))
 
+    def counts(self) -> dict[str, Any]:
+        """What the run did to its shards and actors, for run.json's `counts`."""
+        return {"shards_requeued": self.requeued, "shards_unfinished": len(self.unfinished),
+                "actor_restarts": self.restarts, "actors_retired": list(self.retired),
+                "actors_released": list(self.released), "shards_speculated": self.speculated,
+                "speculative_wins": self.speculative_wins, "copies_dropped": self.dropped_copies}
+
+    def timeline_record(self) -> dict[str, Any]:
+        """run.json's `timeline`: per shard run, seconds from `started` (epoch seconds), and
+        when each actor joined (0: there from the start)."""
+        return {"started": self.started_at, "runs": self.timeline, "joined": self.joined}
+
     # -- steps -------------------------------------------------------------------------
     def _fill(self) -> None:
         """Give queued shards to the least loaded ready actors, up to `in_flight` each."""
@@ -215,7 +280,7 @@ class LoaderStage:
             while self._queue and self._load[a] < self.in_flight:
                 shard = self._queue.popleft()
                 attempt = self._attempts[shard.index] = self._attempts.get(shard.index, 0) + 1
-                self._dispatch(a, shard, attempt >= self.max_attempts)
+                self._dispatch(a, shard, not self.policy.retry(attempt))
 
     def _dispatch(self, a: int, shard: Shard, final_attempt: bool, copy: bool = False) -> None:
         ref = self.actors[a].process.remote(shard.index, shard.samples, final_attempt)
@@ -247,7 +312,7 @@ class LoaderStage:
             log.warning("%s; %s", reason, "its other copy goes on" if twins else "re-queueing the shard")
             self._note(run, "failed")
             self._failures[a] += 1
-            if self._failures[a] >= self.max_consecutive_failures:
+            if self.policy.retire(self._failures[a]):
                 self._retire(a, f"{self._failures[a]} shards failed in a row")
             elif isinstance(exc, RequestTimeout):
                 self._restart(a)  # a hung request leaves its slot stuck: start the actor afresh
@@ -286,7 +351,7 @@ class LoaderStage:
         log.warning("actor %s lost while running shard %d (%s); re-queueing it", self.names[a], shard.index,
                     type(exc).__name__)
         self._recover(a)
-        if losses >= self.max_losses:
+        if not self.policy.requeue_after_loss(losses):
             yield FailedShard(shard, f"shard {shard.index}: its actor was lost {losses} times while running it",
                               self._attempts[shard.index])
         else:
@@ -309,7 +374,7 @@ class LoaderStage:
             reason = f"shard {shard.index} on actor {self.names[a]} timed out after {self.shard_timeout_s:.0f}s"
             log.warning("%s; restarting the actor and re-queueing the shard", reason)
             self._failures[a] += 1
-            if self._failures[a] >= self.max_consecutive_failures:
+            if self.policy.retire(self._failures[a]):
                 self._retire(a, f"{self._failures[a]} shards failed in a row")
             else:
                 self._restart(a)
@@ -327,28 +392,21 @@ class LoaderStage:
                  len(self._ready) + len(self._recovering), self.pool.pending)
 
     def _speculate(self) -> None:
-        """Copies of straggling shards on idle actors, once the queue is empty."""
-        if not self.speculation or self._queue or len(self._durations) < 3:
+        """Copies of straggling shards on idle actors, once the queue is empty (`Speculation`)."""
+        limit = self.speculation.limit(self._durations)
+        if limit is None or self._queue:
             return
         idle = [a for a in self._ready if self._load[a] == 0]
-        if not idle:
-            return
-        limit = self.speculation_factor * statistics.median(self._durations)
-        now = time.monotonic()
-        copies = Counter(run.shard.index for run in self._running.values())
-        for run in sorted(self._running.values(), key=lambda r: r.started):
+        for run in self.speculation.stragglers(self._running.values(), limit, time.monotonic()):
             others = [a for a in idle if a != run.a]
             if not others:
                 break
-            if copies[run.shard.index] > 1 or now - run.started <= limit:
-                continue
             a = others[0]
             idle.remove(a)
-            copies[run.shard.index] += 1
             self.speculated += 1
             log.info("shard %d has run %.1f s on actor %s (median %.1f s): a copy starts on actor %s",
-                     run.shard.index, now - run.started, self.names[run.a], limit / self.speculation_factor,
-                     self.names[a])
+                     run.shard.index, time.monotonic() - run.started, self.names[run.a],
+                     limit / self.speculation.factor, self.names[a])
             self._dispatch(a, run.shard, final_attempt=False, copy=True)
 
     def _scale(self) -> None:
@@ -367,7 +425,7 @@ class LoaderStage:
         self.pool.cancel_pending()
         idle = [a for a in sorted(self._ready) if self._load[a] == 0]
         copies = Counter(run.shard.index for run in self._running.values())
-        keep = sum(1 for n in copies.values() if n == 1) if self.speculation else 0
+        keep = sum(1 for n in copies.values() if n == 1) if self.speculation.enabled else 0
         for a in idle[keep:]:
             self._ready.discard(a)
             self.released.append(self.names[a])
@@ -448,7 +506,7 @@ class LoaderStage:
 
     # -- helpers -----------------------------------------------------------------------
     def _retry(self, shard: Shard, reason: str) -> Iterator[FailedShard]:
-        if self._attempts.get(shard.index, 0) >= self.max_attempts:
+        if not self.policy.retry(self._attempts.get(shard.index, 0)):
             yield FailedShard(shard, reason, self._attempts[shard.index])
         else:
             self.requeued += 1
@@ -464,12 +522,11 @@ class LoaderStage:
             if self._starved_since is not None:
                 deadlines.append(self._starved_since + self.actor_wait_s)
         idle = any(self._load[a] == 0 for a in self._ready)
-        if self.speculation and idle and not self._queue and len(self._durations) >= 3 and self._running:
-            limit = self.speculation_factor * statistics.median(self._durations)
-            copies = Counter(r.shard.index for r in self._running.values())
-            later = [r.started + limit for r in self._running.values() if copies[r.shard.index] == 1]
-            if later:
-                deadlines.append(max(now + 0.05, min(later)))
+        limit = self.speculation.limit(self._durations)
+        if limit is not None and idle and not self._queue:
+            straggles = self.speculation.next_check(self._running.values(), limit)
+            if straggles is not None:
+                deadlines.append(max(now + 0.05, straggles))
         for recovery in self._recovering.values():
             deadlines.append(recovery.deadline)
             if recovery.probe is None:
@@ -486,10 +543,10 @@ class IncompleteResult(RuntimeError):
 def check_whole(result: Any, shard: Shard) -> None:
     """Raise `IncompleteResult` unless `result` (a ShardResult) holds exactly one record or
     error row per sample of `shard` and nothing else: the commit never takes a shard with a
-    sample lost or doubled. Other results (test doubles) pass."""
+    sample lost or doubled."""
     if not isinstance(result, ShardResult):
-        return
-    got = Counter(result.records.column("sample_id").to_pylist() + result.errors.column("sample_id").to_pylist())
+        raise IncompleteResult(f"shard {shard.index} came back as {type(result).__name__}, not a ShardResult")
+    got = Counter(result.rows.column("sample_id").to_pylist() + result.errors.column("sample_id").to_pylist())
     wanted = Counter(s.sample_id for s in shard.samples)
     if got != wanted:
         missing, extra = sorted((wanted - got).elements()), sorted((got - wanted).elements())
