@@ -197,10 +197,15 @@ class InferenceActor:
     """One runtime, its samples prepared ahead of it (device) or in its requests (CPU),
     returning one table per shard."""
 
-    def __init__(self, cfg: ActorSettings, name: str, dataset: Dataset, family: ModelFamily) -> None:
+    def __init__(self, cfg: ActorSettings, name: str, dataset: Dataset, family: ModelFamily,
+                 backends: dict[str, str] | None = None) -> None:
         """`dataset`: the reader whose `load` this actor calls per sample; `family`: the
         model family's steps around inference. Both built and checked by the driver (the
-        task's hooks); Ray gives a restarted actor the same ones."""
+        task's hooks); Ray gives a restarted actor the same ones. `backends`: the driver's
+        runtime registry (actors/backends.REGISTRY), so a backend registered there runs here."""
+        from rayinfer.actors.backends import register
+
+        register(backends)
         self.cfg = cfg
         self.name = name
         self.cpus = available_cpus()

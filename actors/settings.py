@@ -8,6 +8,7 @@ there fails `tests/test_layers.py` instead of an actor at run time.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 
@@ -20,15 +21,13 @@ class ActorSettings(Protocol):
     #: the model's SHA-256 where the job pinned it (a remote model), and the storage options
     model_sha256: str | None
     storage_options: dict[str, Any]
-    #: auto | onnxruntime | openvino
+    #: auto, or a runtime backend's name (actors/backends.REGISTRY)
     runtime: str
-    #: ONNX Runtime execution providers in order (cpu, cuda, tensorrt) and their options
-    providers: tuple[str, ...]
-    provider_options: dict[str, dict[str, Any]]
+    #: each backend's own options as set, by backend name ({"openvino": {"device": "GPU"}});
+    #: a backend reads its own through `backend_options`
+    runtime_options: dict[str, dict[str, Any]]
     #: model | bf16 | fp16: the precision the runtime computes in (actors/model.PRECISIONS)
     precision: str
-    #: OpenVINO's device (CPU, GPU, NPU, AUTO)
-    openvino_device: str
     #: requests in flight (0 = the device's optimal count) and the hint (throughput | latency)
     requests: int
     hint: str
@@ -39,3 +38,19 @@ class ActorSettings(Protocol):
     #: seconds per request before its shard is retried, and per read + preprocess
     request_timeout_s: float
     load_timeout_s: float
+
+
+def backend_option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+                   factory: Any = dataclasses.MISSING) -> Any:
+    """A field of a runtime backend's options dataclass, with its command-line help. Its flag
+    is `--BACKEND-FIELD` (`--openvino-device`), or `flag` where it differs (`--providers`)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {})}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def backend_options(cfg: ActorSettings, name: str, kind: type) -> Any:
+    """Backend `name`'s options (dataclass `kind`): its defaults, with what `cfg` sets (the
+    job's configuration has checked and converted the values)."""
+    return kind(**(getattr(cfg, "runtime_options", None) or {}).get(name, {}))

@@ -25,7 +25,7 @@ from rayinfer.datasets.base import SetupError
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, JobConfig
 from rayinfer.jobs.exit_codes import EXIT_ERROR, EXIT_SETUP
-from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given, parser_for, task_flags
+from rayinfer.jobs.options import Flag, add_flags, csv_list, flags, given, parser_for, runtime_flags, task_flags
 from rayinfer.jobs.output import local_run
 from rayinfer.jobs.tasks import get_task, task_names
 
@@ -61,6 +61,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_task(parser)
     parser.add_argument("--config", type=Path, help="YAML file with any of the options below (flags win)")
     add_flags(parser, flags())
+    add_flags(parser, runtime_flags())
     add_flags(parser, task_flags())
 
 
@@ -77,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of options")
         data.update(loaded)
-    for key, value in given(args, flags() + task_flags()).items():
+    for key, value in given(args, flags() + runtime_flags() + task_flags()).items():
         if isinstance(value, dict):
             section = data.get(key)
             data[key] = {**(section if isinstance(section, dict) else {}), **value}
@@ -445,13 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--quiet", action="store_true", help="no progress bars")
     dl.set_defaults(func=cmd_download)
 
-    from rayinfer.actors.backends import RUNTIMES
+    from rayinfer.actors.backends import runtime_names
 
     bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts: img/s and "
                                                         "latency; with --data-root, x precision with the dataset's metrics")
     bn.add_argument("--model", required=True, help="ONNX model file (or OpenVINO IR .xml)")
     bn.add_argument("--runtime", type=csv_list, default=["auto"],
-                    help=f"runtimes, comma-separated ({', '.join(RUNTIMES)}; auto: every installed one)")
+                    help=f"runtimes, comma-separated ({', '.join(runtime_names())}; auto: every installed one)")
     bn.add_argument("--requests", type=_requests,
                     help="requests in flight, comma-separated; auto = the runtime's optimal count (default: 1,2,4,auto; "
                          "with --data-root: auto)")

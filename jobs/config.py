@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rayinfer.actors.backends import RUNTIMES
+from rayinfer.actors.backends import backend, option_keys, runtime_names
 from rayinfer.actors.families import family_names
 from rayinfer.actors.model import PRECISIONS
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
@@ -75,14 +75,13 @@ class JobConfig:
     cpus_per_actor: float = option(0.0, "CPUs reserved per actor; 0 = automatic (all of a node's, or its CPUs per GPU)")
     gpus_per_actor: float = option(1.0, "GPUs per actor when a GPU provider is chosen")
     # runtime
-    runtime: str = option("auto", "auto | onnxruntime | openvino: auto measures the installed runtimes on the "
-                                  "model for a few seconds (cached) and takes the faster")
-    providers: tuple[str, ...] = option(("cpu",), "execution providers in order: cpu, cuda, tensorrt")
-    provider_options: dict[str, dict[str, Any]] = option(
-        help='per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\'', factory=dict)
+    runtime: str = option("auto", "auto, or a runtime backend by name: auto measures the installed runtimes that "
+                                  "claim the model for a few seconds (cached) and takes the faster")
+    # each runtime backend's own options, as set, by backend name ({"openvino": {"device": "GPU"}});
+    # each is a flag of its own (`--openvino-device`), generated from the backend's dataclass
+    runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"runtime_options": True})
     requests: int = option(0, "requests in flight per actor; 0 = optimal for the device")
     hint: str = option("throughput", "throughput | latency")
-    openvino_device: str = option("CPU", "OpenVINO device: CPU, GPU, NPU or AUTO (GPU/NPU: with --runtime openvino)")
     precision: str = option("model", "model | bf16 | fp16: model computes at the model's own precision (its metrics "
                                      "are the model's); bf16 / fp16 compute in reduced precision where the device "
                                      "has the units (faster; metrics can differ: rayinfer bench shows by how much)")
@@ -115,7 +114,8 @@ class JobConfig:
     # bad input
     max_image_pixels: int = option(100_000_000, "images with more pixels are errors, refused before decoding")
     hash_samples: bool = option(False, "the --resume fingerprint hashes every sample file's content too")
-    resource: str | None = option(None, "a custom Ray resource per actor (an NPU, sim_device)")
+    resource: str | None = option(None, "a custom Ray resource per actor (default: the one the runtime's device "
+                                        "needs, e.g. NPU for --openvino-device NPU; sim_device for simulated devices)")
     # the task's options, as set (YAML `options: {conf_thres: 0.1}`, or each as its flag
     # `--conf-thres 0.1`); `Task.options(cfg)` checks them against the task's dataclass and
     # fills in its defaults
@@ -150,8 +150,9 @@ class JobConfig:
             raise ConfigError("cpus_per_actor / gpus_per_actor: must be >= 0")
         if self.preprocess_in not in PREPROCESS_IN:
             raise ConfigError(f"preprocess_in: must be one of {PREPROCESS_IN}, got {self.preprocess_in!r}")
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime not in runtime_names():
+            raise ConfigError(f"runtime: must be one of {', '.join(runtime_names())}, got {self.runtime!r}")
+        object.__setattr__(self, "runtime_options", checked_runtime_options(self.runtime_options))
         if self.model_family not in ("auto", *family_names()):
             raise ConfigError(f"model_family: must be auto or one of {', '.join(family_names())}, "
                               f"got {self.model_family!r}")
@@ -196,7 +197,37 @@ class JobConfig:
         if "openvino_precision" in data and "precision" not in data:  # older runs: OpenVINO's own names
             old = data.pop("openvino_precision")
             data["precision"] = {"bf16": "bf16", "f16": "fp16"}.get(old, "model")
+        # a backend's option at the top level (`openvino_device: GPU`, `providers: [cuda]`): how a
+        # flag, a YAML file, a keyword and the run.json of older runs spell it
+        own = {f.name for f in fields(cls)}
+        for key, (name, option_name) in option_keys().items():
+            if key in data and key not in own:
+                section = dict((data.get("runtime_options") or {}).get(name, {}))
+                section[option_name] = data.pop(key)
+                data["runtime_options"] = {**(data.get("runtime_options") or {}), name: section}
         return from_data(cls, data, "")
+
+    def runtime_option(self, key: str) -> Any:
+        """A backend option by its flat key (`openvino_device`): as set, else its default."""
+        name, option_name = option_keys()[key]
+        kind = backend(name).options_type
+        return getattr(kind(**self.runtime_options.get(name, {})), option_name)
+
+
+def checked_runtime_options(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`runtime_options` with each backend's values checked and converted by its options
+    dataclass (a list to a tuple, "a,b" to a tuple of strings); errors name the key."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"runtime_options: expected a mapping by runtime backend, got {given!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in given.items():
+        kind = backend(name).options_type if name in runtime_names()[1:] else None
+        if kind is None:
+            takes = [b for b in runtime_names()[1:] if backend(b).options_type]
+            raise ConfigError(f"runtime_options.{name}: not a runtime backend with options (one of {', '.join(takes)})")
+        checked = from_data(kind, values, f"runtime_options.{name}.")
+        out[name] = {k: getattr(checked, k) for k in values}
+    return out
 
 
 def from_data(kind: type, data: Any, prefix: str) -> Any:

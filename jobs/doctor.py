@@ -57,7 +57,7 @@ def report(extra: list[Path]) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "numpy": numpy.__version__,
         "providers": ort.get_available_providers(),
-        "openvino": openvino_info(),
+        "runtimes": runtimes_info(),
         "cpus_usable": available_cpus(),
         "cpus_total": os.cpu_count(),
         "gpus": gpus(),
@@ -65,13 +65,21 @@ def report(extra: list[Path]) -> dict[str, Any]:
     }
 
 
-def openvino_info() -> dict[str, Any] | None:
-    """OpenVINO's version and devices, or None when it is not installed."""
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    return {"version": ov.__version__.split("-")[0], "devices": list(ov.Core().available_devices)}
+def runtimes_info() -> list[dict[str, Any]]:
+    """Each registered runtime backend: installed (or why not), its version and the devices it
+    sees here."""
+    from rayinfer.actors.backends import backends
+
+    out = []
+    for b in backends():
+        missing = b.installed()
+        try:
+            devices = [] if missing else list(b.devices())
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot list devices says so, doctor goes on
+            devices, missing = [], f"cannot list devices: {exc}"
+        out.append({"name": b.name, "installed": not missing, "why_not": missing,
+                    "version": None if missing else next(iter(b.versions().values()), None), "devices": devices})
+    return out
 
 
 def format_report(info: dict[str, Any]) -> str:
@@ -83,8 +91,10 @@ def format_report(info: dict[str, Any]) -> str:
         f"providers    CPU {'yes' if 'CPUExecutionProvider' in providers else 'NO'}, "
         f"CUDA {'yes' if 'CUDAExecutionProvider' in providers else 'no'}, "
         f"TensorRT {'yes' if 'TensorrtExecutionProvider' in providers else 'no'}",
-        "openvino     " + (f"{info['openvino']['version']} (devices: {', '.join(info['openvino']['devices'])})"
-                             if info.get("openvino") else "not installed (pip install 'rayinfer[openvino]')"),
+        "runtimes:",
+        *(f"  {r['name']:<12} " + (f"{r['version'] or '-'} (devices: {', '.join(r['devices']) or 'none'})"
+                                   if r["installed"] else f"not installed: {r['why_not']}")
+          for r in info["runtimes"]),
         f"cpus         {info['cpus_usable']} usable of {info['cpus_total']}",
         f"gpus         {', '.join(info['gpus']) or 'none found (nvidia-smi)'}",
         "datasets and models:",

@@ -4,8 +4,9 @@ the field itself (its type, and `metadata["help"]`), option sections included.
     >>> [f.flag for f in flags()][:3]
     ['--data-root', '--model', '--output']
 
-`rayinfer run` and `submit` add these flags and each task's option flags (`task_flags`:
-the fields of every registered task's `options_type`, set into `options`) (jobs/cli.py),
+`rayinfer run` and `submit` add these flags, each task's option flags (`task_flags`:
+the fields of every registered task's `options_type`, set into `options`) and each runtime
+backend's (`runtime_flags`: its `options_type`, set into `runtime_options`) (jobs/cli.py),
 `rayinfer submit` writes a config back as the same flags (jobs/submit.py), and `rayinfer
 eval` takes the task option fields marked `metadata["eval"]` (the ones that change the
 metrics, not the predictions).
@@ -59,7 +60,7 @@ def _flags(kind: type, prefix: str) -> Iterator[Flag]:
     for f in dataclasses.fields(kind):
         hint = hints[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.metadata.get("positional") or f.metadata.get("task_options"):
+        if f.metadata.get("positional") or f.metadata.get("task_options") or f.metadata.get("runtime_options"):
             continue
         if dataclasses.is_dataclass(hint):
             yield from _flags(hint, f"{prefix}{f.name}.")
@@ -94,6 +95,21 @@ def task_flags(eval_only: bool = False) -> list[Flag]:
             owners.setdefault(f.flag, []).append(name)
             found.setdefault(f.flag, f)
     return [dataclasses.replace(f, help=f"({', '.join(owners[f.flag])}) {f.help}") for f in found.values()]
+
+
+def runtime_flags() -> list[Flag]:
+    """The option flags of every registered runtime backend, from its options dataclass: each
+    sets its flat key (`--openvino-device` -> `openvino_device`), which the configuration files
+    under `runtime_options.openvino.device`. The help says whose (`(openvino) ...`)."""
+    from rayinfer.actors.backends import backends, option_flag
+
+    out = []
+    for b in backends():
+        kind = getattr(b, "options_type", None)
+        for f, field in zip(flags(kind), dataclasses.fields(kind)) if kind else []:
+            flag = option_flag(b, field)
+            out.append(dataclasses.replace(f, flag=flag, key=flag[2:].replace("-", "_"), help=f"({b.name}) {f.help}"))
+    return out
 
 
 def parser_for(hint: Any) -> Callable[[str], Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayinfer.actors.actor import InferenceActor
-from rayinfer.actors.backends import candidates, device_for, settled
+from rayinfer.actors.backends import REGISTRY, candidates, device_for, settled
 from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
 from rayinfer.jobs.config import JobConfig
 
@@ -80,21 +80,39 @@ def plan_placement(cfg: JobConfig, growable: bool) -> Placement:
     On a cluster that may grow, an actor no alive node offers is no error: it is asked for
     and waited for (`--actor-wait`), with `--cpus-per-actor` (default 1) CPUs.
     """
+    resource = actor_resource(cfg)
     if not growable:
         n, cpus, gpus = plan_actors(cfg)
-        return Placement(ActorShape(cpus, gpus, cfg.resource), n, n, False)
+        return Placement(ActorShape(cpus, gpus, resource), n, n, False)
     maximum = cfg.actors or cfg.max_actors or None
     try:
         n, cpus, gpus = plan_actors(cfg)
     except SetupError as exc:
         gpus = cfg.gpus_per_actor if device_for(cfg) == "gpu" else 0.0
-        shape = ActorShape(cfg.cpus_per_actor or 1.0, gpus, cfg.resource)
+        shape = ActorShape(cfg.cpus_per_actor or 1.0, gpus, resource)
         log.info("%s now; asking the cluster for actors of %s (an autoscaler brings nodes up)", exc, shape)
         n = 0
     else:
-        shape = ActorShape(cpus, gpus, cfg.resource)
+        shape = ActorShape(cpus, gpus, resource)
     ask = cfg.actors or max(n, cfg.min_actors, 1)
     return Placement(shape, min(ask, maximum) if maximum else ask, maximum, True)
+
+
+def actor_resource(cfg: JobConfig) -> str | None:
+    """The custom Ray resource one actor takes: `--resource` where given, else the one the
+    runtime backend's device needs (`resource(cfg)`: an NPU), else None."""
+    from rayinfer.actors.backends import resource_for
+
+    return cfg.resource or resource_for(cfg)
+
+
+def _options_text(cfg: JobConfig) -> str:
+    """The runtime options set, as their flags: `--providers cuda,cpu`."""
+    from rayinfer.actors.backends import option_keys
+
+    flat = {where: key for key, where in option_keys().items()}
+    return " ".join(f"--{flat[(name, k)].replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for name, values in cfg.runtime_options.items() for k, v in values.items())
 
 
 def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
@@ -104,17 +122,19 @@ def plan_actors(cfg: JobConfig) -> tuple[int, float, float]:
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     if not nodes:
         raise SetupError("the Ray cluster has no alive node with CPUs")
-    if cfg.resource:
-        units = sum(n["Resources"].get(cfg.resource, 0) for n in nodes)
+    resource = actor_resource(cfg)
+    if resource:
+        units = sum(n["Resources"].get(resource, 0) for n in nodes)
         if units < 1:
-            raise SetupError(f"the Ray cluster has no {cfg.resource!r} resource")
+            how = "" if cfg.resource else f" (the {cfg.runtime} runtime's device needs it; --resource names another)"
+            raise SetupError(f"the Ray cluster has no {resource!r} resource{how}")
         actors = cfg.actors or int(units)
         per_node = -(-actors // len(nodes))
         return actors, cfg.cpus_per_actor or min(n["Resources"]["CPU"] for n in nodes) / per_node, 0.0
     if device_for(cfg) == "gpu":
         gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
         if gpus < cfg.gpus_per_actor or gpus == 0:
-            raise SetupError(f"providers {list(cfg.providers)} need a GPU, but the Ray cluster has {gpus:g} GPUs")
+            raise SetupError(f"{_options_text(cfg) or 'the runtime'} need a GPU, but the Ray cluster has {gpus:g} GPUs")
         actors = cfg.actors or int(gpus // cfg.gpus_per_actor)
         # each GPU actor gets its share of its node's CPUs for decoding
         per_gpu = min(n["Resources"]["CPU"] / n["Resources"]["GPU"] for n in nodes if n["Resources"].get("GPU"))
@@ -301,7 +321,7 @@ def open_pool(cfg: JobConfig, dataset: Dataset, family: ModelFamily, growable: b
         return remote.options(name=f"rayinfer-{run_tag}-{name}", **placement.shape.options(),
                               max_restarts=cfg.max_actor_restarts, max_task_retries=0,
                               max_concurrency=cfg.in_flight + 2,
-                              scheduling_strategy="SPREAD").remote(cfg, name, dataset, family)
+                              scheduling_strategy="SPREAD").remote(cfg, name, dataset, family, dict(REGISTRY))
 
     log.info("starting %d inference actor%s (each loads the model)%s", placement.ask,
              "" if placement.ask == 1 else "s", "; more as shards wait and nodes join" if growable else "")
@@ -348,7 +368,7 @@ def resolve_runtime(cfg: JobConfig, shape: ActorShape, timeout_s: float,
     log.info("choosing the runtime: measuring each installed one on the model for a few seconds")
     task = ray.remote(_probe_runtime).options(**shape.options())
     try:
-        probe = ray.get(task.remote(cfg), timeout=timeout_s)
+        probe = ray.get(task.remote(cfg, dict(REGISTRY)), timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001 - the task's SetupError, or the cluster's
         raise SetupError(f"choosing the runtime for {cfg.model} failed: {_last_line(exc)}") from None
     return dataclasses.replace(cfg, runtime=probe["name"]), probe
@@ -377,9 +397,11 @@ def _remembered_here(cfg: JobConfig, shape: ActorShape) -> dict[str, Any] | None
     return runtime.record() if runtime else None
 
 
-def _probe_runtime(cfg: JobConfig) -> dict[str, Any]:
+def _probe_runtime(cfg: JobConfig, backends: dict[str, str] | None = None) -> dict[str, Any]:
     """(A Ray task) the runtime an actor with these CPUs would choose, and its probe."""
-    from rayinfer.actors.backends import choose_runtime
+    from rayinfer.actors.backends import choose_runtime, register
     from rayinfer.actors.model import available_cpus
+
+    register(backends)
 
     return choose_runtime(cfg, available_cpus()).record()

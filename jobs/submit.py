@@ -28,15 +28,18 @@ log = logging.getLogger(__name__)
 
 def entrypoint(cfg: JobConfig) -> str:
     """The `python -m rayinfer.jobs run ...` command line equivalent to `cfg`."""
-    from rayinfer.jobs.options import flags, task_flags
+    from rayinfer.jobs.options import flags, runtime_flags, task_flags
     from rayinfer.jobs.tasks import get_task
 
     default = JobConfig(task=cfg.task, data_root="", model="", output="")
     task = get_task(cfg.task)
-    values = {**_values(cfg), **_values(task.options(cfg), "options.")}
-    defaults = {**_values(default), **_values(task.options(default), "options.")}
+    backend_flags = runtime_flags()
+    values = {**_values(cfg), **_values(task.options(cfg), "options."),
+              **{o.key: cfg.runtime_option(o.key) for o in backend_flags}}
+    defaults = {**_values(default), **_values(task.options(default), "options."),
+                **{o.key: default.runtime_option(o.key) for o in backend_flags}}
     words = ["python", "-m", "rayinfer.jobs", "run", cfg.task]
-    for o in flags() + task_flags():
+    for o in flags() + backend_flags + task_flags():
         if o.key not in values or values[o.key] == defaults[o.key] or o.key == "address":
             continue
         value = values[o.key]

@@ -27,7 +27,7 @@ def parse(argv):
 def test_flags_build_a_typed_config():
     cfg = parse(BASE + ["--actors", "3", "--conf-thres", "0.25", "--providers", "cuda,cpu"])
     assert cfg.actors == 3 and get_task("coco").options(cfg).conf_thres == 0.25
-    assert cfg.providers == ("cuda", "cpu")
+    assert cfg.runtime_option("providers") == ("cuda", "cpu")
     assert JobConfig.from_dict(cfg.to_dict()) == cfg  # run.json round trip
     depth = parse(["run", "nyu", "--data-root", "d", "--model", "m.onnx", "--output", "o", "--no-eigen-crop"])
     assert get_task("nyu").options(depth).eigen_crop is False
@@ -119,15 +119,21 @@ def test_the_flags_are_generated_from_the_config_fields_each_with_its_help():
     """So --help lists everything, and `submit` can rebuild any configuration as flags."""
     import dataclasses
 
-    from rayinfer.jobs.options import flags, task_flags
+    from rayinfer.actors.backends import REGISTRY, backend
+    from rayinfer.jobs.options import flags, runtime_flags, task_flags
     from rayinfer.jobs.tasks import task_names
 
-    expected = {f.name for f in dataclasses.fields(JobConfig)} - {"task", "options"}
+    expected = {f.name for f in dataclasses.fields(JobConfig)} - {"task", "options", "runtime_options"}
     for name in task_names():  # each task's options, set into `options`
         kind = get_task(name).options_type
         expected |= {f"options.{g.name}" for g in dataclasses.fields(kind)} if kind else set()
-    generated = flags() + task_flags()
+    for name in REGISTRY:  # each runtime backend's, by their flat key (filed under `runtime_options`)
+        kind = backend(name).options_type
+        expected |= {(g.metadata.get("flag") or f"--{name}-{g.name}")[2:].replace("-", "_")
+                     for g in dataclasses.fields(kind)} if kind else set()
+    generated = flags() + runtime_flags() + task_flags()
     assert {o.key for o in generated} == expected
+    assert {o.flag for o in runtime_flags()} == {"--providers", "--provider-options", "--openvino-device"}
     assert all(o.help for o in generated), [o.key for o in generated if not o.help]
     spelled = {o.key: o.flag for o in generated}
     assert spelled["options.conf_thres"] == "--conf-thres" and spelled["options.eigen_crop"] == "--no-eigen-crop"
@@ -221,3 +227,6 @@ def test_doctor_reports_versions_providers_and_datasets(tmp_path, capsys):
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "providers    CPU yes" in text and "datasets and models:" in text
+    runtimes = {r["name"]: r for r in info["runtimes"]}  # each registered backend, with its devices
+    assert runtimes["onnxruntime"]["installed"] and "cpu" in runtimes["onnxruntime"]["devices"]
+    assert "  onnxruntime " in text and "  simulated " in text

@@ -47,7 +47,7 @@ def test_the_entrypoint_is_a_rayinfer_run_the_cli_accepts():
     argv = shlex.split(_manifest()["spec"]["entrypoint"])
     assert argv[:3] == ["rayinfer", "run", "coco"]
     cfg = config_from_args(build_parser().parse_args(argv[1:]))
-    assert cfg.providers == ("cuda",) and cfg.cpus_per_actor == 8 and cfg.resume
+    assert cfg.runtime_option("providers") == ("cuda",) and cfg.cpus_per_actor == 8 and cfg.resume
     assert cfg.output.startswith("s3://") and cfg.data_root.startswith("s3://") and cfg.model.startswith("s3://")
     # the same options cluster.yaml's submit line gives the GPU workers
     yaml_text = (ROOT / "cluster.yaml").read_text()

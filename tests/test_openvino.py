@@ -142,7 +142,8 @@ def test_auto_probes_once_and_caches_the_choice(heavy_model, tmp_path, monkeypat
     assert not open_model(cfg, cpus=1).runtime.probe_cached
     # a runtime named, or a GPU asked for: nothing measured
     assert open_model(dataclasses.replace(cfg, runtime="openvino"), cpus=2).runtime.probe is None
-    gpu = open_model(dataclasses.replace(cfg, providers=("cuda", "cpu")), cpus=2).runtime
+    gpu = open_model(dataclasses.replace(cfg, runtime_options={"onnxruntime": {"providers": ("cuda", "cpu")}}),
+                     cpus=2).runtime
     assert gpu.name == "onnxruntime" and gpu.probe is None
 
 

@@ -25,7 +25,7 @@ def cluster(monkeypatch):
 
 
 def cfg(**kw) -> JobConfig:
-    return JobConfig(task="coco", data_root="d", model="m.onnx", output="o", **kw)
+    return JobConfig.from_dict({"task": "coco", "data_root": "d", "model": "m.onnx", "output": "o", **kw})
 
 
 def test_one_actor_per_gpu_with_the_node_cpus_per_gpu(cluster):

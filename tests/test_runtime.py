@@ -411,8 +411,9 @@ def test_requests_are_planned_for_the_device_the_model_really_got(scale_model, c
     from rayinfer.actors.backends import open_model
     from rayinfer.jobs.config import JobConfig
 
-    cfg = JobConfig(task="null", data_root=".", model=str(scale_model), output="o", providers=("cuda", "cpu"),
-                    runtime="onnxruntime")
+    cfg = JobConfig.from_dict({"task": "null", "data_root": ".", "model": str(scale_model), "output": "o",
+                               "providers": ("cuda", "cpu"), "runtime": "onnxruntime"})
+    assert cfg.runtime_options == {"onnxruntime": {"providers": ("cuda", "cpu")}}  # the flat key, filed
     with caplog.at_level(logging.WARNING):
         model, plan, _ = open_model(cfg, cpus=3)
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -420,7 +421,8 @@ def test_requests_are_planned_for_the_device_the_model_really_got(scale_model, c
     else:
         assert model.device == "cpu" and tuple(plan) == (3, 1) and model.intra_op_threads == 1
         assert "asked for gpu but the model runs on cpu" in caplog.text
-    cpu, cpu_plan, _ = open_model(dataclasses.replace(cfg, providers=("cpu",), requests=1), cpus=3)
+    cpu, cpu_plan, _ = open_model(dataclasses.replace(cfg, runtime_options={"onnxruntime": {"providers": ("cpu",)}}, requests=1),
+                                 cpus=3)
     assert cpu.device == "cpu" and tuple(cpu_plan) == (1, 3) and cpu.intra_op_threads == 3
     sim, sim_plan, _ = open_model(dataclasses.replace(cfg, runtime="auto", model="sim://?latency_ms=1&capacity=3"), cpus=3)
     assert sim.device == "sim" and tuple(sim_plan) == (6, 1)  # the device's own optimal count

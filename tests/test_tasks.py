@@ -5,6 +5,7 @@ module outside the registry asks which task it runs."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -120,3 +121,53 @@ def test_the_task_name_check_finds_a_branch(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text('def f(cfg):\n    return 1 if cfg.task == "nyu" else 2\n\n\nX = {}["coco"]\nY = "null" in ("a",)\n')
     assert len(_task_name_comparisons(probe, set(task_names()))) == 3
+
+
+@pytest.fixture()
+def toy_backend(monkeypatch):
+    from rayinfer.actors.backends import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "toy", "tests.toy_backend")  # the one registry line
+
+
+def test_a_backend_defined_in_tests_is_picked_by_name_with_its_flags_shown_by_doctor_and_runs_a_job(
+        ray_session, toy, toy_backend, tmp_path, capsys):
+    from rayinfer.actors.backends import candidates
+    from rayinfer.datasets.base import SetupError
+    from rayinfer.jobs.cli import main
+    from rayinfer.jobs.config import JobConfig
+    from rayinfer.jobs.placement import plan_actors, plan_placement
+
+    root = write_toy_set(tmp_path / "toy")
+    model = tmp_path / "classifier.toy"
+    model.write_text(json.dumps({"input": "x", "shape": [1, 3, 8, 8]}))
+    # claimed by its suffix, by it alone: ONNX Runtime claims ONNX files, not whatever is left
+    assert [b.name for b in candidates(str(model))] == ["toy"]
+    # picked by name, with a flag generated from its options dataclass
+    out = tmp_path / "out"
+    assert main(["run", "toy", "--data-root", str(root), "--model", str(model), "--runtime", "toy",
+                 "--toy-scale", "2", "--output", str(out), "--quiet", "--no-report"]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == {"top1": pytest.approx(10 / 12), "images": 12}
+    run = json.loads((out / "run.json").read_text())
+    assert run["runtime"]["name"] == "toy" and run["versions"]["toy"] == "0.1"
+    assert run["config"]["runtime_options"] == {"toy": {"scale": 2.0}}
+    assert {a["providers"][0] for a in run["actors"]} == {"ToyDevice"}
+    # its options are checked by its own type: one line, exit 2, nothing written
+    capsys.readouterr()
+    assert main(["run", "toy", "--data-root", str(root), "--model", str(model), "--toy-scale", "0",
+                 "--output", str(tmp_path / "bad")]) == 2
+    assert "runtime_options.toy: scale: must be > 0, got 0.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    # doctor lists it with the devices it sees
+    assert main(["doctor", "--json"]) == 0
+    runtimes = {r["name"]: r for r in json.loads(capsys.readouterr().out)["runtimes"]}
+    assert runtimes["toy"] == {"name": "toy", "installed": True, "why_not": None, "version": "0.1",
+                               "devices": ["toy0", "toy1"]}
+    # placement reserves the resource its accelerator needs, with no --resource flag
+    accel = JobConfig.from_dict({"task": "toy", "data_root": str(root), "model": str(model), "output": "o",
+                                 "runtime": "toy", "toy_device": "accel"})
+    assert accel.runtime_options == {"toy": {"device": "accel"}}
+    with pytest.raises(SetupError, match=r"no 'toy_accel' resource \(the toy runtime's device needs it"):
+        plan_actors(accel)
+    assert plan_placement(accel, growable=True).shape.resource == "toy_accel"
+    assert plan_placement(dataclasses.replace(accel, resource="other"), growable=True).shape.resource == "other"

@@ -1,9 +1,14 @@
 """Runtime backends: what runs a model, one module each, behind the `Model` protocol.
 
-Each module has a `BACKEND` object: `handles(model)` (is this model reference one it can
-run?), `installed()` (None, or why its package is missing), `resolve` (the reference every
-node sees), `check` (can it be opened: None, or why not), `digest` (what `--resume`
-compares), `device(cfg)` (the device the configuration asks for), `check_precision(cfg)`
+Each module has a `BACKEND` object: `name`; `options_type` (its options dataclass, whose
+fields become flags `--NAME-FIELD` and `runtime_options.NAME` in the config, or None);
+`handles(model)` (does it claim this model reference: a suffix, a URI scheme or the file's
+first bytes, never "anything not someone else's"), `installed()` (None, or why its package
+is missing), `resolve` (the reference every node sees), `check` (can it be opened: None, or
+why not), `digest` (what `--resume` compares), `device(cfg)` (the device the configuration
+asks for: "cpu", "gpu", "npu", ...), `resource(cfg)` (the custom Ray resource an actor of
+that device needs, or None: placement reserves it, `--resource` overrides), `devices()`
+(what it sees on this host, for `rayinfer doctor`), `check_precision(cfg)`
 (None when that device computes the model in `cfg.precision`, else why not: under
 `--runtime auto` such a runtime is not a candidate; named, it is refused for a reduced
 precision and runs with a warning at the model's, where it computes some of the model's
@@ -14,11 +19,13 @@ operators its own way), `build(cfg, plan, cpus)`
 the faster of the installed ones on this model, measured; actors/backends/choice.py) and
 plans requests against the device the model really got.
 
-Adding a backend: one module with its `BACKEND`, and its line below.
+Adding a backend: one module with its `BACKEND`, and its line below (`tests/toy_backend.py`
+is one, registered by a test).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from typing import Any, NamedTuple
@@ -36,12 +43,46 @@ REGISTRY: dict[str, str] = {
     "onnxruntime": "rayinfer.actors.backends.onnxruntime",  # an .onnx file
     "openvino": "rayinfer.actors.backends.openvino",  # an .onnx file or OpenVINO IR (.xml + .bin)
 }
-#: --runtime values: a backend by name, or the faster installed one
-RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def runtime_names() -> tuple[str, ...]:
+    """--runtime values: auto (the faster installed one) or a backend by name."""
+    return ("auto", *REGISTRY)
 
 
 def backend(name: str) -> Any:
     return importlib.import_module(REGISTRY[name]).BACKEND
+
+
+def register(entries: dict[str, str] | None) -> None:
+    """Registry lines the driver has (a backend of the user's, or a test's): an actor or a
+    probe task takes them in its own process, so every node knows the backend the job runs."""
+    REGISTRY.update(entries or {})
+
+
+def backends() -> list[Any]:
+    """Every registered backend, in registry order."""
+    return [backend(name) for name in REGISTRY]
+
+
+def option_flag(b: Any, f: dataclasses.Field) -> str:
+    """The flag of field `f` of backend `b`'s options: `--NAME-FIELD` unless it says otherwise."""
+    return f.metadata.get("flag") or f"--{b.name}-{f.name}".replace("_", "-")
+
+
+def option_keys() -> dict[str, tuple[str, str]]:
+    """{flat key: (backend name, field)} for every backend option: the flag's words joined by
+    `_` (`openvino_device`, `providers`), as a YAML file, a keyword or an older run.json
+    spells them at the top level."""
+    return {option_flag(b, f)[2:].replace("-", "_"): (b.name, f.name)
+            for b in backends() if getattr(b, "options_type", None) for f in dataclasses.fields(b.options_type)}
+
+
+def resource_for(cfg: ActorSettings) -> str | None:
+    """The custom Ray resource an actor's device needs, as the backend that runs the model
+    says (None: none, or `--runtime auto` still has to measure between CPU runtimes)."""
+    chosen = settled(candidates(cfg.model, cfg.runtime, cfg), cfg)
+    return chosen.resource(cfg) if chosen else None
 
 
 def candidates(model: str, runtime: str = "auto", settings: ActorSettings | None = None) -> list[Any]:
@@ -54,7 +95,7 @@ def candidates(model: str, runtime: str = "auto", settings: ActorSettings | None
     """
     if runtime != "auto":
         if runtime not in REGISTRY:
-            raise SetupError(f"--runtime {runtime}: not a runtime (choose from {', '.join(RUNTIMES)})")
+            raise SetupError(f"--runtime {runtime}: not a runtime (choose from {', '.join(runtime_names())})")
         chosen = backend(runtime)
         if not chosen.handles(model):
             raise SetupError(f"--runtime {runtime} does not run {model!r}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rayinfer.actors.settings import ActorSettings
+from rayinfer.actors.settings import ActorSettings, backend_option, backend_options
 from rayinfer.actors.model import ModelError, TensorSpec, available_cpus, check_inputs
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,24 @@ _ORT_DTYPES = {
 
 #: providers that run on a GPU
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """The ONNX Runtime backend's options (`--providers`, `--provider-options`)."""
+
+    providers: tuple[str, ...] = backend_option(("cpu",), "ONNX Runtime execution providers in order: cpu, cuda, "
+                                                        "tensorrt (CPU always last, as the fallback)",
+                                                flag="--providers")
+    provider_options: dict[str, dict[str, Any]] = backend_option(
+        help='per-provider options as JSON, e.g. \'{"cuda": {"device_id": "0"}}\'', flag="--provider-options",
+        factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.providers if p.lower() not in PROVIDER_ALIASES and not p.endswith("ExecutionProvider")]
+        if unknown:
+            raise ValueError(f"providers: unknown {unknown} (one of {', '.join(sorted(PROVIDER_ALIASES))}, or "
+                             "ONNX Runtime's full name, such as ROCMExecutionProvider)")
 
 
 @dataclass(frozen=True)
@@ -149,13 +167,15 @@ class OnnxModel:
 
 
 class OnnxRuntimeBackend:
-    """Models that are .onnx files, run by ONNX Runtime."""
+    """Models that are ONNX files, run by ONNX Runtime."""
 
     name = "onnxruntime"
+    options_type = OnnxRuntimeOptions
 
     @staticmethod
     def handles(model: str) -> bool:
-        return not model.startswith("sim://") and not model.lower().endswith(".xml")  # OpenVINO IR is OpenVINO's
+        """An .onnx file or URL, or a local file whose bytes start as an ONNX model does."""
+        return is_onnx(model)
 
     @staticmethod
     def resolve(model: str) -> str:
@@ -173,9 +193,26 @@ class OnnxRuntimeBackend:
         return file_digest(model)
 
     @staticmethod
+    def options(cfg: ActorSettings) -> OnnxRuntimeOptions:
+        return backend_options(cfg, "onnxruntime", OnnxRuntimeOptions)
+
+    @staticmethod
     def device(cfg: ActorSettings) -> str:
         """The device the configuration asks for (the session may get less: OnnxModel.device)."""
-        return "gpu" if RuntimeOptions(providers=tuple(cfg.providers)).wants_gpu else "cpu"
+        return "gpu" if _session_options(cfg).wants_gpu else "cpu"
+
+    @staticmethod
+    def resource(cfg: ActorSettings) -> str | None:
+        """No custom Ray resource: a GPU is placement's own `GPU` (`device` says when)."""
+        return None
+
+    @staticmethod
+    def devices() -> list[str]:
+        """The execution providers this onnxruntime build has (for `rayinfer doctor`)."""
+        import onnxruntime as ort
+
+        short = {v: k for k, v in PROVIDER_ALIASES.items()}
+        return [short.get(p, p) for p in ort.get_available_providers()]
 
     @staticmethod
     def installed() -> str | None:
@@ -193,10 +230,11 @@ class OnnxRuntimeBackend:
     @staticmethod
     def build(cfg: ActorSettings, plan: Any, cpus: int) -> OnnxModel:
         """`plan.threads_per_request` intra-op threads (requests share the CPUs)."""
-        provider_options = dict(cfg.provider_options)
+        own = OnnxRuntimeBackend.options(cfg)
+        provider_options = dict(own.provider_options)
         if cfg.precision == "fp16" and _tensorrt_first(cfg):
             provider_options["tensorrt"] = {**provider_options.get("tensorrt", {}), "trt_fp16_enable": "True"}
-        options = RuntimeOptions(providers=tuple(cfg.providers), provider_options=provider_options,
+        options = RuntimeOptions(providers=own.providers, provider_options=provider_options,
                                  intra_op_threads=plan.threads_per_request)
         return OnnxModel(cfg.model, options)
 
@@ -207,9 +245,38 @@ class OnnxRuntimeBackend:
         return {"onnxruntime": onnxruntime.__version__}
 
 
+#: the first bytes of an ONNX file: field 1 (ir_version), a varint (protobuf tag 0x08)
+ONNX_MAGIC = b"\x08"
+
+
+def is_onnx(model: str) -> bool:
+    """An ONNX model by its name (`.onnx`, for a URL its path's) or, for a local file named
+    otherwise, by its first byte and a readable graph header."""
+    from urllib.parse import urlsplit
+
+    if "://" in model:
+        return urlsplit(model).path.lower().endswith(".onnx")
+    if model.lower().endswith(".onnx"):
+        return True
+    path = Path(model).expanduser()
+    if not path.is_file() or path.suffix.lower() in (".xml", ".bin", ".engine", ".plan", ".rbln"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    # ir_version's value (one byte), then the tag of the next field: producer_name, producer_version,
+    # domain, model_version, doc_string, graph or opset_import
+    return head[:1] == ONNX_MAGIC and head[2:3] in (b"\x12", b"\x1a", b"\x22", b"\x28", b"\x32", b"\x3a", b"\x42")
+
+
+def _session_options(cfg: ActorSettings) -> RuntimeOptions:
+    return RuntimeOptions(providers=OnnxRuntimeBackend.options(cfg).providers)
+
+
 def _tensorrt_first(cfg: ActorSettings) -> bool:
-    first = RuntimeOptions(providers=tuple(cfg.providers)).resolved_providers()[0][0]
-    return first == "TensorrtExecutionProvider"
+    return _session_options(cfg).resolved_providers()[0][0] == "TensorrtExecutionProvider"
 
 
 BACKEND = OnnxRuntimeBackend()

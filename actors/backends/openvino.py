@@ -33,13 +33,14 @@ import importlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rayinfer.actors.devices import Plan
-from rayinfer.actors.settings import ActorSettings
+from rayinfer.actors.settings import ActorSettings, backend_option, backend_options
 from rayinfer.actors.model import ModelError, TensorSpec, available_cpus, check_inputs
 from rayinfer.actors.queue import BusyClock, InferRequest, QueueClosedError, RequestSlots
 
@@ -364,10 +365,22 @@ def _first_line(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[0][:300]
 
 
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """The OpenVINO backend's options (`--openvino-device`)."""
+
+    device: str = backend_option("CPU", "OpenVINO device: CPU, GPU, NPU or AUTO (GPU/NPU: with --runtime openvino)")
+
+    def __post_init__(self) -> None:
+        if not self.device or not self.device.replace(".", "").replace(":", "").replace(",", "").isalnum():
+            raise ValueError(f"device: expected an OpenVINO device name such as CPU, GPU.0 or NPU, got {self.device!r}")
+
+
 class OpenVinoBackend:
     """.onnx and OpenVINO IR files, run by OpenVINO."""
 
     name = "openvino"
+    options_type = OpenVinoOptions
 
     @staticmethod
     def handles(model: str) -> bool:
@@ -396,20 +409,41 @@ class OpenVinoBackend:
         return out
 
     @staticmethod
+    def options(cfg: ActorSettings) -> OpenVinoOptions:
+        return backend_options(cfg, "openvino", OpenVinoOptions)
+
+    @staticmethod
     def device(cfg: ActorSettings) -> str:
-        return "cpu" if cfg.openvino_device.upper() == "CPU" else cfg.openvino_device.lower()
+        device = OpenVinoBackend.options(cfg).device
+        return "cpu" if device.upper() == "CPU" else device.split(".")[0].lower()
+
+    @staticmethod
+    def resource(cfg: ActorSettings) -> str | None:
+        """An NPU is a custom Ray resource its nodes declare (`ray start --resources '{"NPU": 1}'`);
+        a GPU is placement's own `GPU`, the CPU needs none."""
+        return "NPU" if OpenVinoBackend.device(cfg) == "npu" else None
+
+    @staticmethod
+    def devices() -> list[str]:
+        """The devices OpenVINO sees here (for `rayinfer doctor`); none where it is not installed."""
+        if installed():
+            return []
+        import openvino as ov
+
+        return list(ov.Core().available_devices)
 
     @staticmethod
     def check_precision(cfg: ActorSettings) -> str | None:
         """None when the device computes the model in `cfg.precision`, else why not."""
         if cfg.precision == "model":
             return differs_from_model(cfg.model, "model")
-        return installed() or precision_problem(cfg.openvino_device, cfg.precision)
+        return installed() or precision_problem(OpenVinoBackend.options(cfg).device, cfg.precision)
 
     @staticmethod
     def build(cfg: ActorSettings, plan: Plan, cpus: int) -> OpenVinoModel:
         """Compiled with every CPU the actor has (OpenVINO splits them into streams itself)."""
-        return OpenVinoModel(cfg.model, cfg.openvino_device, cfg.hint, threads=cpus, precision=cfg.precision)
+        return OpenVinoModel(cfg.model, OpenVinoBackend.options(cfg).device, cfg.hint, threads=cpus,
+                             precision=cfg.precision)
 
     @staticmethod
     def versions() -> dict[str, str]:

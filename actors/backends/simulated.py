@@ -128,6 +128,7 @@ class SimulatedBackend:
     """Models named by a `sim://` URI."""
 
     name = "simulated"
+    options_type = None  # its settings are the URI's query
 
     @staticmethod
     def handles(model: str) -> bool:
@@ -152,6 +153,16 @@ class SimulatedBackend:
     @staticmethod
     def device(cfg: ActorSettings) -> str:
         return SimulatedModel.device
+
+    @staticmethod
+    def resource(cfg: ActorSettings) -> str | None:
+        """None: a simulated device needs no resource of its own; benches and tests that give
+        their nodes one (`sim_device`) name it with --resource."""
+        return None
+
+    @staticmethod
+    def devices() -> list[str]:
+        return ["sim://"]
 
     @staticmethod
     def installed() -> str | None:

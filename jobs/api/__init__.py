@@ -96,7 +96,9 @@ def _config(task: str, options: dict[str, Any]) -> JobConfig:
     from rayinfer.jobs.cli import _defaults_for_demo
     from rayinfer.jobs.tasks import get_task
 
-    job_fields = {f.name for f in fields(JobConfig)}
+    from rayinfer.actors.backends import option_keys
+
+    job_fields = {f.name for f in fields(JobConfig)} | set(option_keys())  # option_keys: `openvino_device=`
     data: dict[str, Any] = {"task": task, **{k: v for k, v in options.items() if k in job_fields}}
     task_options = {k: v for k, v in options.items() if k not in job_fields}
     if task_options:
