@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ac.add_argument("--output-model", type=Path,
                     default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_int8.onnx",
                     help="its output for one image is what the devices return (default: YOLOv8n in $RAYINFER_SHARED)")
-    ac.add_argument("--raydata-batches", default="1,4,16,64", help="Ray Data's batch sizes to try")
+    ac.add_argument("--raydata-batches", default="1,4,16,64", help="Ray Data's batch sizes to try (empty: rayinfer alone, as where Ray Data is not installed)")
     st = sub.add_parser("storage", help="the job from a folder, tar shards, S3 (moto), S3 with added latency")
     st.add_argument("--data-root", type=Path, required=True)
     st.add_argument("--images", type=int, default=1000)
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.accel import run_accel_bench
 
         result = run_accel_bench(args.data_root, args.images, args.devices, args.latency_ms, args.capacity,
-                                 args.output_model, [int(v) for v in args.raydata_batches.split(",")])
+                                 args.output_model, [int(v) for v in args.raydata_batches.split(",") if v])
     elif args.bench == "storage":
         from benchmarks.storage import run_storage_bench
 

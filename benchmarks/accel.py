@@ -216,7 +216,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
                        [["one at a time"] + [plain[s] * 1e3 for s in STEPS] + [plain_s * 1e3],
                         ["every core at once"] + [loaded[s] * 1e3 for s in STEPS] + [loaded_s * 1e3]]))
     print(f"rayinfer / bound = {rate / bound:.2f} (steady {steady / bound:.2f}); rayinfer / raydata (batch {best_b}) = "
-          f"{rate / best:.2f}; stream occupancy {occupancy:.2f}; host CPU per image {host_ms:.2f} ms in the actors "
+          f"{rate / best if best else float('nan'):.2f}; stream occupancy {occupancy:.2f}; host CPU per image {host_ms:.2f} ms in the actors "
           f"({host_ms / (plain_s * 1e3):.2f}x the plain loop), {driver_cpu * 1000 / max(1, done):.2f} ms in the driver")
     return {"raydata": round(best, 2), "raydata_batch": best_b, "rayinfer": round(rate, 2),
             "rayinfer_steady": steady, "bound": round(bound, 2), "device_bound": round(device_bound, 2),
