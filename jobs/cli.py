@@ -164,7 +164,9 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
         f"{counts['samples']} samples, {counts['errors']} errors in {t['total_s']:.1f} s end to end ("
         + ", ".join(f"{name} {v:.1f} s" for name, v in parts if v is not None) + "); "
         f"{_per_s(rate.get('end_to_end_samples_per_s'))} samples/s end to end, "
-        f"{_per_s(rate.get('samples_per_s'))} in steady state\n"
+        f"{_per_s(rate.get('samples_per_s'))} in steady state"
+        + (f"; metrics {t['after_last_shard_s']:.1f} s after the last shard" if t.get("after_last_shard_s") is not None
+           else "") + "\n"
         f"metrics: {json.dumps(head)}\n"
     )
     from rayinfer.jobs.format import family_text, runtime_text

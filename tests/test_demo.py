@@ -89,6 +89,9 @@ def test_coco_demo_then_a_second_run_says_where_it_goes_and_the_summary_states_i
                                   "evaluation_s", "report_s"))
     assert 0.8 * t["total_s"] <= measured <= t["total_s"], t
     assert run["throughput"]["end_to_end_samples_per_s"] < run["throughput"]["samples_per_s"]
+    # the tail: from the last shard's commit to metrics.json, which holds the evaluation
+    after = float(re.search(r"; metrics ([\d.]+) s after the last shard$", line).group(1))
+    assert after == pytest.approx(t["after_last_shard_s"], abs=0.06) and t["after_last_shard_s"] >= t["evaluation_s"]
     # --resume / --overwrite without --output: which run? refused in one line
     bad = _run(tmp_path, "coco", "--resume")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
