@@ -16,6 +16,7 @@ from typing import Any
 from rayinfer.actors.backends import backend, option_keys, runtime_names
 from rayinfer.actors.families import family_names
 from rayinfer.actors.model import PRECISIONS
+from rayinfer.actors.settings import backend_options
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
@@ -210,8 +211,7 @@ class JobConfig:
     def runtime_option(self, key: str) -> Any:
         """A backend option by its flat key (`openvino_device`): as set, else its default."""
         name, option_name = option_keys()[key]
-        kind = backend(name).options_type
-        return getattr(kind(**self.runtime_options.get(name, {})), option_name)
+        return getattr(backend_options(self, name, backend(name).options_type), option_name)
 
 
 def checked_runtime_options(given: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -208,7 +208,6 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
         return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
     # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
     # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
-    state.setup = setup = dataclasses.replace(setup, dataset=None)  # type: ignore[arg-type]
     state.setup = setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
     # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
     t_eval = time.time()

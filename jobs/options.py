@@ -101,14 +101,14 @@ def runtime_flags() -> list[Flag]:
     """The option flags of every registered runtime backend, from its options dataclass: each
     sets its flat key (`--openvino-device` -> `openvino_device`), which the configuration files
     under `runtime_options.openvino.device`. The help says whose (`(openvino) ...`)."""
-    from rayinfer.actors.backends import backends, option_flag
+    from rayinfer.actors.backends import backends, option_flag, option_key
 
     out = []
     for b in backends():
         kind = getattr(b, "options_type", None)
         for f, field in zip(flags(kind), dataclasses.fields(kind)) if kind else []:
-            flag = option_flag(b, field)
-            out.append(dataclasses.replace(f, flag=flag, key=flag[2:].replace("-", "_"), help=f"({b.name}) {f.help}"))
+            out.append(dataclasses.replace(f, flag=option_flag(b, field), key=option_key(b, field),
+                                           help=f"({b.name}) {f.help}"))
     return out
 
 

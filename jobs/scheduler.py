@@ -11,7 +11,7 @@
   back in time is retired. A shard whose own run fails (an error in the actor, a hung
   request) is retried up to `max_attempts` times, then returned as failed, so its
   samples become error rows instead of a hung or lost job.
-- Whole: a result that does not hold exactly one outcome (record or error row) per
+- Whole: a result that does not hold exactly one outcome (prediction row or error row) per
   sample of its shard is a failed attempt (`check_whole`), never yielded.
 - Honest at the end: when no actor is left and none can come back, the shards not
   run are left in `unfinished`, never returned as failed: the driver does not commit
@@ -541,7 +541,7 @@ class IncompleteResult(RuntimeError):
 
 
 def check_whole(result: Any, shard: Shard) -> None:
-    """Raise `IncompleteResult` unless `result` (a ShardResult) holds exactly one record or
+    """Raise `IncompleteResult` unless `result` (a ShardResult) holds exactly one prediction row or
     error row per sample of `shard` and nothing else: the commit never takes a shard with a
     sample lost or doubled."""
     if not isinstance(result, ShardResult):

@@ -70,11 +70,15 @@ def option_flag(b: Any, f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or f"--{b.name}-{f.name}".replace("_", "-")
 
 
+def option_key(b: Any, f: dataclasses.Field) -> str:
+    """The flat key of that option: its flag's words joined by `_` (`openvino_device`,
+    `providers`), as a YAML file, a keyword or an older run.json spells it at the top level."""
+    return option_flag(b, f)[2:].replace("-", "_")
+
+
 def option_keys() -> dict[str, tuple[str, str]]:
-    """{flat key: (backend name, field)} for every backend option: the flag's words joined by
-    `_` (`openvino_device`, `providers`), as a YAML file, a keyword or an older run.json
-    spells them at the top level."""
-    return {option_flag(b, f)[2:].replace("-", "_"): (b.name, f.name)
+    """{flat key: (backend name, field)} for every backend option (`option_key`)."""
+    return {option_key(b, f): (b.name, f.name)
             for b in backends() if getattr(b, "options_type", None) for f in dataclasses.fields(b.options_type)}
 
 
