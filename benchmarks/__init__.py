@@ -31,6 +31,14 @@ its last line, one JSON object.
     whole job with the real model; host ms per image of the plain loop and img/s of the job
     on simulated fast devices (2 ms, 8 streams), medians of K alternating runs. Keys: {as_is,x2}_{full,reduced}_{ap,ap50,
     host_ms,actor_ms,img_s}.
+`python -m benchmarks tail --data-root D [--images 5000]`
+    What comes after the last image is inferred: the COCO job on the set repeated to N
+    images, two simulated fast devices returning one real YOLOv8n output (val2017's volume
+    of detections), run as `rayinfer run`; then `rayinfer eval` on its folder with each COCO
+    engine. Keys: inference_s, after_last_shard_s (last shard -> metrics.json),
+    evaluation_overlapped_s, report_s, report_after_metrics_s, total_s, end_to_end_ratio
+    (end to end / steady img/s), offline_eval_s, offline_eval_pycocotools_s, offline_ratio,
+    stats_equal (the 12 stats of the job and of both engines within 1e-6).
 `python -m benchmarks elastic`
     Clusters that change under a job (simulated devices, the `null` task): from zero workers
     on Ray's fake autoscaler (time to the first result from the command, and Ray's own node

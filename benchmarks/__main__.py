@@ -75,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     de.add_argument("--images", type=int, default=2000, help="the speed runs' set size (the set repeated)")
     de.add_argument("--factor", type=int, default=2, help="the upscaled copy's size factor")
     de.add_argument("--repeat", type=int, default=4, help="speed runs per setting, alternating; medians reported")
+    ta = sub.add_parser("tail", help="after the last image: evaluation, exports, report; rayinfer eval per engine")
+    ta.add_argument("--data-root", type=Path, required=True)
+    ta.add_argument("--images", type=int, default=5000, help="default: the size of COCO val2017")
+    ta.add_argument("--output-model", type=Path,
+                    default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_int8.onnx",
+                    help="its output for one image is what the devices return (default: YOLOv8n in $RAYINFER_SHARED)")
     el = sub.add_parser("elastic", help="from zero workers (fake autoscaler), 2 -> 6 devices mid-job, a straggler")
     el.add_argument("--latency-ms", type=float, default=200.0)
     el.add_argument("--capacity", type=int, default=4)
@@ -117,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.elastic import run_elastic_bench
 
         result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size)
+    elif args.bench == "tail":
+        from benchmarks.tail import run_tail_bench
+
+        result = run_tail_bench(args.data_root, args.images, args.output_model)
     elif args.bench == "report":
         from benchmarks.report import run_report_bench
 

@@ -166,6 +166,7 @@ class CocoDataset(PackedReading):
         `collect`: return each image's ImageErrors too (else an empty list)."""
         cats = np.asarray(self.category_ids, np.int64)
         coco = self.coco
+        results = results[results[:, 5] >= errors.confidence]  # `errors.add` drops the rest
         at = np.minimum(np.searchsorted(cats, results[:, 6].astype(np.int64)), len(cats) - 1)
         results = results[cats[at] == results[:, 6]]  # a category the dataset lacks cannot be matched
         results = results[np.argsort(results[:, 0], kind="stable")]
@@ -189,27 +190,24 @@ class CocoDataset(PackedReading):
         """`results_json` of a table, or of tables read one at a time (a run's shards), written
         to the binary file `f` a chunk of detections at a time: memory does not grow with
         the number of detections."""
-        f.write(b"[")
-        first = True
+        writer = ResultsJson(f, chunk)
         for table in [tables] if isinstance(tables, pa.Table) else tables:
-            arr = self.results_array(table)
-            for start in range(0, len(arr), chunk):
-                text = ",\n".join(json.dumps(_result(r)) for r in arr[start:start + chunk])
-                f.write((("\n" if first else ",\n") + text).encode())
-                first = False
-        f.write(b"\n]\n")
+            writer.write(self.results_array(table))
+        writer.close()
 
     def exports(self, tables: Callable[[], Iterable[pa.Table]]) -> dict[str, Any]:
         """Extra files for the output directory: the standard `coco_results.json`, as a
         writer of its bytes (it holds every detection), reading the shards one at a time."""
         return {"coco_results.json": lambda f: self.write_results_json(tables(), f)}
 
-    def evaluator(self, image_ids: Sequence[int | str]) -> StreamingCocoEval:
-        """COCOeval over `image_ids`, fed results a shard at a time (see datasets/cocoeval.py)."""
-        return StreamingCocoEval(self.coco, [int(i) for i in image_ids])
+    def evaluator(self, image_ids: Sequence[int | str], engine: str = "numpy") -> StreamingCocoEval:
+        """COCOeval over `image_ids`, fed results a shard at a time (see datasets/cocoeval.py);
+        `engine`: its matching, `cocoeval.ENGINES`."""
+        return StreamingCocoEval(self.coco, [int(i) for i in image_ids], engine=engine)
 
     def cocoeval(self, predictions: pa.Table | np.ndarray | list[dict[str, Any]],
-                 image_ids: Sequence[int | str] | None = None) -> tuple[CocoScores | None, list[int], int]:
+                 image_ids: Sequence[int | str] | None = None,
+                 engine: str = "numpy") -> tuple[CocoScores | None, list[int], int]:
         """COCOeval of predictions held in memory; returns (the scores, or None when there
         is nothing to score, the evaluated image ids, the number of detections)."""
         if isinstance(predictions, pa.Table):
@@ -224,7 +222,7 @@ class CocoDataset(PackedReading):
         results = results[np.isin(results[:, 0], ids)]
         if len(results) == 0 or not ids:
             return None, ids, 0
-        evaluator = self.evaluator(ids)
+        evaluator = self.evaluator(ids, engine)
         evaluator.add(results, ids)
         return evaluator.finish(), ids, int(len(results))
 
@@ -403,6 +401,35 @@ def _annotation_row(a: dict[str, Any]) -> tuple | None:
     if type(box) is not list or len(box) != 4 or any(type(v) not in (int, float) for v in box):
         return None
     return (*ints[:3], *box, area, ints[3])
+
+
+class ResultsJson:
+    """The COCO results JSON (`coco_results.json`) written to the binary file `f` in pieces,
+    from `results_array`'s N x 7 arrays: each chunk of detections formatted by one `%` over
+    its numbers (C code, no Python object per detection), boxes to 3 decimals and scores to
+    5, as `results_json` rounds them.
+
+        writer = ResultsJson(f)
+        writer.write(results)       # any number of times
+        writer.close()              # the closing bracket (f stays open)
+    """
+
+    ROW = '{"image_id": %d, "category_id": %d, "bbox": [%.3f, %.3f, %.3f, %.3f], "score": %.5f}'
+
+    def __init__(self, f: Any, chunk: int = 20_000) -> None:
+        self.f, self.chunk, self.first = f, chunk, True
+        f.write(b"[")
+
+    def write(self, results: np.ndarray) -> None:
+        columns = results[:, [0, 6, 1, 2, 3, 4, 5]]
+        for start in range(0, len(columns), self.chunk):
+            part = columns[start:start + self.chunk]
+            text = ",\n".join([self.ROW] * len(part)) % tuple(part.ravel().tolist())
+            self.f.write((("\n" if self.first else ",\n") + text).encode())
+            self.first = False
+
+    def close(self) -> None:
+        self.f.write(b"\n]\n")
 
 
 def _result(r: np.ndarray) -> dict[str, Any]:

@@ -108,6 +108,174 @@ def at_confidence(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, gt: int,
     return precision, tp_at / gt
 
 
+#: How `StreamingCocoEval` matches detections to objects: "numpy" (`match`, every image of
+#: a batch at once) or "pycocotools" (`COCOeval.evaluate` itself, the reference: slower).
+ENGINES = ("numpy", "pycocotools")
+
+
+@dataclass
+class GroundTruth:
+    """The ground truth's bbox columns, in file order (what `COCOeval` reads of each object).
+
+    image, category  int64 [G]
+    box              float64 [G, 4]  x, y, w, h
+    area             float64 [G]     the file's `area` (COCO's area ranges use it, not the box's)
+    crowd            bool [G]
+    """
+
+    image: np.ndarray
+    category: np.ndarray
+    box: np.ndarray
+    area: np.ndarray
+    crowd: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._order = np.argsort(self.image, kind="stable")  # by image, file order within
+        self._keys = self.image[self._order]
+
+    @classmethod
+    def of(cls, coco: Any) -> GroundTruth:
+        """From a `CompactCoco`'s columns, or from a pycocotools `COCO`'s annotation dicts."""
+        if hasattr(coco, "ann_bbox"):
+            return cls(coco.ann_image, coco.ann_category, coco.ann_bbox, coco.ann_area, coco.ann_crowd.astype(bool))
+        anns = coco.dataset.get("annotations", [])
+        return cls(np.array([a["image_id"] for a in anns], np.int64).reshape(-1),
+                   np.array([a["category_id"] for a in anns], np.int64).reshape(-1),
+                   np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
+                   np.array([a["area"] for a in anns], np.float64).reshape(-1),
+                   np.array([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1))
+
+    def of_images(self, ids: Sequence[int]) -> GroundTruth:
+        """The objects of the images `ids` (sorted), by image and in file order within."""
+        keys = np.asarray(ids, np.int64)
+        lo, hi = np.searchsorted(self._keys, keys, "left"), np.searchsorted(self._keys, keys, "right")
+        pos = np.concatenate([self._order[a:b] for a, b in zip(lo, hi)]) if len(keys) else np.zeros(0, np.int64)
+        return GroundTruth(self.image[pos], self.category[pos], self.box[pos], self.area[pos], self.crowd[pos])
+
+
+@dataclass
+class Matches:
+    """`match`'s outcome: what `COCOeval.evaluateImg` finds, for every detection it keeps.
+
+    Per object (G):    gt_image (position in the batch's ids), gt_class (position in the
+                       category ids): int64; gt_ignore bool [G, A] (crowd, or outside area range a)
+    Per detection (D): image, klass int64; rank (place among its image's detections of its
+                       class, by score); score float64; tp, fp bool [D, A, T] (neither: ignored)
+    """
+
+    gt_image: np.ndarray
+    gt_class: np.ndarray
+    gt_ignore: np.ndarray
+    image: np.ndarray
+    klass: np.ndarray
+    rank: np.ndarray
+    score: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+
+
+def box_ious(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU of the pairs (det[i], gt[i]) of [x, y, w, h] boxes; a crowd region's is the
+    intersection over the detection's area. The operations of pycocotools' `bbIou` in its
+    order, so the same float64 bits (a threshold compares them exactly)."""
+    w = np.minimum(det[:, 2] + det[:, 0], gt[:, 2] + gt[:, 0]) - np.maximum(det[:, 0], gt[:, 0])
+    h = np.minimum(det[:, 3] + det[:, 1], gt[:, 3] + gt[:, 1]) - np.maximum(det[:, 1], gt[:, 1])
+    inter = w * h
+    det_area, gt_area = det[:, 2] * det[:, 3], gt[:, 2] * gt[:, 3]
+    union = np.where(crowd, det_area, det_area + gt_area - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+    return np.where((w > 0) & (h > 0), iou, 0.0)
+
+
+#: `match`'s preference key: a preferred (not ignored) object's key is above any other's
+_TIER = 1 << 40
+
+
+def match(gt: GroundTruth, results: np.ndarray, ids: Sequence[int], cat_ids: np.ndarray, area_rng: np.ndarray,
+          iou_thrs: np.ndarray, max_det: int) -> Matches:
+    """pycocotools' `evaluateImg` for every (image, category, area range) of the images `ids`
+    at once, on arrays. `results`: N x 7 rows of those images.
+
+    Per image and category: detections by score (stable), the first `max_det` kept; objects
+    not ignored before ignored ones. Each detection in turn, at each IoU threshold t and area
+    range, takes the object of the highest IoU >= t (the last such in that order on a tie)
+    among the objects not yet taken (a crowd region can be taken again), preferring one not
+    ignored; it is ignored when that object is, or, unmatched, when its own area is out of
+    range. Images and categories are independent, so the loop runs over the rank of a
+    detection (at most `max_det` steps), every image and category in each step, and visits
+    only the pairs whose IoU reaches the lowest threshold."""
+    ids = np.asarray(ids, np.int64)
+    K, A, T = len(cat_ids), len(area_rng), len(iou_thrs)
+    thresholds = np.minimum(iou_thrs, 1 - 1e-10)
+    # objects: group = image position * K + class position (gt is by image, file order within)
+    g_class = np.searchsorted(cat_ids, gt.category)
+    known = (g_class < K) & (cat_ids[np.minimum(g_class, K - 1)] == gt.category) if K else np.zeros(len(gt.category), bool)
+    g_image = np.searchsorted(ids, gt.image[known])
+    g_class, g_box, g_area, g_crowd = g_class[known], gt.box[known], gt.area[known], gt.crowd[known]
+    g_group = g_image * K + g_class
+    g_order = np.argsort(g_group, kind="stable")
+    g_image, g_class, g_box, g_area, g_crowd, g_group = (x[g_order] for x in (g_image, g_class, g_box, g_area,
+                                                                               g_crowd, g_group))
+    g_ignore = g_crowd[:, None] | (g_area[:, None] < area_rng[None, :, 0]) | (g_area[:, None] > area_rng[None, :, 1])
+    # detections: those of a known category, by group, score descending (stable), max_det each
+    d_class = np.searchsorted(cat_ids, results[:, 6]) if len(results) else np.zeros(0, np.int64)
+    ok = (d_class < K) & (cat_ids[np.minimum(d_class, K - 1)] == results[:, 6]) if K else np.zeros(len(results), bool)
+    results, d_class = results[ok], d_class[ok]
+    d_image = np.searchsorted(ids, results[:, 0].astype(np.int64))
+    d_group = d_image * K + d_class
+    score = results[:, 5]
+    order = np.lexsort((np.arange(len(results)), -score, d_group))
+    d_group = d_group[order]
+    starts = np.searchsorted(d_group, d_group, "left")
+    rank = np.arange(len(d_group)) - starts
+    keep = order[rank < max_det]
+    rank = rank[rank < max_det]
+    d_image, d_class, d_group, score, box = d_image[keep], d_class[keep], d_image[keep] * K + d_class[keep], \
+        score[keep], results[keep, 1:5]
+    D = len(keep)
+    area = box[:, 2] * box[:, 3]
+    d_out = (area[:, None] < area_rng[None, :, 0]) | (area[:, None] > area_rng[None, :, 1])  # [D, A]
+    # candidate pairs: each detection with each object of its group, IoU >= the lowest threshold
+    lo, hi = np.searchsorted(g_group, d_group, "left"), np.searchsorted(g_group, d_group, "right")
+    n = hi - lo
+    pair_det = np.repeat(np.arange(D), n)
+    pair_gt = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+    iou = box_ious(box[pair_det], g_box[pair_gt], g_crowd[pair_gt])
+    near = iou >= thresholds.min()
+    pair_det, pair_gt, iou = pair_det[near], pair_gt[near], iou[near]
+    # a detection's pairs by rank, then by (IoU, object order): `q`, its candidates' order of preference
+    by = np.lexsort((pair_gt, iou, pair_det, rank[pair_det]))
+    pair_det, pair_gt, iou = pair_det[by], pair_gt[by], iou[by]
+    positions = np.arange(len(pair_det))
+    heads_all = np.r_[True, pair_det[1:] != pair_det[:-1]] if len(pair_det) else np.zeros(0, bool)
+    q = positions - np.maximum.accumulate(np.where(heads_all, positions, 0))
+    matched = np.zeros((D, A, T), bool)
+    matched_ignored = np.zeros((D, A, T), bool)
+    taken = np.zeros((len(g_group), A, T), bool)
+    above = iou[:, None] >= thresholds[None, :]  # [P, T]
+    preferred = ~g_ignore[pair_gt]  # [P, A]
+    step = np.searchsorted(rank[pair_det], np.arange(max_det + 1))
+    for r in range(max_det):
+        a, b = step[r], step[r + 1]
+        if a == b:
+            continue
+        dets, gts = pair_det[a:b], pair_gt[a:b]
+        free = g_crowd[gts][:, None, None] | ~taken[gts]  # [P, A, T]
+        eligible = above[a:b, None, :] & free
+        key = np.where(eligible, preferred[a:b, :, None] * _TIER + q[a:b, None, None], -1)
+        heads = np.flatnonzero(np.r_[True, dets[1:] != dets[:-1]])
+        best = np.maximum.reduceat(key, heads, axis=0)  # [detections of rank r, A, T]
+        owner = np.repeat(np.arange(len(heads)), np.diff(np.r_[heads, len(dets)]))
+        win = eligible & (key == best[owner])
+        taken[gts] |= win
+        found = best >= 0
+        matched[dets[heads]] = found
+        matched_ignored[dets[heads]] = found & (best < _TIER)
+    ignored = np.where(matched, matched_ignored, d_out[:, :, None])
+    return Matches(g_image, g_class, g_ignore, d_image, d_class, rank, score, matched & ~ignored, ~matched & ~ignored)
+
+
 @dataclass
 class CocoScores:
     """What `COCOeval` holds after evaluate -> accumulate -> summarize, minus the detections.
@@ -130,10 +298,15 @@ class CocoScores:
 class StreamingCocoEval:
     """COCOeval (bbox) over `image_ids` of the ground truth `coco_gt`, fed results in pieces."""
 
-    def __init__(self, coco_gt: Any, image_ids: Sequence[int], batch_images: int = BATCH_IMAGES) -> None:
+    def __init__(self, coco_gt: Any, image_ids: Sequence[int], batch_images: int = BATCH_IMAGES,
+                 engine: str = "numpy") -> None:
         from pycocotools.cocoeval import Params
 
+        if engine not in ENGINES:
+            raise ValueError(f"COCO engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.coco_gt = coco_gt
+        self.engine = engine
+        self._gt = GroundTruth.of(coco_gt) if engine == "numpy" else None
         self.params = Params(iouType="bbox")
         self.params.imgIds = sorted({int(i) for i in image_ids})
         self.params.catIds = sorted(coco_gt.getCatIds())
@@ -197,8 +370,41 @@ class StreamingCocoEval:
         for start in range(0, len(ids), self.batch_images):
             batch = ids[start:start + self.batch_images]
             lo, hi = np.searchsorted(column, batch[0], "left"), np.searchsorted(column, batch[-1], "right")
-            self._evaluate(results[lo:hi], batch)
+            if self.engine == "numpy":
+                self._match(results[lo:hi], batch)
+            else:
+                self._evaluate(results[lo:hi], batch)
 
+    # -- evaluate, the numpy engine: pycocotools' matching for every image of a batch at once -------
+    def _match(self, results: np.ndarray, ids: list[int]) -> None:
+        """`COCOeval.evaluate` (bbox) for the images `ids`, as arrays (`match`), its outcome
+        kept as `_evaluate` keeps pycocotools' own."""
+        self.detections += len(results)
+        p = self.params
+        gt = self._gt.of_images(ids)
+        m = match(gt, results, ids, np.asarray(p.catIds, np.int64), np.asarray(p.areaRng, np.float64),
+                  np.asarray(p.iouThrs, np.float64), max(p.maxDets))
+        K = len(p.catIds)
+        for a in range(len(p.areaRng)):
+            self._npig[:, a] += np.bincount(m.gt_class[~m.gt_ignore[:, a]], minlength=K)
+        counting = ~m.gt_ignore[:, 0]  # area "all": the non-crowd objects
+        groups = np.unique(m.gt_image[counting] * K + m.gt_class[counting])
+        self._gt_images += np.bincount(groups % K, minlength=K)
+        if not len(m.score):
+            return
+        image_pos = np.searchsorted(self._image_ids, np.asarray(ids, np.int64))[m.image].astype(np.int32)
+        tp = np.packbits(m.tp.reshape(len(m.score), -1), axis=1)
+        fp = np.packbits(m.fp.reshape(len(m.score), -1), axis=1)
+        order = np.argsort(m.klass, kind="stable")
+        bounds = np.searchsorted(m.klass[order], np.arange(K + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[k]:bounds[k + 1]]
+            score = m.score[sel]
+            narrow = score.astype(np.float32)
+            self._kept.setdefault(int(k), []).append((narrow if np.array_equal(narrow, score) else score,
+                                                      image_pos[sel], m.rank[sel].astype(np.uint16), tp[sel], fp[sel]))
+
+    # -- evaluate, the pycocotools engine: the reference, a batch of images at a time --------------
     def _evaluate(self, results: np.ndarray, ids: list[int]) -> None:
         from pycocotools.cocoeval import COCOeval
 
@@ -254,9 +460,15 @@ class StreamingCocoEval:
         """COCOeval.accumulate: per class and max detections, the detections in image order
         sorted by score (mergesort, as pycocotools), cumulative true and false positives per
         area range and IoU threshold, interpolated precision at the recall thresholds. One
-        class at a time and one (area, IoU) bit at a time, so the working memory is a few
-        arrays of one class's detections. On the way, at IoU 0.5, area all and the most
-        detections, the confidence curves."""
+        class at a time, so the working memory is a few arrays of one class's detections.
+        On the way, at IoU 0.5, area all and the most detections, the confidence curves.
+
+        Only the true positives are visited: recall grows at them alone, so the first
+        detection reaching a recall threshold above 0 is one (recall 0 is reached at the first
+        detection, whatever it is), and precision falls between them, so
+        the highest precision at or after a true positive is that of a true positive. Their
+        precision is tp / (fp + tp + eps) with tp and fp the counts up to them, the figures
+        pycocotools' cumulative sums hold there."""
         p = self.params
         T, R, K, A, M = len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng), len(p.maxDets)
         precision = -np.ones((T, R, K, A, M))
@@ -265,34 +477,42 @@ class StreamingCocoEval:
         curves = ConfidenceCurves(CONFIDENCES, np.full((K, len(CONFIDENCES)), np.nan),
                                   np.full((K, len(CONFIDENCES)), np.nan))
         iou50 = int(np.argmin(np.abs(p.iouThrs - 0.5)))
+        zero = p.recThrs <= 0
         for k in range(K):
             score, image, rank, tp_bits, fp_bits = self._pieces_of(k)
             order = np.lexsort((rank, image))  # pycocotools concatenates images in id order
             for m, max_det in enumerate(sorted(p.maxDets)):
                 sel = order[rank[order] < max_det]
                 sel = sel[np.argsort(-score[sel], kind="mergesort")]
-                sorted_scores, tp_rows, fp_rows = score[sel].astype(np.float64), tp_bits[sel], fp_bits[sel]
-                nd = len(sel)
+                sorted_scores, nd = score[sel].astype(np.float64), len(sel)
+                # [A*T, nd]: row a*T + t, the detections' bits for area range a, IoU threshold t
+                tp_rows = np.unpackbits(tp_bits[sel], axis=1, count=A * T).T.astype(bool)
+                fp_rows = np.unpackbits(fp_bits[sel], axis=1, count=A * T).T.astype(bool)
                 for a in range(A):
                     npig = self._npig[k, a]
                     if npig == 0:
                         continue
                     for t in range(T):
-                        byte, mask = (a * T + t) // 8, np.uint8(0x80 >> ((a * T + t) % 8))  # packbits' bit order
-                        tp = np.cumsum((tp_rows[:, byte] & mask) != 0, dtype=np.float64)
-                        fp = np.cumsum((fp_rows[:, byte] & mask) != 0, dtype=np.float64)
+                        at = np.flatnonzero(tp_rows[a * T + t])  # the true positives' places
+                        fp_at = np.searchsorted(np.flatnonzero(fp_rows[a * T + t]), at).astype(np.float64)
+                        tp = np.arange(1, len(at) + 1, dtype=np.float64)
                         rc = tp / npig
-                        pr = tp / (fp + tp + np.spacing(1))
-                        recall[t, k, a, m] = rc[-1] if nd else 0
+                        recall[t, k, a, m] = len(at) / npig if nd else 0
+                        pr = tp / (fp_at + tp + np.spacing(1))
                         pr = np.maximum.accumulate(pr[::-1])[::-1]  # precision made monotone
                         q, ss = np.zeros(R), np.zeros(R)
                         found = np.searchsorted(rc, p.recThrs, side="left")
-                        ok = found < nd
-                        q[ok], ss[ok] = pr[found[ok]], sorted_scores[found[ok]]
+                        ok = found < len(at)
+                        q[ok], ss[ok] = pr[found[ok]], sorted_scores[at[found[ok]]]
+                        if nd:  # recall >= 0 holds from the first detection on, whatever it is
+                            q[zero] = pr[0] if len(at) else 0.0
+                            ss[zero] = sorted_scores[0]
                         precision[t, :, k, a, m] = q
                         scores[t, :, k, a, m] = ss
                         if a == 0 and t == iou50 and m == M - 1:
-                            curves.precision[k], curves.recall[k] = at_confidence(sorted_scores, tp, fp, npig)
+                            curves.precision[k], curves.recall[k] = at_confidence(
+                                sorted_scores, np.cumsum(tp_rows[t], dtype=np.float64),
+                                np.cumsum(fp_rows[t], dtype=np.float64), npig)
         return precision, recall, scores, curves
 
     def _pieces_of(self, k: int) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ from rayinfer.actors.backends import backend, option_keys, runtime_names
 from rayinfer.actors.families import family_names
 from rayinfer.actors.model import PRECISIONS
 from rayinfer.actors.settings import backend_options
+from rayinfer.datasets.cocoeval import ENGINES
 from rayinfer.datasets.storage import Location, check_options, check_url, is_remote
 
 PREPROCESS_IN = ("auto", "request", "loader")
@@ -27,11 +28,12 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           factory: Any = dataclasses.MISSING, choices: tuple[str, ...] | None = None) -> Any:
+           factory: Any = dataclasses.MISSING, choices: tuple[str, ...] | None = None, eval: bool = False) -> Any:
     """A JobConfig field with its command-line help (and its flag, where it is not
     `--field-name`, or `--no-field-name` for a switch that is on by default; its `choices`,
-    where a registry names them)."""
-    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
+    where a registry names them; `eval`: `rayinfer eval` takes it too)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {}),
+                **({"eval": True} if eval else {})}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -121,6 +123,10 @@ class JobConfig:
     # `--conf-thres 0.1`); `Task.options(cfg)` checks them against the task's dataclass and
     # fills in its defaults
     options: dict[str, Any] = field(default_factory=dict, metadata={"task_options": True})
+    # evaluation
+    coco_engine: str = option(ENGINES[0], "how COCO mAP matches detections to objects: numpy (all of a batch's "
+                                          "images at once) or pycocotools (the reference, its own code; slower); "
+                                          "the same numbers", choices=ENGINES, eval=True)
     # presentation
     quiet: bool = option(False, "no progress bar; only warnings and the summary")
     progress: bool = option(True, "no progress bar on a terminal, no progress lines in logs")

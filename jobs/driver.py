@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from collections.abc import Sequence
@@ -34,9 +35,10 @@ from rayinfer.jobs.cluster import connect_ray, may_grow
 from rayinfer.jobs.scheduler import FailedShard, ShardScheduler, make_shards
 from rayinfer.jobs.lock import run_lock
 from rayinfer.jobs.exit_codes import EXIT_INCOMPLETE, EXIT_OK, EXIT_PARTIAL, EXIT_SETUP
-from rayinfer.jobs.output import RunOutput, open_output, read_shards, writing
+from rayinfer.jobs.output import RunOutput, open_output, writing
 from rayinfer.jobs.placement import ActorFleet, actor_stats, open_pool
 from rayinfer.jobs.progress import Progress
+from rayinfer.jobs.streaming import EvaluationWorker
 from rayinfer.jobs.tasks import Task, get_task
 from rayinfer.jobs.tasks.base import options_record
 
@@ -194,37 +196,75 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
     if committed:
         log.info("resuming: %d of %d shards already committed", len(shards) - len(todo), len(shards))
 
-    state = JobState(cfg, setup, t_start, len(samples), len(shards), done_before, len(todo), checks_s)
-    dispatch(state, todo, output)
+    state = JobState(cfg, setup, t_start, len(samples), len(shards), done_before, len(todo), checks_s,
+                     resumed=committed)
+    engine = cfg.coco_engine if setup.task.engines else None
+    # the metrics computed while the actors infer, each shard as it commits (jobs/streaming.py)
+    stream = setup.task.streaming_evaluation(setup.dataset, [s.sample_id for s in samples], setup.options, engine,
+                                             exports=output.root)
+    worker = EvaluationWorker(stream, output.read_shard, resumed=sorted(committed)) if stream else None
+    try:
+        dispatch(state, todo, output, worker)
+        return _finish(state, output, worker, engine)
+    finally:
+        stop_ray(state)
+        if worker is not None:
+            worker.close()
+            for partial in worker.stream.exported().values():  # what the job did not put in place
+                partial.unlink(missing_ok=True)
 
+
+def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None, engine: str | None) -> JobOutcome:
+    """After the dispatch: metrics.json first, then run.json, the exports and the report."""
+    cfg, setup = state.cfg, state.setup
     errors = output.gather_errors()
     left = state.scheduler.unfinished if state.scheduler else []
     unfinished = sum(len(s.samples) for s in left)
     if unfinished:
+        stop_ray(state)
         run = run_record(state, None, errors.num_rows)
         output.write_json("run.json", run)
         log.error("%d samples in %d shards were not run (no inference actor is left alive) and are not "
                   "committed; rerun with --resume to run them", unfinished, len(left))
-        return JobOutcome({}, run, len(samples), errors.num_rows, unfinished)
-    # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
-    # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
-    state.setup = setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
-    # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
+        return JobOutcome({}, run, state.samples, errors.num_rows, unfinished)
     t_eval = time.time()
-    log.info("evaluation: %s", cfg.task)
     data_root = Location.of(cfg.data_root, cfg.storage_options)
-    evaluation = setup.task.evaluate_saved(output.root, data_root, options=setup.options)
-    for name, obj in setup.dataset.exports(output.predictions).items():
-        output.write_json(name, obj)
+    log.info("evaluation: %s%s", cfg.task, " (each shard evaluated as it committed)" if worker is not None else "")
+    evaluation = worker.finish() if worker is not None else None
+    explained = evaluation is None
+    if evaluation is None:
+        # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
+        # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
+        state.setup = setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
+        # The very function `rayinfer eval` uses: the job's metrics are the offline ones.
+        evaluation = setup.task.evaluate_saved(output.root, data_root, options=setup.options, engine=engine)
     output.write_json("metrics.json", evaluation.metrics)
     t_metrics = time.time()
     # what the user waits for once the accelerators are done: the last commit to metrics.json
     after = round(t_metrics - state.last_commit, 3) if state.last_commit else None
+    # Ray stops while the driver goes on (its processes take a second or so to exit, with
+    # little CPU); the report's forked processes start only once it has
+    stopping = threading.Thread(target=stop_ray, args=(state,), name="rayinfer-ray-stop")
+    stopping.start()
 
     timings = {"evaluation_s": round(t_metrics - t_eval, 3), "after_last_shard_s": after,
-               "stage_percentiles_ms": stage_percentiles(output)}
+               "evaluation_overlapped_s": round(worker.busy_s, 3) if worker is not None else None,
+               "stage_percentiles_ms": stage_percentiles(output, state)}
     run = run_record(state, evaluation.rows, errors.num_rows, timings)
     output.write_json("run.json", run)
+    t_after = time.time()
+    if explained:
+        for name, obj in setup.dataset.exports(output.predictions).items():
+            output.write_json(name, obj)
+    else:
+        for name, path in worker.stream.exported().items():  # written as the shards came
+            output.adopt(name, path)
+        worker.stream.explain(evaluation, output.predictions)
+    run["timings"]["exports_s"] = round(time.time() - t_after, 3)
+    if cfg.report and hasattr(evaluation, "detection_errors"):
+        evaluation.detection_errors()  # the report's matching at the chosen confidence, while Ray stops
+    stopping.join()
+    run["timings"]["ray_stop_s"] = round(state.ray_stop_s, 3)
     if cfg.report:
         from rayinfer.jobs.report import report_files, write_report
 
@@ -236,13 +276,25 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
             output.publish(*report_files(setup.task))
         except OSError as exc:
             raise writing(Path(exc.filename or output.root), exc) from None
-        # the whole job's wall time, the report's included
         run["timings"]["report_s"] = round(time.time() - t_report, 3)
-        run["timings"]["total_s"] = round(time.time() - t_start, 3)
-        run["throughput"]["end_to_end_samples_per_s"] = _rate(state.processed, run["timings"]["total_s"])
-        output.write_json("run.json", run)
-    return JobOutcome(evaluation.metrics, run, len(samples), errors.num_rows, evaluation=evaluation,
+    # the whole job's wall time, the report's included
+    run["timings"]["total_s"] = round(time.time() - state.started, 3)
+    run["throughput"]["end_to_end_samples_per_s"] = _rate(state.processed, run["timings"]["total_s"])
+    output.write_json("run.json", run)
+    return JobOutcome(evaluation.metrics, run, state.samples, errors.num_rows, evaluation=evaluation,
                       task=setup.task)
+
+
+def stop_ray(state: JobState) -> None:
+    """Stop the Ray this job started (once; `ray_stop_s` timed), after the metrics are out."""
+    if not state.started_ray:
+        return
+    import ray
+
+    state.started_ray = False
+    t_stop = time.time()
+    ray.shutdown()
+    state.ray_stop_s = time.time() - t_stop
 
 
 def _rate(samples: int, seconds: float) -> float | None:
@@ -270,11 +322,14 @@ class JobState:
     driver_cpu_s: float = 0.0  # the driver's CPU over the inference phase (dealing, committing)
     processed: int = 0
     stage_totals: dict[str, float] = field(default_factory=dict)
+    stage_ms: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per stage, each shard's ms per sample
     infos: list[dict[str, Any]] = field(default_factory=list)
     actor_stats: list[dict[str, Any]] = field(default_factory=list)
     scheduler: ShardScheduler | None = None
     pool: dict[str, Any] = field(default_factory=dict)
     last_commit: float | None = None  # epoch seconds: this run's last shard committed
+    resumed: set[int] = field(default_factory=set)  # shards an earlier run committed (--resume)
+    started_ray: bool = False  # this job started Ray here (stop_ray stops it)
 
     def counts(self) -> dict[str, Any]:
         """What the scheduler did to shards and actors (zeros where nothing was dispatched)."""
@@ -295,18 +350,17 @@ def _actors_text(scheduler: ShardScheduler, pool: ActorFleet) -> str:
     return f"{up} actor{'' if up == 1 else 's'} up" + (f", {pool.pending} pending" if pool.pending else "")
 
 
-def dispatch(state: JobState, todo: list[Any], output: RunOutput) -> None:
+def dispatch(state: JobState, todo: list[Any], output: RunOutput, evaluation: EvaluationWorker | None = None) -> None:
     """Start the actors, run every shard in `todo` through the scheduler, commit each
-    result; `state` takes what it counted and timed."""
-    import ray
-
+    result (and hand it to `evaluation`); `state` takes what it counted and timed. Ray, where
+    the job started it, stays up (`stop_ray`: once the metrics are written)."""
     cfg, setup = state.cfg, state.setup
     schema = rows_schema(setup.family.schema)
     if not todo:
         output.start(state.shards)
         return
     t_ray = time.time()
-    started_ray = connect_ray(cfg)
+    state.started_ray = connect_ray(cfg)
     state.ray_s = time.time() - t_ray
     pool: ActorFleet | None = None
     try:
@@ -344,8 +398,13 @@ def dispatch(state: JobState, todo: list[Any], output: RunOutput) -> None:
                     n = len(result.shard.samples)
                 else:
                     output.commit(result.shard, result.rows, result.errors)
+                    if evaluation is not None:
+                        evaluation.add(result.shard, result.rows)
                     for k, v in result.stage_s.items():
                         state.stage_totals[k] = state.stage_totals.get(k, 0.0) + v
+                    for stage in STAGES:
+                        if f"{stage}_ms" in result.rows.column_names:
+                            state.stage_ms.setdefault(stage, []).append(result.rows.column(f"{stage}_ms").to_numpy())
                     running.add(result.rows)
                     n = result.rows.num_rows + result.errors.num_rows
                 state.processed += n
@@ -361,10 +420,6 @@ def dispatch(state: JobState, todo: list[Any], output: RunOutput) -> None:
     finally:
         if pool is not None:
             pool.shutdown(state.scheduler.actors if state.scheduler else [])
-        if started_ray:
-            t_stop = time.time()
-            ray.shutdown()
-            state.ray_stop_s = time.time() - t_stop
 
 
 def host_need(actor: dict[str, Any]) -> dict[str, Any]:
@@ -448,14 +503,17 @@ def percentiles(values: Any, quantiles: dict[str, float]) -> dict[str, float | N
     return {k: round(float(v), 3) for k, v in zip(quantiles, np.percentile(values, list(quantiles.values())))}
 
 
-def stage_percentiles(output: RunOutput) -> dict[str, dict[str, float | None]]:
-    """p50 / p90 / p99 per stage (ms per sample) over the committed predictions, one column at a time."""
-    out = {}
-    for stage in STAGES:
-        column = read_shards(output.predictions_dir, [f"{stage}_ms"])
-        if column.num_columns:
-            out[stage] = percentiles(column.column(0).to_numpy(), {"p50": 50, "p90": 90, "p99": 99})
-    return out
+def stage_percentiles(output: RunOutput, state: JobState) -> dict[str, dict[str, float | None]]:
+    """p50 / p90 / p99 per stage (ms per sample) over the committed predictions: this run's
+    as the dispatch kept them, the shards of an earlier run (`state.resumed`) read back."""
+    columns = {stage: list(state.stage_ms.get(stage, [])) for stage in STAGES}
+    for shard in sorted(state.resumed):
+        table = output.read_shard(shard)
+        for stage in STAGES:
+            if f"{stage}_ms" in table.column_names:
+                columns[stage].append(table.column(f"{stage}_ms").to_numpy())
+    return {stage: percentiles(np.concatenate(parts), {"p50": 50, "p90": 90, "p99": 99})
+            for stage, parts in columns.items() if parts}
 
 
 def runtime_record(infos: list[dict[str, Any]]) -> dict[str, Any] | None:

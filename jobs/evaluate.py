@@ -47,6 +47,61 @@ class Evaluation:
 HEAD_ROWS = 16
 
 
+class StreamingEvaluation:
+    """A task's metrics fed a run's predictions a shard at a time, in any order: the job
+    feeds each shard as it commits (jobs/streaming.py), so that once the last one commits
+    only `finish` is left; `rayinfer eval` feeds the saved shards. A task that has one
+    returns it from `Task.streaming_evaluation`.
+
+    Use:
+        stream.add(shard, rows)     # each shard's prediction rows, once
+        ev = stream.finish()        # the metrics: samples never added count as missed
+        stream.explain(ev, tables)  # what only the report needs, from a second reading
+        stream.exported()           # the export files it wrote as the shards came, closed
+
+    A stream made with an `exports` folder writes the task's export files (COCO:
+    `coco_results.json`) there as it goes, under temporary names; `exported` closes them and
+    names them, for the caller to put in place (or remove, where the stream failed).
+    """
+
+    def add(self, shard: int, rows: pa.Table) -> None:
+        raise NotImplementedError
+
+    def exported(self) -> dict[str, Path]:
+        """{export name: its finished file}, closed now; {} for a stream that writes none."""
+        return {}
+
+    def finish(self) -> Evaluation:
+        raise NotImplementedError
+
+    def explain(self, ev: Evaluation, tables: Callable[[], Iterator[pa.Table]]) -> None:
+        """Fill in `ev`'s report-only parts from the predictions (`tables()`: the shards in
+        order); the default has none."""
+
+
+class Head:
+    """The first HEAD_ROWS prediction rows in shard order, from shards added in any order
+    (the lowest shards' first rows are kept, nothing more)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[int, pa.Table] = {}
+
+    def add(self, shard: int, rows: pa.Table) -> None:
+        self._kept[shard] = rows.slice(0, HEAD_ROWS)
+        total = 0
+        for index in sorted(self._kept):
+            if total >= HEAD_ROWS:
+                del self._kept[index]
+            else:
+                total += self._kept[index].num_rows
+
+    def table(self) -> pa.Table | None:
+        head = None
+        for index in sorted(self._kept):
+            head = head_rows(head, self._kept[index])
+        return head
+
+
 def read_run_record(output: Path) -> dict[str, Any] | None:
     """A saved run's run.json, or None where it has none."""
     path = output / "run.json"
@@ -182,12 +237,14 @@ class Offline:
 def evaluate_offline(task: Any, predictions: str | Path, data_root: str | Path,
                      storage_options: dict[str, Any] | None = None, changes: dict[str, Any] | None = None,
                      sample_ids: Sequence[str] | None = None, limit: int | None = None,
-                     ignore_missing: bool = False, warn: Callable[[str], None] = log.warning) -> Offline:
+                     ignore_missing: bool = False, warn: Callable[[str], None] = log.warning,
+                     engine: str | None = None) -> Offline:
     """The metrics of saved predictions (a run's folder or URL, or another tool's results file)
     against the ground truth at `data_root`, without Ray or the model: what `rayinfer eval`
     and `rayinfer.evaluate` give. The task's options are the run's own with `changes`; remote
     data is read with `storage_options`, else those the job ran with. `warn` gets one line each
-    for a run still being written (before evaluating) and annotations other than the run's."""
+    for a run still being written (before evaluating) and annotations other than the run's.
+    `engine`: the task's evaluation engine (`Task.engines`; default its first)."""
     from rayinfer.datasets.storage import Location
     from rayinfer.jobs.lock import describe, holder
     from rayinfer.jobs.output import local_run
@@ -204,7 +261,7 @@ def evaluate_offline(task: Any, predictions: str | Path, data_root: str | Path,
         warn(f"{describe(writer, str(predictions))}: the run is incomplete, and these metrics are of the shards "
              "committed so far")
     ev = task.evaluate_saved(out, root, sample_ids=sample_ids, limit=limit, options=options,
-                             ignore_missing=ignore_missing)
+                             ignore_missing=ignore_missing, engine=engine)
     changed = ground_truth_changed(SavedRun(out, [], record).fingerprint() if out.is_dir() else None, ev.metrics,
                                    str(data_root))
     if changed:

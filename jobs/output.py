@@ -256,6 +256,15 @@ class RunOutput:
             _written(self.root / name, atomic_write_json, obj)
         self._put(name)
 
+    def adopt(self, name: str, path: Path) -> None:
+        """The finished file `path` (written in this folder under another name) becomes `name`."""
+        self.record(name)
+        try:
+            os.replace(path, self.root / name)
+        except OSError as exc:
+            raise writing(self.root / name, exc) from None
+        self._put(name)
+
     def committed_shards(self) -> set[int]:
         if not self.predictions_dir.exists():
             return set()
@@ -283,6 +292,10 @@ class RunOutput:
     def predictions(self) -> Iterator[pa.Table]:
         """The committed predictions a shard at a time (see iter_shards)."""
         return iter_shards(self.predictions_dir)
+
+    def read_shard(self, shard: int) -> pa.Table:
+        """One committed shard's prediction rows."""
+        return pq.read_table(self.predictions_dir / shard_name(shard))
 
     def read_errors(self) -> pa.Table:
         table = read_shards(self.errors_dir)

@@ -15,12 +15,18 @@ import html
 import io
 import json
 import logging
+import multiprocessing
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rayinfer.actors.model import available_cpus
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation
 from rayinfer.jobs.format import family_text, runtime_text
@@ -58,6 +64,55 @@ class Figure:
     @property
     def mime(self) -> str:
         return "image/jpeg" if self.file.endswith(".jpg") else "image/png"
+
+
+#: a figure drawn on demand: one, several, or none (nothing to draw)
+FigureJob = Callable[[], "Figure | list[Figure] | None"]
+
+_JOBS: list[FigureJob] = []  # the jobs a forked pool's processes run, by index
+
+
+def render(items: Sequence[Figure | FigureJob]) -> list[Figure]:
+    """The figures of `items` (each a Figure, or a job drawing some), in order.
+
+    The jobs run in forked processes, as many as the CPUs this process may use: matplotlib
+    holds the GIL, so threads would take turns. Fork, not spawn: a job's data (an evaluation,
+    the ground truth) is inherited, not pickled; only the figures' bytes come back. A job only
+    draws (what it draws was read before), so a forked process touches no file system client
+    and no lock of another thread. Where Ray runs in this process (its threads are not safe
+    to fork), with one CPU, or if a process dies, the jobs run here, one after the other."""
+    global _JOBS
+    jobs = [item for item in items if callable(item)]
+    workers = min(len(jobs), available_cpus())
+    done: list[Any] | None = None
+    if workers > 1 and _may_fork():
+        _JOBS = jobs
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                done = list(pool.map(_run_job, range(len(jobs))))
+        except (OSError, BrokenProcessPool) as exc:  # no processes to be had, or one died: draw them here
+            log.debug("drawing the figures in this process: %s", exc)
+        finally:
+            _JOBS = []
+    if done is None:
+        done = [job() for job in jobs]
+    drawn = iter(done)
+    figures: list[Figure] = []
+    for item in items:
+        out = next(drawn) if callable(item) else item
+        figures += out if isinstance(out, list) else [out] if out is not None else []
+    return figures
+
+
+def _may_fork() -> bool:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    ray = sys.modules.get("ray")
+    return not (ray is not None and ray.is_initialized())
+
+
+def _run_job(index: int) -> Figure | list[Figure] | None:
+    return _JOBS[index]()
 
 
 def save_figure(fig: Any, folder: Path, file: str, caption: str, dpi: int = 100) -> Figure:
@@ -175,11 +230,18 @@ def _stage_figure(run: dict[str, Any], folder: Path) -> Figure | None:
                        "means a few slow samples (large images, a busy host), not a slow stage.")
 
 
-def _time_section(run: dict[str, Any] | None, folder: Path) -> tuple[str, list[Figure]]:
+def _time_jobs(run: dict[str, Any] | None, folder: Path) -> list[FigureJob]:
+    """The run's own figures, to draw (none without a run.json)."""
     if not run:
-        return "<p>No run.json: where the time went is unknown (evaluated offline from a results file).</p>", []
+        return []
+    return [lambda: _timeline_figure(run, folder), lambda: _stage_figure(run, folder)]
+
+
+def _time_section(run: dict[str, Any] | None, figures: list[Figure]) -> str:
+    """Where the time went: the run's figures (`_time_jobs`, drawn) and tables."""
+    if not run:
+        return "<p>No run.json: where the time went is unknown (evaluated offline from a results file).</p>"
     t, c = run["timings"], run["counts"]
-    figures = [f for f in (_timeline_figure(run, folder), _stage_figure(run, folder)) if f]
     parts = [_table(["samples/s steady", "samples/s end to end", "inference s", "actor start s", "total s",
                      "samples", "errors", "shards re-queued", "speculative copies"],
                     [[run["throughput"]["samples_per_s"], run["throughput"].get("end_to_end_samples_per_s"),
@@ -198,7 +260,7 @@ def _time_section(run: dict[str, Any] | None, folder: Path) -> tuple[str, list[F
     stages = t.get("stage_mean_ms") or {}
     if stages:
         parts.append(_table(list(stages), [list(stages.values())], "Mean time per sample and stage (ms)"))
-    return "".join(parts), figures
+    return "".join(parts)
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -226,12 +288,16 @@ def write_report(output: Path, ev: Evaluation, task: Any, data_root: str | Path 
     output = Path(output)
     folder = output / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    figures = task.figures(ev, Location.of(data_root), folder, options)
+    items = task.figures(ev, Location.of(data_root), folder, options)
+    time_jobs = _time_jobs(run, folder)
+    drawn = render([*items, *time_jobs])  # every figure at once, where the CPUs allow
+    figures = [f for f in drawn if f.file not in RUN_FIGURES]
+    time_figures = [f for f in drawn if f.file in RUN_FIGURES]
     keys = task.summary(ev)
     headline = [k for k in task.headline(ev) if ev.metrics.get(k) is not None]
     tables = "".join(_table(t.header, t.sorted_rows(), t.title + (f", highest {t.sort_by} first" if t.sort_by else ""))
                      for t in task.tables(ev))
-    time_html, time_figures = _time_section(run, folder)
+    time_html = _time_section(run, time_figures)
     title = f"rayinfer {ev.task} report"
     meta = []
     if run:

@@ -3,11 +3,13 @@ bit for bit, whatever the batches and the order they come in."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from rayinfer.datasets.coco import CocoDataset
-from rayinfer.datasets.cocoeval import StreamingCocoEval, reference_cocoeval
+from rayinfer.datasets.cocoeval import ENGINES, StreamingCocoEval, reference_cocoeval
 from rayinfer.datasets.synthetic import write_coco
 from tests.conftest import need_shared
 
@@ -49,23 +51,24 @@ def assert_same(streamed, reference) -> None:
 
 
 def stream(coco, results: np.ndarray, ids: list[int], order: list[int], per_add: int, batch_images: int,
-           skip: set[int] = frozenset()):
-    ev = StreamingCocoEval(coco, ids, batch_images=batch_images)
+           skip: set[int] = frozenset(), engine: str = "numpy"):
+    ev = StreamingCocoEval(coco, ids, batch_images=batch_images, engine=engine)
     for start in range(0, len(order), per_add):
         chunk = [i for i in order[start:start + per_add] if i not in skip]
         ev.add(results[np.isin(results[:, 0], chunk)], chunk)
     return ev.finish()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("per_add,batch_images", [(1, 1), (5, 7), (1000, 64)])
-def test_streaming_equals_pycocotools_on_the_shared_coco_mini(per_add, batch_images):
+def test_streaming_equals_pycocotools_on_the_shared_coco_mini(per_add, batch_images, engine):
     dataset = CocoDataset(need_shared("data", "coco-val2017-mini"))  # 79 images, crowds among them
     coco = dataset.coco
     ids = sorted(coco.getImgIds())
     results = noisy_results(coco, seed=per_add)
     order = list(np.random.default_rng(batch_images).permutation(ids))  # shards arrive in any order
     skipped = set(order[10:15])  # never added: their objects are misses, as failed samples
-    streamed = stream(coco, results, ids, order, per_add, batch_images, skip=skipped)
+    streamed = stream(coco, results, ids, order, per_add, batch_images, skip=skipped, engine=engine)
     reference = reference_cocoeval(plain_coco(dataset), results[~np.isin(results[:, 0], list(skipped))], ids)
     assert_same(streamed, reference)
     assert 0.1 < streamed.stats[0] < 0.9
@@ -187,3 +190,73 @@ def test_the_best_f1_confidence_separates_found_objects_from_clutter():
     results[~found, 5] = 0.4 * rng.random((~found).sum())
     curves = stream(coco, results, ids, ids, 1000, 64).confidence_curves
     assert 0.35 <= curves.confidence[curves.best()] <= 0.55
+
+
+def hard_case(tmp_path):
+    """A ground truth and detections made to hit every rule of COCOeval's matching: crowd
+    regions (matched again and again), objects on the area ranges' edges (32^2, 96^2), images
+    without objects, without detections, with neither, more than 100 detections of a class
+    (the per-image cut), tied scores, IoUs of exactly 0.5, a detection equally good for two
+    objects, and a category no object has."""
+    rng = np.random.default_rng(11)
+    cats = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3, 7)]
+    images, anns, rows = [], [], []
+
+    def obj(img, cat, box, crowd=0, area=None):
+        anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "bbox": list(map(float, box)),
+                     "area": float(area if area is not None else box[2] * box[3]), "iscrowd": crowd,
+                     "segmentation": [] if not crowd else {"counts": [0], "size": [1, 1]}})
+
+    for img in range(1, 21):
+        images.append({"id": img, "file_name": f"{img:012d}.jpg", "width": 640, "height": 480})
+        if img % 7 == 0:
+            continue  # neither objects nor detections
+        if img % 5 != 0:  # images 5, 10, 15: detections only
+            for _ in range(rng.integers(1, 8)):
+                x, y, w, h = rng.uniform(0, 400), rng.uniform(0, 300), rng.uniform(4, 200), rng.uniform(4, 150)
+                obj(img, int(rng.choice([1, 2, 3])), (x, y, w, h))
+            obj(img, 1, (10, 10, 32, 32))  # area exactly 32^2: small
+            obj(img, 2, (100, 100, 96, 96), area=96 ** 2)  # exactly 96^2: medium
+            obj(img, 2, (300, 200, 120, 80), crowd=1, area=9000)  # a crowd region
+        if img % 4 == 0:
+            continue  # objects without detections (4, 8, 12, 16)
+        for a in [a for a in anns if a["image_id"] == img]:
+            x, y, w, h = a["bbox"]
+            for copy in range(3 if a["iscrowd"] else 2):  # duplicates: the second is a false positive
+                j = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                rows.append([img, x + j[0], y + j[1], max(1, w + j[2]), max(1, h + j[3]),
+                             round(rng.random(), 1), a["category_id"]])
+        rows.append([img, 10, 10, 32, 16, 0.5, 1])  # IoU exactly 0.5 with the 32x32 object
+        rows.append([img, 0, 0, 20, 20, 0.9, 7])  # a category without objects
+        for _ in range(130):  # more than 100 of a class: only the best 100 count
+            rows.append([img, rng.uniform(0, 600), rng.uniform(0, 440), rng.uniform(2, 60), rng.uniform(2, 60),
+                         round(rng.random(), 2), 3])
+    data = {"images": images, "annotations": anns, "categories": cats}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    return tmp_path, np.array(rows, np.float64)
+
+
+@pytest.mark.parametrize("batch_images", [1, 6, 64])
+def test_the_numpy_engine_equals_pycocotools_on_crowds_area_edges_empty_images_and_ties(tmp_path, batch_images):
+    root, results = hard_case(tmp_path)
+    dataset = CocoDataset(root)
+    plain = plain_coco(dataset)
+    ids = sorted(plain.getImgIds())
+    reference = reference_cocoeval(plain, results, ids)
+    order = list(np.random.default_rng(batch_images).permutation(ids))
+    got = {engine: stream(gt, results, ids, order, 3, batch_images, engine=engine)
+           for engine in ENGINES for gt in (dataset.coco if engine == "numpy" else plain,)}
+    for engine, scores in got.items():
+        assert_same(scores, reference)
+    a, b = got["numpy"], got["pycocotools"]
+    assert a.gt_counts == b.gt_counts and a.gt_images == b.gt_images and a.detections == b.detections == len(results)
+    assert np.array_equal(a.confidence_curves.precision, b.confidence_curves.precision, equal_nan=True)
+    assert np.array_equal(a.confidence_curves.recall, b.confidence_curves.recall, equal_nan=True)
+    assert 0.05 < reference.stats[0] < 0.95 and (reference.eval["precision"] == -1).any()  # some cells are empty
+
+
+def test_an_unknown_engine_is_refused():
+    dataset = CocoDataset(need_shared("data", "coco-val2017-mini"))
+    with pytest.raises(ValueError, match="COCO engine 'fast': expected one of numpy, pycocotools"):
+        StreamingCocoEval(dataset.coco, [1], engine="fast")

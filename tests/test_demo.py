@@ -65,7 +65,7 @@ def test_coco_demo_then_a_second_run_says_where_it_goes_and_the_summary_states_i
     assert -1 not in at and at == sorted(at), dict(zip(phases, at))
     line = next(ln for ln in proc.stdout.splitlines() if "end to end (" in ln)
     total = float(re.search(r"errors in ([\d.]+) s end to end", line).group(1))
-    parts = {name.strip(): float(v) for name, v in re.findall(r"([A-Za-z ]+?) ([\d.]+) s(?=[,)])", line.split("(", 1)[1])}
+    parts = {name.strip(): float(v) for name, v in re.findall(r"([A-Za-z ]+?) ([\d.]+) s(?=[,)])", line.split("(", 1)[1].split(")")[0] + ")")}
     assert {"checks", "Ray start", "actor start", "inference", "Ray stop", "evaluation", "report"} == set(parts)
     assert re.search(r"[\d.]+ samples/s end to end, [\d.]+ in steady state", line)
     # issue 22 item 9, the order `yolo val` prints: the per-class table, speed, ..., where results went
@@ -89,9 +89,12 @@ def test_coco_demo_then_a_second_run_says_where_it_goes_and_the_summary_states_i
                                   "evaluation_s", "report_s"))
     assert 0.8 * t["total_s"] <= measured <= t["total_s"], t
     assert run["throughput"]["end_to_end_samples_per_s"] < run["throughput"]["samples_per_s"]
-    # the tail: from the last shard's commit to metrics.json, which holds the evaluation
-    after = float(re.search(r"; metrics ([\d.]+) s after the last shard$", line).group(1))
+    # the tail: from the last shard's commit to metrics.json, which holds the evaluation; and
+    # the evaluation done while the actors ran (each shard as it committed)
+    tail = re.search(r"; evaluation ([\d.]+) s after the last shard \(overlapped ([\d.]+) s\)$", line)
+    after, overlapped = float(tail.group(1)), float(tail.group(2))
     assert after == pytest.approx(t["after_last_shard_s"], abs=0.06) and t["after_last_shard_s"] >= t["evaluation_s"]
+    assert overlapped == pytest.approx(t["evaluation_overlapped_s"], abs=0.06) and t["evaluation_overlapped_s"] > 0
     # --resume / --overwrite without --output: which run? refused in one line
     bad = _run(tmp_path, "coco", "--resume")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (

@@ -253,6 +253,8 @@ def test_the_gallery_shows_the_worst_images_first_with_their_errors_counted(coco
 
     root, out = coco_run
     ev = TASK.evaluate(SavedRun.open(out), Location.of(root), None)
+    assert ev.errors is None  # computed on first need: only the report draws them
+    ev.detection_errors()
     ann = json.loads((root / "annotations/instances_val2017.json").read_text())
     first = ann["images"][0]["id"]
     objects = {im["id"]: 0 for im in ann["images"]}

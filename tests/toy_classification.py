@@ -115,7 +115,7 @@ class Classification(Task):
     def running_metric(self) -> RunningMetric:
         return MeanScore()
 
-    def evaluate(self, run: SavedRun, data_root: Path, options: Any) -> ClassificationEvaluation:
+    def evaluate(self, run: SavedRun, data_root: Path, options: Any, engine: str | None = None) -> ClassificationEvaluation:
         options = options or self.saved_options(run) or ToyOptions()
         labels = ToyDataset(data_root).labels()
         table = run.table()

@@ -126,14 +126,16 @@ def evaluate(task: str, predictions: str | Path, data_root: str | Path, **option
     """The metrics of saved predictions (a run's folder or URL, or a COCO results JSON) against
     the ground truth at `data_root`, without Ray or the model: `rayinfer eval`'s numbers.
     `options`: the task's evaluation options (default: the run's own), `sample_ids`, `limit`,
-    `ignore_missing_images`, `storage_options`."""
+    `ignore_missing_images`, `storage_options`, `coco_engine` (COCO: numpy or pycocotools)."""
     from rayinfer.jobs.evaluate import evaluate_offline
     from rayinfer.jobs.tasks import get_task
 
     storage = options.pop("storage_options", None) or {}
     sample_ids, limit = options.pop("sample_ids", None), options.pop("limit", None)
     ignore_missing = bool(options.pop("ignore_missing_images", False))
-    done = evaluate_offline(get_task(task), predictions, data_root, storage, options, sample_ids, limit, ignore_missing)
+    engine = options.pop("coco_engine", None)
+    done = evaluate_offline(get_task(task), predictions, data_root, storage, options, sample_ids, limit, ignore_missing,
+                            engine=engine)
     return done.evaluation.metrics
 
 

@@ -14,7 +14,7 @@ a task is a file of hooks.
         def family(self, cfg, dataset, model): # model family: inputs and one row per sample
             return ToyFamily(model.inputs)
 
-        def evaluate(self, run, data_root, options):
+        def evaluate(self, run, data_root, options, engine=None):
             table = run.table()
             return Evaluation(self.name, {"top1": ...}, head=table.slice(0, 16), rows=table.num_rows,
                               sample_ids=run.ids)
@@ -38,7 +38,7 @@ from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
 from rayinfer.datasets.storage import Location
 from rayinfer.jobs.config import ConfigError, from_data
 
-from rayinfer.jobs.evaluate import Evaluation, SavedRun
+from rayinfer.jobs.evaluate import Evaluation, SavedRun, StreamingEvaluation
 
 if TYPE_CHECKING:
     from rayinfer.actors.model import Model
@@ -97,6 +97,9 @@ class Task:
     layout: tuple[str, ...] = ()
     #: the built-in demo model (with `write_demo`), or None when the task has no demo
     demo_model: Path | None = None
+    #: the evaluation engines the task can compute its metrics with, the default first
+    #: (COCO: `--coco-engine`); () where it has one way
+    engines: tuple[str, ...] = ()
 
     # -- the job ----------------------------------------------------------------------------
     def dataset(self, cfg: Any) -> Dataset:
@@ -144,25 +147,38 @@ class Task:
         return RunningMetric()
 
     # -- the results ------------------------------------------------------------------------
+    def streaming_evaluation(self, dataset: Dataset, ids: Sequence[str], options: Any, engine: str | None = None,
+                             exports: Path | None = None) -> StreamingEvaluation | None:
+        """The metrics over the samples `ids` of `dataset`, fed shard by shard while the job
+        runs (jobs/streaming.py), writing its export files into the folder `exports` as it
+        goes; or None: the job evaluates the saved run once every shard is in (`evaluate`),
+        as a task whose actors compute per-sample metrics can afford."""
+        return None
+
     def evaluate_saved(self, predictions: str | Path, data_root: str | Path | Location,
                        sample_ids: Sequence[str] | None = None, limit: int | None = None,
-                       options: Any = None, ignore_missing: bool = False) -> Evaluation:
+                       options: Any = None, ignore_missing: bool = False, engine: str | None = None) -> Evaluation:
         """The metrics of a saved run (a folder), or of another tool's results file where the
         task reads one, against the data at `data_root` (a folder, or a Location in object
         storage). `options`: the task's options (default: the run's own). `ignore_missing`:
         samples the ground truth lacks are left out instead of refused (`SavedRun.missing`).
-        The job and `rayinfer eval` both call this."""
+        `engine`: one of `engines` (default: the first). `rayinfer eval` calls this, and the
+        job where the task has no `streaming_evaluation`."""
         path, root = Path(predictions), Location.of(data_root)
+        if engine is not None and engine not in self.engines:
+            raise SetupError(f"task {self.name!r} has no evaluation engine {engine!r}"
+                             f"{' (its engines: ' + ', '.join(self.engines) + ')' if self.engines else ''}")
         if path.is_file():
-            return self.evaluate_file(path, root, sample_ids, limit, options)
-        return self.evaluate(SavedRun.open(path, sample_ids, limit, ignore_missing=ignore_missing), root, options)
+            return self.evaluate_file(path, root, sample_ids, limit, options, engine)
+        return self.evaluate(SavedRun.open(path, sample_ids, limit, ignore_missing=ignore_missing), root, options,
+                             engine)
 
-    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any, engine: str | None = None) -> Evaluation:
         """Dataset metrics of a saved run (its samples without a row count as misses)."""
         raise NotImplementedError
 
     def evaluate_file(self, path: Path, data_root: Location, sample_ids: Any, limit: int | None,
-                      options: Any) -> Evaluation:
+                      options: Any, engine: str | None = None) -> Evaluation:
         """Metrics of a results file of another tool; tasks that read none refuse."""
         raise SetupError(f"{path}: task {self.name!r} evaluates rayinfer output folders only")
 

@@ -4,6 +4,8 @@ per-class table, and the report's PR curves, per-class AP and example images."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,16 @@ import numpy as np
 
 from rayinfer.actors.families.detection import DetectionOptions
 from rayinfer.datasets.base import ModelFamily, Dataset, SetupError
-from rayinfer.datasets.cocoeval import CocoScores
+from rayinfer.datasets.cocoeval import ENGINES, CocoScores
 from rayinfer.datasets.detection_errors import DetectionErrors
 from rayinfer.datasets.storage import Location
-from rayinfer.jobs.evaluate import Evaluation, SavedRun, head_rows, select_ids
+from rayinfer.jobs.evaluate import Evaluation, Head, SavedRun, StreamingEvaluation, select_ids
 from rayinfer.jobs.report import Figure, pyplot, save_figure
 from rayinfer.jobs.tasks.base import RunningMetric, Table, Task
 
 WORST_IMAGES = 6  # the report's gallery: this many of the worst images
 BEST_IMAGES = 2  # and of the best
+RESULTS_JSON = "coco_results.json"  # the standard results file, written beside metrics.json
 SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -31,7 +34,83 @@ class CocoEvaluation(Evaluation):
     #: pycocotools' arrays (precision [T, R, K, A, M], ...), None when nothing was scored
     coco_scores: CocoScores | None = None
     #: the matching at IoU 0.5 and the best-F1 confidence: confusion matrix, worst and best images
+    #: (None until `detection_errors` computes it)
     errors: DetectionErrors | None = None
+    #: the ground truth it was scored against (a CocoDataset; the report's galleries read it)
+    ground_truth: Any = field(default=None, repr=False)
+    #: computes `errors` (`CocoStream.explain`), on first need: only the report draws them
+    explain: Callable[[], None] | None = field(default=None, repr=False)
+
+    def detection_errors(self) -> DetectionErrors | None:
+        """`errors`, computed now if they were not yet."""
+        if self.errors is None and self.explain is not None:
+            explain, self.explain = self.explain, None
+            explain()
+        return self.errors
+
+
+class CocoStream(StreamingEvaluation):
+    """COCO mAP fed a shard at a time: each shard's detections are matched as it comes
+    (`StreamingCocoEval`: memory flat with the number of detections); `explain` matches them
+    again at the best-F1 confidence `finish` found, for the confusion matrix and the galleries."""
+
+    def __init__(self, task: CocoDetection, dataset: Any, ids: Sequence[str], engine: str,
+                 exports: Path | None = None) -> None:
+        self.task, self.dataset, self.ids = task, dataset, list(ids)
+        self.evaluator = dataset.evaluator(self.ids, engine)
+        self.head, self.rows = Head(), 0
+        self._exports = exports
+        self._results: tuple[Path, Any, ResultsJson] | None = None  # opened at the first shard
+
+    def add(self, shard: int, rows: Any) -> None:
+        results = self.dataset.results_array(rows)
+        self.evaluator.add(results, rows.column("image_id").to_pylist())
+        self.head.add(shard, rows)
+        self.rows += rows.num_rows
+        if self._exports is not None:
+            self._open(self._exports).write(results)
+
+    def _open(self, folder: Path) -> Any:
+        from rayinfer.datasets.coco import ResultsJson
+
+        if self._results is None:
+            path = folder / f".{RESULTS_JSON}.partial"
+            f = open(path, "wb")
+            self._results = (path, f, ResultsJson(f))
+        return self._results[2]
+
+    def exported(self) -> dict[str, Path]:
+        folder, self._exports = self._exports, None
+        if folder is None and self._results is None:
+            return {}
+        if self._results is None:  # no shard came: the file lists no detection
+            self._open(folder)
+        path, f, writer = self._results
+        self._results = None
+        with f:
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        return {RESULTS_JSON: path}
+
+    def finish(self) -> CocoEvaluation:
+        scores = self.evaluator.finish()
+        # nothing to score: the metrics say 0, as for no results
+        return self.task._evaluation(self.dataset, scores if scores.detections else None,
+                                     self.evaluator.params.imgIds, scores.detections, self.head.table(), self.rows,
+                                     self.ids)
+
+    def explain(self, ev: Any, tables: Callable[[], Iterator[Any]]) -> None:
+        """`ev.detection_errors()` will match the predictions again at the confidence the
+        evaluation chose (a second reading of `tables()`)."""
+
+        def errors() -> None:
+            ev.errors = self.task._errors(self.dataset, ev)
+            for table in tables():
+                self.dataset.add_errors(ev.errors, self.dataset.results_array(table),
+                                        table.column("image_id").to_pylist())
+
+        ev.ground_truth, ev.explain = self.dataset, errors
 
 
 class DetectionsPerImage(RunningMetric):
@@ -52,6 +131,7 @@ class CocoDetection(Task):
     name = "coco"
     options_key = "detection"
     options_type = DetectionOptions
+    engines = ENGINES
     summary_keys = SUMMARY
     headline_keys = ("AP", "AP50", "P", "R")
     layout = ("annotations",)
@@ -83,27 +163,21 @@ class CocoDetection(Task):
     def running_metric(self) -> RunningMetric:
         return DetectionsPerImage()
 
-    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> CocoEvaluation:
-        # Shard by shard into the evaluator's compact arrays: memory stays flat with the
-        # number of detections (datasets/cocoeval.py).
+    def streaming_evaluation(self, dataset: Any, ids: Sequence[str], options: Any, engine: str | None = None,
+                             exports: Path | None = None) -> CocoStream:
+        return CocoStream(self, dataset, ids, engine or ENGINES[0], exports)
+
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any, engine: str | None = None) -> CocoEvaluation:
         from rayinfer.datasets.coco import CocoDataset
 
         dataset = CocoDataset(data_root)
         known = set(dataset.coco.getImgIds())
         run = run.missing(lambda i: int(i) in known, str(dataset.annotations))
-        evaluator = dataset.evaluator(run.ids)
-        head, rows = None, 0
-        for table in run.tables():
-            evaluator.add(dataset.results_array(table), table.column("image_id").to_pylist())
-            head = head_rows(head, table)
-            rows += table.num_rows
-        scores = evaluator.finish()
-        # nothing to score: the metrics say 0, as for no results
-        ev = self._evaluation(dataset, scores if scores.detections else None, evaluator.params.imgIds,
-                              scores.detections, head, rows, run.ids)
-        ev.errors = self._errors(dataset, ev)
-        for table in run.tables():  # again, at the confidence the evaluation chose
-            dataset.add_errors(ev.errors, dataset.results_array(table), table.column("image_id").to_pylist())
+        stream = self.streaming_evaluation(dataset, run.ids, options, engine)
+        for shard, table in enumerate(run.tables()):
+            stream.add(shard, table)
+        ev = stream.finish()
+        stream.explain(ev, run.tables)
         return ev
 
     @staticmethod
@@ -113,7 +187,7 @@ class CocoDetection(Task):
                                keep=WORST_IMAGES)
 
     def evaluate_file(self, path: Path, data_root: Location, sample_ids: Any, limit: int | None,
-                      options: Any) -> CocoEvaluation:
+                      options: Any, engine: str | None = None) -> CocoEvaluation:
         """A COCO results JSON of any tool (e.g. Ultralytics `save_json`), on the same evaluator."""
         from rayinfer.datasets.coco import CocoDataset, results_to_array
 
@@ -122,10 +196,11 @@ class CocoDetection(Task):
         dataset = CocoDataset(data_root)
         results = results_to_array(_load_results_json(path))
         ids = select_ids([str(i) for i in sorted(dataset.coco.getImgIds())], sample_ids, limit)
-        scores, evaluated, n = dataset.cocoeval(results, ids)  # only the results of `ids` count
+        scores, evaluated, n = dataset.cocoeval(results, ids, engine or ENGINES[0])  # only the results of `ids` count
         ev = self._evaluation(dataset, scores, evaluated, n, None, n, ids)
         ev.errors = self._errors(dataset, ev)
         dataset.add_errors(ev.errors, results, [int(i) for i in evaluated])
+        ev.ground_truth = dataset
         return ev
 
     def _evaluation(self, dataset: Any, scores: CocoScores | None, evaluated: list[int], n: int,
@@ -153,39 +228,41 @@ class CocoDetection(Task):
         return [Table(f"Per class (P, R at IoU 0.5, confidence {m['best_f1_confidence'] or 0:.3f}: the best mean F1)",
                       ["class", "images", "instances", "P", "R", "AP50", "AP50-95"], rows, sort_by="AP50-95", pinned=1)]
 
-    def figures(self, ev: Any, data_root: Location, folder: Path, options: Any) -> list[Figure]:
+    def figures(self, ev: Any, data_root: Location, folder: Path, options: Any) -> list[Any]:
+        """The confusion matrix and the galleries (the matching at the best-F1 confidence,
+        `detection_errors`), the curves, AP per class: as jobs the report draws in parallel.
+        What they read (the matching, the gallery's images) is read here; the jobs only draw."""
         from rayinfer.datasets.coco import CocoDataset
 
-        figures = []
-        names = ev.per_class and [r["class"] for r in ev.per_class]
-        if ev.errors is not None and names:
-            figures.append(_confusion_figure(ev.errors, names, folder))
-        if ev.coco_scores is not None:
-            figures.append(_confidence_figure(ev, folder))
-            figures.append(_pr_figure(ev.coco_scores, folder))
-        rows = [r for r in ev.per_class if r["AP"] is not None]
-        if rows:
-            figures.append(_per_class_figure(rows, folder))
-        if ev.errors is not None:
-            dataset = CocoDataset(data_root)
-            at = f"IoU >= {ev.errors.iou:g}, score >= {ev.errors.confidence:.3f}"
-            worst = ev.errors.worst()
+        jobs: list[Any] = []
+        errors = ev.detection_errors() if ev.per_class else None
+        if errors is not None:
+            names = [r["class"] for r in ev.per_class]
+            jobs.append(lambda: _confusion_figure(errors, names, folder))
+            dataset = ev.ground_truth or CocoDataset(data_root)
+            at = f"IoU >= {errors.iou:g}, score >= {errors.confidence:.3f}"
+            worst = _loaded(dataset, errors.worst())
             if worst:
-                figures.append(save_figure(
+                jobs.append(lambda: save_figure(
                     _gallery(dataset, worst, f"The {len(worst)} images with the most errors ({at})"), folder,
                     "worst_images.jpg",
                     f"The images with the most errors at {at} (the confidence of the best mean F1), worst first: "
                     "ground truth solid (green: found, orange: missed), predictions dashed (blue: correct, red: "
                     "false positive); G and P tags match the list beside each image, which says what each box is.",
                     dpi=80))
-            best = ev.errors.best()[:BEST_IMAGES]
+            best = _loaded(dataset, errors.best()[:BEST_IMAGES])
             if best:
-                figures.append(save_figure(
+                jobs.append(lambda: save_figure(
                     _gallery(dataset, best, f"For contrast: images the model got right ({at})"), folder,
                     "best_images.jpg",
                     "For contrast: images with the most objects where every object was found and no prediction "
                     "was wrong, drawn as above.", dpi=80))
-        return figures
+        if ev.coco_scores is not None:
+            jobs.append(lambda: [_confidence_figure(ev, folder), _pr_figure(ev.coco_scores, folder)])
+        rows = [r for r in ev.per_class if r["AP"] is not None]
+        if rows:
+            jobs.append(lambda: _per_class_figure(rows, folder))
+        return jobs
 
     def compare_figures(self, a: Any, b: Any, runs: tuple[SavedRun, SavedRun], data_root: Location, folder: Path,
                         labels: tuple[str, str]) -> list[Figure]:
@@ -207,7 +284,7 @@ class CocoDetection(Task):
             figures.append(save_figure(fig, folder, "ap_deltas.png",
                                        f"AP50-95 per class, {labels[1]} minus {labels[0]}, sorted: blue bars are "
                                        f"classes {labels[1]} does better on, red worse."))
-        if a.errors is not None and b.errors is not None:
+        if a.detection_errors() is not None and b.detection_errors() is not None:
             before = {i: fp + missed for i, _, fp, missed in a.errors.images}
             after = {i: fp + missed for i, _, fp, missed in b.errors.images}
             changed = sorted((i for i in before if i in after and before[i] != after[i]),
@@ -393,13 +470,17 @@ def _counts(im: Any) -> str:
     return f"{im.missed} missed, {im.false_positives} false positives, {im.objects} objects"
 
 
-def _gallery(dataset: Any, images: list[Any], title: str) -> Any:
-    """One row per image: the image with its boxes, and beside it the list of what each tag
-    is, errors first. Only these images are read."""
+def _loaded(dataset: Any, images: list[Any]) -> list[tuple[Any, np.ndarray | None, tuple[int, int]]]:
+    """(image, its pixels, its height and width) for a gallery: only these images are read."""
+    return [(im, *_read_rgb(dataset, im.image_id)) for im in images]
+
+
+def _gallery(dataset: Any, loaded: list[tuple[Any, np.ndarray | None, tuple[int, int]]], title: str) -> Any:
+    """One row per image (`_loaded`): the image with its boxes, and beside it the list of
+    what each tag is, errors first."""
     plt = pyplot()
-    loaded = [(im, *_read_rgb(dataset, im.image_id)) for im in images]
     heights = [min(7.0, max(3.6, 7.0 * h / w)) for _, _, (h, w) in loaded]
-    fig, axes = plt.subplots(len(images), 2, figsize=(11.5, sum(heights) + 0.6), squeeze=False,
+    fig, axes = plt.subplots(len(loaded), 2, figsize=(11.5, sum(heights) + 0.6), squeeze=False,
                              gridspec_kw={"width_ratios": [7, 3.2], "height_ratios": heights})
     for (im, pixels, _), (ax, side), height in zip(loaded, axes, heights):
         lines = _draw(ax, dataset, im, pixels)

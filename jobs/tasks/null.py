@@ -24,7 +24,7 @@ class NullTask(Task):
 
         return NullFamily(model.inputs)
 
-    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> Evaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any, engine: str | None = None) -> Evaluation:
         from rayinfer.datasets.null import NullDataset
 
         table = run.table()

@@ -72,7 +72,7 @@ class NyuDepth(Task):
     def running_metric(self) -> RunningMetric:
         return MeanAbsRel()
 
-    def evaluate(self, run: SavedRun, data_root: Location, options: Any) -> DepthEvaluation:
+    def evaluate(self, run: SavedRun, data_root: Location, options: Any, engine: str | None = None) -> DepthEvaluation:
         """From the rows: the actor computed every per-image metric on the saved float16 map.
         Only options other than the job's (`rayinfer eval nyu --max-depth 8`, say) or a run
         written before the rows held metrics by depth range go back to the HDF5 files."""
