@@ -75,7 +75,7 @@ def run_tail_bench(data_root: Path, images: int, output_model: Path, devices: in
             ["rayinfer eval --coco-engine pycocotools", round(evals["pycocotools"][0], 3), None]]
     print(f"tail: {images} images ({data_root.name} repeated), {devices} simulated devices ({capacity} streams, "
           f"{latency_ms:g} ms), {job['detections']:,} detections; {os.cpu_count()} logical CPUs")
-    print(format_table(["phase", "s", "img/s"], rows))
+    print(format_table(["phase", "s", "img/s"], [[name, s, "" if rate is None else rate] for name, s, rate in rows]))
     print(f"end to end / steady = {end_to_end / steady:.2f}; offline eval numpy / pycocotools = "
           f"{evals['numpy'][0] / evals['pycocotools'][0]:.3f}; the 12 stats of the job, numpy and pycocotools equal "
           f"to 1e-6: {equal}")

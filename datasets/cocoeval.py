@@ -401,8 +401,8 @@ class StreamingCocoEval:
             sel = order[bounds[k]:bounds[k + 1]]
             score = m.score[sel]
             narrow = score.astype(np.float32)
-            self._kept.setdefault(int(k), []).append((narrow if np.array_equal(narrow, score) else score,
-                                                      image_pos[sel], m.rank[sel].astype(np.uint16), tp[sel], fp[sel]))
+            self._keep(int(k), (narrow if np.array_equal(narrow, score) else score, image_pos[sel],
+                                m.rank[sel].astype(np.uint16), tp[sel], fp[sel]))
 
     # -- evaluate, the pycocotools engine: the reference, a batch of images at a time --------------
     def _evaluate(self, results: np.ndarray, ids: list[int]) -> None:
@@ -438,7 +438,7 @@ class StreamingCocoEval:
             if scores:
                 score = np.concatenate(scores)
                 narrow = score.astype(np.float32)
-                self._kept.setdefault(k, []).append((
+                self._keep(k, (
                     narrow if np.array_equal(narrow, score) else score, np.concatenate(images),
                     np.concatenate(ranks), np.packbits(np.concatenate(tps), axis=1),
                     np.packbits(np.concatenate(fps), axis=1)))
@@ -480,21 +480,24 @@ class StreamingCocoEval:
         zero = p.recThrs <= 0
         for k in range(K):
             score, image, rank, tp_bits, fp_bits = self._pieces_of(k)
-            order = np.lexsort((rank, image))  # pycocotools concatenates images in id order
+            # pycocotools concatenates images in id order; int32 places: half the memory of
+            # the largest class's index arrays
+            order = np.lexsort((rank, image)).astype(np.int32)
+            del image
             for m, max_det in enumerate(sorted(p.maxDets)):
                 sel = order[rank[order] < max_det]
                 sel = sel[np.argsort(-score[sel], kind="mergesort")]
-                sorted_scores, nd = score[sel].astype(np.float64), len(sel)
-                # [A*T, nd]: row a*T + t, the detections' bits for area range a, IoU threshold t
-                tp_rows = np.unpackbits(tp_bits[sel], axis=1, count=A * T).T.astype(bool)
-                fp_rows = np.unpackbits(fp_bits[sel], axis=1, count=A * T).T.astype(bool)
+                sorted_scores, nd = score[sel], len(sel)  # as kept: float32 where that is exact
+                tp_rows, fp_rows = tp_bits[sel], fp_bits[sel]
+                del sel
                 for a in range(A):
                     npig = self._npig[k, a]
                     if npig == 0:
                         continue
                     for t in range(T):
-                        at = np.flatnonzero(tp_rows[a * T + t])  # the true positives' places
-                        fp_at = np.searchsorted(np.flatnonzero(fp_rows[a * T + t]), at).astype(np.float64)
+                        tp_bit, fp_bit = _bit(tp_rows, a * T + t), _bit(fp_rows, a * T + t)
+                        at = np.flatnonzero(tp_bit)  # the true positives' places
+                        fp_at = np.searchsorted(np.flatnonzero(fp_bit), at).astype(np.float64)
                         tp = np.arange(1, len(at) + 1, dtype=np.float64)
                         rc = tp / npig
                         recall[t, k, a, m] = len(at) / npig if nd else 0
@@ -511,9 +514,13 @@ class StreamingCocoEval:
                         scores[t, :, k, a, m] = ss
                         if a == 0 and t == iou50 and m == M - 1:
                             curves.precision[k], curves.recall[k] = at_confidence(
-                                sorted_scores, np.cumsum(tp_rows[t], dtype=np.float64),
-                                np.cumsum(fp_rows[t], dtype=np.float64), npig)
+                                sorted_scores.astype(np.float64), np.cumsum(tp_bit, dtype=np.float64),
+                                np.cumsum(fp_bit, dtype=np.float64), npig)
         return precision, recall, scores, curves
+
+    def _keep(self, k: int, piece: tuple[np.ndarray, ...]) -> None:
+        """Keep a batch's arrays for class k (score, image, rank, tp bits, fp bits)."""
+        self._kept.setdefault(k, []).append(piece)
 
     def _pieces_of(self, k: int) -> list[np.ndarray]:
         """The arrays kept for class k, merged (and let go: one class's at a time)."""
@@ -524,6 +531,12 @@ class StreamingCocoEval:
             return [np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.uint16), np.zeros((0, width), np.uint8),
                     np.zeros((0, width), np.uint8)]
         return [np.concatenate(c) for c in zip(*pieces)]
+
+
+def _bit(packed: np.ndarray, j: int) -> np.ndarray:
+    """[D] bool: bit j of each row of `np.packbits`' output (its order: the high bit first).
+    One column at a time: unpacking every bit at once would hold A*T bytes per detection."""
+    return (packed[:, j // 8] & np.uint8(0x80 >> (j % 8))) != 0
 
 
 def reference_cocoeval(coco_gt: Any, results: Any, image_ids: Sequence[int]) -> Any:

@@ -231,8 +231,8 @@ def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None,
     data_root = Location.of(cfg.data_root, cfg.storage_options)
     log.info("evaluation: %s%s", cfg.task, " (each shard evaluated as it committed)" if worker is not None else "")
     evaluation = worker.finish() if worker is not None else None
-    explained = evaluation is None
-    if evaluation is None:
+    from_saved = evaluation is None
+    if from_saved:
         # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
         # as pycocotools' dicts) before the evaluation loads its own: one copy at a time.
         state.setup = setup = dataclasses.replace(setup, dataset=setup.task.dataset(cfg))
@@ -253,7 +253,7 @@ def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None,
     run = run_record(state, evaluation.rows, errors.num_rows, timings)
     output.write_json("run.json", run)
     t_after = time.time()
-    if explained:
+    if from_saved:
         for name, obj in setup.dataset.exports(output.predictions).items():
             output.write_json(name, obj)
     else:
@@ -261,8 +261,8 @@ def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None,
             output.adopt(name, path)
         worker.stream.explain(evaluation, output.predictions)
     run["timings"]["exports_s"] = round(time.time() - t_after, 3)
-    if cfg.report and hasattr(evaluation, "detection_errors"):
-        evaluation.detection_errors()  # the report's matching at the chosen confidence, while Ray stops
+    if cfg.report:
+        evaluation.explain()  # what only the report shows (COCO: its matching), while Ray stops
     stopping.join()
     run["timings"]["ray_stop_s"] = round(state.ray_stop_s, 3)
     if cfg.report:
@@ -402,9 +402,10 @@ def dispatch(state: JobState, todo: list[Any], output: RunOutput, evaluation: Ev
                         evaluation.add(result.shard, result.rows)
                     for k, v in result.stage_s.items():
                         state.stage_totals[k] = state.stage_totals.get(k, 0.0) + v
-                    for stage in STAGES:
+                    for stage in STAGES:  # copied: a view would keep the shard's whole buffer alive
                         if f"{stage}_ms" in result.rows.column_names:
-                            state.stage_ms.setdefault(stage, []).append(result.rows.column(f"{stage}_ms").to_numpy())
+                            state.stage_ms.setdefault(stage, []).append(
+                                result.rows.column(f"{stage}_ms").to_numpy().astype(np.float32, copy=True))
                     running.add(result.rows)
                     n = result.rows.num_rows + result.errors.num_rows
                 state.processed += n

@@ -42,6 +42,10 @@ class Evaluation:
     rows: int = 0
     sample_ids: list[str] = field(default_factory=list)
 
+    def explain(self) -> None:
+        """Compute now what only the report shows, where the task computes it on first need
+        (COCO: the matching at the best-F1 confidence); the default has nothing to compute."""
+
 
 #: prediction rows kept in `Evaluation.head`
 HEAD_ROWS = 16

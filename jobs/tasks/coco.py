@@ -38,15 +38,18 @@ class CocoEvaluation(Evaluation):
     errors: DetectionErrors | None = None
     #: the ground truth it was scored against (a CocoDataset; the report's galleries read it)
     ground_truth: Any = field(default=None, repr=False)
-    #: computes `errors` (`CocoStream.explain`), on first need: only the report draws them
-    explain: Callable[[], None] | None = field(default=None, repr=False)
+    #: computes `errors` (set by `CocoStream.explain`), on first need: only the report draws them
+    matching: Callable[[], None] | None = field(default=None, repr=False)
 
     def detection_errors(self) -> DetectionErrors | None:
         """`errors`, computed now if they were not yet."""
-        if self.errors is None and self.explain is not None:
-            explain, self.explain = self.explain, None
-            explain()
+        if self.errors is None and self.matching is not None:
+            matching, self.matching = self.matching, None
+            matching()
         return self.errors
+
+    def explain(self) -> None:
+        self.detection_errors()
 
 
 class CocoStream(StreamingEvaluation):
@@ -110,7 +113,7 @@ class CocoStream(StreamingEvaluation):
                 self.dataset.add_errors(ev.errors, self.dataset.results_array(table),
                                         table.column("image_id").to_pylist())
 
-        ev.ground_truth, ev.explain = self.dataset, errors
+        ev.ground_truth, ev.matching = self.dataset, errors
 
 
 class DetectionsPerImage(RunningMetric):
