@@ -242,6 +242,12 @@ class CocoDetection(Task):
         if errors is not None:
             names = [r["class"] for r in ev.per_class]
             jobs.append(lambda: _confusion_figure(errors, names, folder))
+        if ev.coco_scores is not None:
+            jobs.append(lambda: [_confidence_figure(ev, folder), _pr_figure(ev.coco_scores, folder)])
+        rows = [r for r in ev.per_class if r["AP"] is not None]
+        if rows:
+            jobs.append(lambda: _per_class_figure(rows, folder))
+        if errors is not None:
             dataset = ev.ground_truth or CocoDataset(data_root)
             at = f"IoU >= {errors.iou:g}, score >= {errors.confidence:.3f}"
             worst = _loaded(dataset, errors.worst())
@@ -260,11 +266,6 @@ class CocoDetection(Task):
                     "best_images.jpg",
                     "For contrast: images with the most objects where every object was found and no prediction "
                     "was wrong, drawn as above.", dpi=80))
-        if ev.coco_scores is not None:
-            jobs.append(lambda: [_confidence_figure(ev, folder), _pr_figure(ev.coco_scores, folder)])
-        rows = [r for r in ev.per_class if r["AP"] is not None]
-        if rows:
-            jobs.append(lambda: _per_class_figure(rows, folder))
         return jobs
 
     def compare_figures(self, a: Any, b: Any, runs: tuple[SavedRun, SavedRun], data_root: Location, folder: Path,
