@@ -79,8 +79,9 @@ class StreamingEvaluation:
         raise NotImplementedError
 
     def explain(self, ev: Evaluation, tables: Callable[[], Iterator[pa.Table]]) -> None:
-        """Fill in `ev`'s report-only parts from the predictions (`tables()`: the shards in
-        order); the default has none."""
+        """Give `ev` what it needs to compute its report-only parts (`Evaluation.explain`)
+        from a second reading of the predictions (`tables()`: the shards in order), when
+        asked; the default has none."""
 
 
 class Head:
