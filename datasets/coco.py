@@ -22,7 +22,7 @@ import pyarrow as pa
 from pycocotools.coco import COCO
 
 from rayinfer.datasets.base import Sample, SetupError, sample_location
-from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, quiet
+from rayinfer.datasets.cocoeval import CocoScores, StreamingCocoEval, positions, quiet
 from rayinfer.datasets.detection_errors import DetectionErrors, ImageErrors
 from rayinfer.datasets.images import DEFAULT_MAX_PIXELS, read_image
 from rayinfer.datasets.packed import PackedReading, member_key
@@ -282,10 +282,7 @@ class CompactCoco(COCO):
     def _positions(self, img_ids: Sequence[int], cat_ids: Sequence[int]) -> np.ndarray:
         """Annotation positions in pycocotools' order: by the image ids given, file order within."""
         if len(img_ids):
-            keys = np.asarray(list(img_ids), np.int64)
-            lo = np.searchsorted(self._image_keys, keys, "left")
-            hi = np.searchsorted(self._image_keys, keys, "right")
-            pos = np.concatenate([self._by_image[a:b] for a, b in zip(lo, hi)]) if len(keys) else np.zeros(0, np.int64)
+            pos = positions(self._by_image, self._image_keys, img_ids)
         else:
             pos = np.arange(len(self.ann_id))
         if len(cat_ids):

@@ -35,7 +35,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -128,29 +128,37 @@ class GroundTruth:
     box: np.ndarray
     area: np.ndarray
     crowd: np.ndarray
-
-    def __post_init__(self) -> None:
-        self._order = np.argsort(self.image, kind="stable")  # by image, file order within
-        self._keys = self.image[self._order]
+    #: positions by image, file order within, and their image ids (what `of_images` looks up)
+    order: np.ndarray | None = field(default=None, repr=False)
+    keys: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, coco: Any) -> GroundTruth:
-        """From a `CompactCoco`'s columns, or from a pycocotools `COCO`'s annotation dicts."""
+        """From a `CompactCoco`'s columns (and its index by image), or from a pycocotools
+        `COCO`'s annotation dicts."""
         if hasattr(coco, "ann_bbox"):
-            return cls(coco.ann_image, coco.ann_category, coco.ann_bbox, coco.ann_area, coco.ann_crowd.astype(bool))
+            return cls(coco.ann_image, coco.ann_category, coco.ann_bbox, coco.ann_area, coco.ann_crowd.astype(bool),
+                       coco._by_image, coco._image_keys)
         anns = coco.dataset.get("annotations", [])
-        return cls(np.array([a["image_id"] for a in anns], np.int64).reshape(-1),
-                   np.array([a["category_id"] for a in anns], np.int64).reshape(-1),
+        image = np.array([a["image_id"] for a in anns], np.int64).reshape(-1)
+        order = np.argsort(image, kind="stable")
+        return cls(image, np.array([a["category_id"] for a in anns], np.int64).reshape(-1),
                    np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4),
                    np.array([a["area"] for a in anns], np.float64).reshape(-1),
-                   np.array([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1))
+                   np.array([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1), order, image[order])
 
     def of_images(self, ids: Sequence[int]) -> GroundTruth:
         """The objects of the images `ids` (sorted), by image and in file order within."""
-        keys = np.asarray(ids, np.int64)
-        lo, hi = np.searchsorted(self._keys, keys, "left"), np.searchsorted(self._keys, keys, "right")
-        pos = np.concatenate([self._order[a:b] for a, b in zip(lo, hi)]) if len(keys) else np.zeros(0, np.int64)
+        pos = positions(self.order, self.keys, ids)
         return GroundTruth(self.image[pos], self.category[pos], self.box[pos], self.area[pos], self.crowd[pos])
+
+
+def positions(order: np.ndarray, keys: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
+    """The positions `order` lists for each key of `wanted` in turn (`keys`: the key at each
+    place of `order`, sorted): rows by image id, in the order the ids are given."""
+    wanted = np.asarray(list(wanted), np.int64)
+    lo, hi = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
+    return np.concatenate([order[a:b] for a, b in zip(lo, hi)]) if len(wanted) else np.zeros(0, np.int64)
 
 
 @dataclass
