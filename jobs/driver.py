@@ -230,7 +230,7 @@ def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None,
     t_eval = time.time()
     data_root = Location.of(cfg.data_root, cfg.storage_options)
     log.info("evaluation: %s%s", cfg.task, " (each shard evaluated as it committed)" if worker is not None else "")
-    evaluation = worker.finish() if worker is not None else None
+    evaluation = worker.finish(output.predictions) if worker is not None else None
     from_saved = evaluation is None
     if from_saved:
         # The setup's reader let go of what it loaded (COCO: the annotations, about 7 KB per image
@@ -259,7 +259,6 @@ def _finish(state: JobState, output: RunOutput, worker: EvaluationWorker | None,
     else:
         for name, path in worker.stream.exported().items():  # written as the shards came
             output.adopt(name, path)
-        worker.stream.explain(evaluation, output.predictions)
     run["timings"]["exports_s"] = round(time.time() - t_after, 3)
     if cfg.report:
         evaluation.explain()  # what only the report shows (COCO: its matching), while Ray stops

@@ -59,8 +59,7 @@ class StreamingEvaluation:
 
     Use:
         stream.add(shard, rows)     # each shard's prediction rows, once
-        ev = stream.finish()        # the metrics: samples never added count as missed
-        stream.explain(ev, tables)  # what only the report needs, from a second reading
+        ev = stream.finish(tables)  # the metrics: samples never added count as missed
         stream.exported()           # the export files it wrote as the shards came, closed
 
     A stream made with an `exports` folder writes the task's export files (COCO:
@@ -75,13 +74,10 @@ class StreamingEvaluation:
         """{export name: its finished file}, closed now; {} for a stream that writes none."""
         return {}
 
-    def finish(self) -> Evaluation:
+    def finish(self, tables: Callable[[], Iterator[pa.Table]]) -> Evaluation:
+        """The metrics. `tables()` reads the predictions again, shard by shard in order, for
+        what the evaluation computes only when asked (`Evaluation.explain`)."""
         raise NotImplementedError
-
-    def explain(self, ev: Evaluation, tables: Callable[[], Iterator[pa.Table]]) -> None:
-        """Give `ev` what it needs to compute its report-only parts (`Evaluation.explain`)
-        from a second reading of the predictions (`tables()`: the shards in order), when
-        asked; the default has none."""
 
 
 class Head:

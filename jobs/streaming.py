@@ -4,7 +4,7 @@
 
     worker = EvaluationWorker(stream, read=lambda shard: table, resumed=[0, 3])
     worker.add(shard, rows)         # the driver's loop, per committed shard: returns at once
-    ev = worker.finish()            # the metrics; None where a shard failed to evaluate
+    ev = worker.finish(tables)      # the metrics; None where a shard failed to evaluate
 
 Guarantees:
     - shards the run committed before (`--resume`) are fed first, read from the output;
@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -58,13 +58,14 @@ class EvaluationWorker:
         """Queue a committed shard's prediction rows (returns at once)."""
         self._queue.put((shard, rows if self._queue.qsize() < BACKLOG else None))
 
-    def finish(self) -> Evaluation | None:
-        """Wait for the queued shards, then the stream's metrics (None if a shard failed)."""
+    def finish(self, tables: Callable[[], Iterator[pa.Table]]) -> Evaluation | None:
+        """Wait for the queued shards, then the stream's metrics (None if a shard failed;
+        `tables`: as `StreamingEvaluation.finish` takes them)."""
         self._queue.put(_DONE)
         self._thread.join()
         if self.failed is not None:
             return None
-        return self.stream.finish()
+        return self.stream.finish(tables)
 
     def close(self) -> None:
         """Stop without evaluating what is still queued (the job ended another way)."""

@@ -38,7 +38,7 @@ class CocoEvaluation(Evaluation):
     errors: DetectionErrors | None = None
     #: the ground truth it was scored against (a CocoDataset; the report's galleries read it)
     ground_truth: Any = field(default=None, repr=False)
-    #: computes `errors` (set by `CocoStream.explain`), on first need: only the report draws them
+    #: computes `errors` (set by `CocoStream.finish`), on first need: only the report draws them
     matching: Callable[[], None] | None = field(default=None, repr=False)
 
     def detection_errors(self) -> DetectionErrors | None:
@@ -54,8 +54,9 @@ class CocoEvaluation(Evaluation):
 
 class CocoStream(StreamingEvaluation):
     """COCO mAP fed a shard at a time: each shard's detections are matched as it comes
-    (`StreamingCocoEval`: memory flat with the number of detections); `explain` matches them
-    again at the best-F1 confidence `finish` found, for the confusion matrix and the galleries."""
+    (`StreamingCocoEval`: memory flat with the number of detections); `detection_errors` of
+    what `finish` returns matches them again at the best-F1 confidence it found, for the
+    confusion matrix and the galleries."""
 
     def __init__(self, task: CocoDetection, dataset: Any, ids: Sequence[str], engine: str,
                  exports: Path | None = None) -> None:
@@ -96,24 +97,20 @@ class CocoStream(StreamingEvaluation):
             os.fsync(f.fileno())
         return {RESULTS_JSON: path}
 
-    def finish(self) -> CocoEvaluation:
+    def finish(self, tables: Callable[[], Iterator[Any]]) -> CocoEvaluation:
         scores = self.evaluator.finish()
         # nothing to score: the metrics say 0, as for no results
-        return self.task._evaluation(self.dataset, scores if scores.detections else None,
-                                     self.evaluator.params.imgIds, scores.detections, self.head.table(), self.rows,
-                                     self.ids)
+        ev = self.task._evaluation(self.dataset, scores if scores.detections else None, self.evaluator.params.imgIds,
+                                   scores.detections, self.head.table(), self.rows, self.ids)
 
-    def explain(self, ev: Any, tables: Callable[[], Iterator[Any]]) -> None:
-        """`ev.detection_errors()` will match the predictions again at the confidence the
-        evaluation chose (a second reading of `tables()`)."""
-
-        def errors() -> None:
+        def errors() -> None:  # at the confidence the evaluation chose: a second reading of `tables()`
             ev.errors = self.task._errors(self.dataset, ev)
             for table in tables():
                 self.dataset.add_errors(ev.errors, self.dataset.results_array(table),
                                         table.column("image_id").to_pylist())
 
         ev.ground_truth, ev.matching = self.dataset, errors
+        return ev
 
 
 class DetectionsPerImage(RunningMetric):
@@ -179,8 +176,7 @@ class CocoDetection(Task):
         stream = self.streaming_evaluation(dataset, run.ids, options, engine)
         for shard, table in enumerate(run.tables()):
             stream.add(shard, table)
-        ev = stream.finish()
-        stream.explain(ev, run.tables)
+        ev = stream.finish(run.tables)
         return ev
 
     @staticmethod
