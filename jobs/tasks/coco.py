@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from rayinfer.datasets.storage import Location
 from rayinfer.jobs.evaluate import Evaluation, Head, SavedRun, StreamingEvaluation, select_ids
 from rayinfer.jobs.report import Figure, pyplot, save_figure
 from rayinfer.jobs.tasks.base import RunningMetric, Table, Task
+
+if TYPE_CHECKING:
+    from rayinfer.datasets.coco import ResultsJson
 
 WORST_IMAGES = 6  # the report's gallery: this many of the worst images
 BEST_IMAGES = 2  # and of the best
