@@ -14,6 +14,11 @@ Where a sample is prepared follows RBLN's `parallel` choice:
   YOLOv8n inference); each request prepares its own input instead, one pipeline
   per core.
 
+A request carries one sample, or a batch of up to `batch` where the model's batch axis and
+`--batch` allow it (on a GPU, `--batch auto` measures the batch; actors/batching.py): the
+loader threads prepare samples, a `BatchingQueue` gathers them into requests, and each
+sample is postprocessed on its own as before.
+
 The class is plain Python (tests use it without Ray); the driver wraps it with
 `ray.remote`.
 """
@@ -36,7 +41,8 @@ import pyarrow as pa
 
 from rayinfer.actors.backends import open_model
 from rayinfer.actors.model import available_cpus
-from rayinfer.actors.queue import InferRequest, queue_for
+from rayinfer.actors.batching import BatchedModel, BatchingQueue, resolve_batch
+from rayinfer.actors.queue import AsyncInferQueue, InferRequest, queue_for
 from rayinfer.actors.settings import ActorSettings
 from rayinfer.actors.rows import from_ipc, to_ipc, to_table
 from rayinfer.datasets.base import ERROR_SCHEMA, ModelFamily, Dataset, Sample, SampleError, rows_schema
@@ -221,14 +227,23 @@ class InferenceActor:
         self.schema = rows_schema(self.family.schema)
         draft = getattr(family, "draft", None)  # Dataset.load's optional keyword, only when set
         self._load_options = {"draft": draft} if draft else {}
+        # samples per request: --batch, or auto's choice for this device (actors/batching.py)
+        self.batch, self.batch_probe = resolve_batch(cfg, self.model, plan.requests, self.cpus)
         self.preprocess_in = cfg.preprocess_in
         if self.preprocess_in == "auto":
-            # a runtime with its own request pool (OpenVINO) computes in its own threads:
-            # loader threads prepare inputs for it, as for a device
+            # a runtime with its own request pool (OpenVINO) computes in its own threads, and a
+            # batch gathers samples prepared before it: loader threads prepare inputs for them,
+            # as for a device
             own_pool = hasattr(self.model, "async_queue")
-            self.preprocess_in = "request" if self.model.device == "cpu" and not own_pool else "loader"
-        prepare = self._prepare if self.preprocess_in == "request" else None
-        self.queue = queue_for(self.model, plan.requests, cfg.hint, self.cpus, prepare)
+            cpu = self.model.device == "cpu" and not own_pool and self.batch == 1
+            self.preprocess_in = "request" if cpu else "loader"
+        if self.batch > 1:
+            requests = AsyncInferQueue(BatchedModel(self.model, self.batch), jobs=plan.requests, hint=cfg.hint,
+                                       cpus=self.cpus)
+            self.queue = BatchingQueue(requests, self.batch, cfg.batch_wait_ms)
+        else:
+            prepare = self._prepare if self.preprocess_in == "request" else None
+            self.queue = queue_for(self.model, plan.requests, cfg.hint, self.cpus, prepare)
         self.queue.set_callback(self._on_done)
         # Decoding is CPU-bound: one reader per CPU plus one to cover file reads. More only
         # contend for the GIL and memory bandwidth (measured: 2 > 5 > 8 threads on one CPU).
@@ -254,6 +269,9 @@ class InferenceActor:
             "pid": os.getpid(),
             "cpus": self.cpus,
             "requests": len(self.queue),
+            # samples per request (--batch, or what auto chose) and, under auto, what it measured
+            "batch": self.batch,
+            "batch_probe": self.batch_probe,
             "threads_per_request": getattr(self.model, "intra_op_threads", None),
             "loader_threads": self.loader_threads,
             "fetch_threads": FETCH_THREADS if self.fetcher is not None else 0,
@@ -269,6 +287,9 @@ class InferenceActor:
         }
 
     def device_rate(self) -> float | None:
+        rate = getattr(self.model, "rate", None)  # a device whose rate depends on the batch
+        if rate is not None:
+            return rate(self.batch)
         declared = getattr(self.model, "device_rate", None)
         if declared:
             return float(declared)
@@ -288,6 +309,8 @@ class InferenceActor:
             "host_cpu_s": time.process_time() - self.cpu_started,
             "peak_rss_mb": peak_rss_mb(),
             "failed_requests": self.queue.failed,
+            # samples per request on average (the last batch of a shard may go short)
+            "batch_fill": _rounded(getattr(self.queue, "mean_fill", 1.0)),
             "callback_errors": self.queue.callback_errors,
         }
 
@@ -433,6 +456,10 @@ class LoaderPool:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a loader call reports its own failures
                 log.exception("loader call failed")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def peak_rss_mb() -> float:

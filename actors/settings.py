@@ -31,6 +31,10 @@ class ActorSettings(Protocol):
     #: requests in flight (0 = the device's optimal count) and the hint (throughput | latency)
     requests: int
     hint: str
+    #: samples per request: "auto" or a number (actors/batching.py), and how long (ms) a
+    #: batch waits after its oldest sample for more before it goes short
+    batch: str
+    batch_wait_ms: float
     #: auto | request | loader: where a sample is read and preprocessed
     preprocess_in: str
     #: read + preprocess threads (0 = CPUs + 1)

@@ -16,6 +16,19 @@ its last line, one JSON object.
     Real JPEG decode + letterbox feeding simulated devices (Ray custom resource
     `sim_device`): Ray Data map_batches (best batch size) vs rayinfer, and the bound
     min(devices x C / latency, CPU preprocessing limit). Keys: raydata, rayinfer, bound.
+`python -m benchmarks accel --device gpu --data-root D [--fixed-ms 4] [--per-item-ms 0.25] [--images 1500]`
+    GPU-shaped simulated devices (a request of B samples takes fixed + per item x B).
+    The null task (host work trivial) at --batch auto and at --batch 1, against the device
+    bound at the batch auto chose; then the COCO task (host work real: the host is the
+    limit on a small machine) at auto and at 1, alternating, medians. Keys: device_bound,
+    batch_chosen, rate_batched, rate_unbatched, ratio_to_bound, ratio_to_unbatched,
+    host_bound_loaded, host_rate_auto, host_rate_batch1, host_ratio.
+`python -m benchmarks gpu --data-root D [--model M] [--batch 1,8,32,auto] [--providers cuda]`
+    The prepared check for a real GPU: the dynamic-batch YOLOv8n through the whole COCO job
+    at each batch on ONNX Runtime's CUDA provider: AP on D, job img/s on D repeated to
+    --images, the model alone at that batch, host cores per GPU. Keys: runs[{batch,
+    batch_run, ap, ap50, img_s, model_img_s, model_p50_ms, host_ms_per_image,
+    host_cores_per_gpu}]. `--providers cpu` checks the script where there is no GPU.
 `python -m benchmarks scale`
     1..64 simulated devices, one actor each, trivial host work: achieved vs ideal
     samples/s, and peak memory at 1k vs 20k samples. Keys: efficiency_N, ...

@@ -39,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_int8.onnx",
                     help="its output for one image is what the devices return (default: YOLOv8n in $RAYINFER_SHARED)")
     ac.add_argument("--raydata-batches", default="1,4,16,64", help="Ray Data's batch sizes to try (empty: rayinfer alone, as where Ray Data is not installed)")
+    ac.add_argument("--device", choices=("streams", "gpu"), default="streams",
+                    help="streams: stream-shaped devices, Ray Data against rayinfer; gpu: GPU-shaped devices "
+                         "(--fixed-ms + --per-item-ms per sample per request), --batch auto against --batch 1")
+    ac.add_argument("--fixed-ms", type=float, default=4.0, help="(gpu) each request's fixed time")
+    ac.add_argument("--per-item-ms", type=float, default=0.25, help="(gpu) each sample's share of a request")
+    ac.add_argument("--repeat", type=int, default=2, help="(gpu) COCO runs per setting, alternating; medians")
     st = sub.add_parser("storage", help="the job from a folder, tar shards, S3 (moto), S3 with added latency")
     st.add_argument("--data-root", type=Path, required=True)
     st.add_argument("--images", type=int, default=1000)
@@ -50,9 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc = sub.add_parser("scale", help="1..N simulated devices, trivial host work")
     sc.add_argument("--max-devices", type=int, default=64)
     sc.add_argument("--latency-ms", type=float, default=200.0)
-    sc.add_argument("--capacity", type=int, default=4)
+    sc.add_argument("--capacity", type=int, help="streams per device (default 4), or engines (gpu: default 1)")
     sc.add_argument("--seconds", type=float, default=12.0, help="target run length per device count")
     sc.add_argument("--memory-sizes", default="1000,20000")
+    sc.add_argument("--device", choices=("streams", "gpu"), default="streams",
+                    help="stream-shaped devices, or GPU-shaped (--latency-ms fixed + --per-item-ms per sample)")
+    sc.add_argument("--per-item-ms", type=float, default=0.25, help="(gpu) each sample's share of a request")
     from benchmarks.runtimes import BENCH_SETS
 
     rn = sub.add_parser("runtimes", help="the whole job with onnxruntime, openvino and auto, back to back")
@@ -81,11 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ta.add_argument("--output-model", type=Path,
                     default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_int8.onnx",
                     help="its output for one image is what the devices return (default: YOLOv8n in $RAYINFER_SHARED)")
+    gp = sub.add_parser("gpu", help="the real-GPU check: a dynamic-batch model at each batch size, AP and img/s")
+    gp.add_argument("--data-root", type=Path, required=True)
+    gp.add_argument("--model", type=Path,
+                    default=Path(os.environ.get("RAYINFER_SHARED", "../shared")) / "models" / "yolov8n_fp32_dynbatch.onnx")
+    gp.add_argument("--images", type=int, default=2000, help="the speed runs' set size (the set repeated)")
+    gp.add_argument("--batch", default="1,8,32,auto", help="batch sizes, comma-separated")
+    gp.add_argument("--providers", default="cuda", help="ONNX Runtime providers (cpu: checks the script without a GPU)")
+    gp.add_argument("--seconds", type=float, default=5.0, help="the model-alone measurement per batch")
     el = sub.add_parser("elastic", help="from zero workers (fake autoscaler), 2 -> 6 devices mid-job, a straggler")
     el.add_argument("--latency-ms", type=float, default=200.0)
-    el.add_argument("--capacity", type=int, default=4)
+    el.add_argument("--capacity", type=int, help="streams per device (default 4), or engines (gpu: default 1)")
     el.add_argument("--shard-size", type=int, default=16)
+    el.add_argument("--device", choices=("streams", "gpu"), default="streams",
+                    help="stream-shaped devices, or GPU-shaped (--latency-ms fixed + --per-item-ms per sample)")
+    el.add_argument("--per-item-ms", type=float, default=0.25, help="(gpu) each sample's share of a request")
     args = parser.parse_args(argv)
+    if args.bench in ("scale", "elastic") and args.capacity is None:
+        args.capacity = 1 if args.device == "gpu" else 4
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("ray", "rayinfer.jobs.driver", "rayinfer.jobs.scheduler", "rayinfer.jobs.cluster",
                   "rayinfer.jobs.placement"):
@@ -101,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = run_pipeline_bench(args.data_root, args.model, args.images, grid=not args.quick,
                                     repeat=max(1, args.repeat))
+    elif args.bench == "accel" and args.device == "gpu":
+        from benchmarks.batching import run_gpu_accel_bench
+
+        images = args.images if args.images != ac.get_default("images") else 1500
+        result = run_gpu_accel_bench(args.data_root, images, args.devices, args.fixed_ms, args.per_item_ms,
+                                     args.output_model, repeat=max(1, args.repeat))
     elif args.bench == "accel":
         from benchmarks.accel import run_accel_bench
 
@@ -122,7 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.bench == "elastic":
         from benchmarks.elastic import run_elastic_bench
 
-        result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size)
+        result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size, device=args.device,
+                                   per_item_ms=args.per_item_ms)
+    elif args.bench == "gpu":
+        from benchmarks.gpu import run_gpu_bench
+
+        result = run_gpu_bench(args.data_root, args.model, args.images, args.batch.split(","),
+                               tuple(args.providers.split(",")), args.seconds)
     elif args.bench == "tail":
         from benchmarks.tail import run_tail_bench
 
@@ -139,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.scale import run_scale_bench
 
         a, b = (int(v) for v in args.memory_sizes.split(","))
-        result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b))
+        result = run_scale_bench(args.max_devices, args.latency_ms, args.capacity, args.seconds, (a, b), args.device,
+                                 args.per_item_ms)
     print(json.dumps(result))
     sys.stdout.flush()
     return 0

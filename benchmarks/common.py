@@ -8,6 +8,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+def sim_uri(device: str, latency_ms: float, capacity: int, per_item_ms: float = 0.25,
+            shape: str = "input=1x1&output=1x1") -> str:
+    """A simulated device of either shape: `streams` (`capacity` streams, `latency_ms` per
+    request) or `gpu` (`capacity` engines, `latency_ms` fixed + `per_item_ms` per sample)."""
+    if device == "gpu":
+        return (f"sim://?engine=gpu&fixed_ms={latency_ms:g}&per_item_ms={per_item_ms:g}&capacity={capacity}"
+                f"&{shape}")
+    return f"sim://?latency_ms={latency_ms:g}&capacity={capacity}&{shape}"
+
+
+def device_rate(run: dict[str, Any]) -> float:
+    """The devices' declared samples/s in a job's run.json, summed over its actors (a GPU-shaped
+    device's at the batch its actor ran)."""
+    return float(sum(a.get("device_rate") or 0.0 for a in run["actors"]))
+
+
 def start_ray(cpus: int, resources: dict[str, float] | None = None) -> None:
     import ray
 

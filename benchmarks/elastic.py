@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import sim_uri
 from tests.support.fakecluster import FakeAutoscaler
 from rayinfer.jobs.format import format_table
 
 WORKER = {"CPU": 1, "sim_device": 1}
 DEVICE = {"num_cpus": 1, "resources": {"sim_device": 1}}
-
-
-def _sim(latency_ms: float, capacity: int) -> str:
-    return f"sim://?latency_ms={latency_ms:g}&capacity={capacity}&input=1x1&output=1x1"
 
 
 def _node_start_s(address: str) -> float:
@@ -50,14 +47,14 @@ def _node_start_s(address: str) -> float:
         ray.shutdown()
 
 
-def _from_zero(work: Path, samples: int, latency_ms: float, capacity: int) -> dict[str, float]:
+def _from_zero(work: Path, samples: int, model: str) -> dict[str, float]:
     with FakeAutoscaler(worker=WORKER, max_workers=2) as head:
         node_start = _node_start_s(head.address)
     out = work / "from-zero"
     with FakeAutoscaler(worker=WORKER, max_workers=2) as head:
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", "null", "--data-root", ".", "--limit",
-                        str(samples), "--model", _sim(latency_ms, capacity), "--address", head.address,
+                        str(samples), "--model", model, "--address", head.address,
                         "--resource", "sim_device", "--output", str(out), "--quiet", "--no-report"],
                        check=True, capture_output=True)
     timeline = json.loads((out / "run.json").read_text())["timeline"]
@@ -81,7 +78,7 @@ def _rate(run: dict[str, Any], start: float, end: float) -> float:
     return len(done) * per_shard / (end - start)
 
 
-def _growth(work: Path, samples: int, latency_ms: float, capacity: int, shard_size: int) -> dict[str, float]:
+def _growth(work: Path, samples: int, model: str, shard_size: int) -> dict[str, float]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -93,7 +90,7 @@ def _growth(work: Path, samples: int, latency_ms: float, capacity: int, shard_si
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
         result: dict[str, Any] = {}
         job = threading.Thread(target=lambda: result.setdefault("run", _job(
-            limit=samples, model=_sim(latency_ms, capacity), shard_size=shard_size, address=c.address,
+            limit=samples, model=model, shard_size=shard_size, address=c.address,
             output=str(work / "growth"))))
         job.start()
         time.sleep(8.0)  # two devices at work
@@ -102,7 +99,7 @@ def _growth(work: Path, samples: int, latency_ms: float, capacity: int, shard_si
         joined = time.time()
         job.join()
         grown = result["run"]
-        six = _job(limit=samples // 2, model=_sim(latency_ms, capacity), shard_size=shard_size, actors=6,
+        six = _job(limit=samples // 2, model=model, shard_size=shard_size, actors=6,
                    output=str(work / "six"))
     finally:
         ray.shutdown()
@@ -113,7 +110,7 @@ def _growth(work: Path, samples: int, latency_ms: float, capacity: int, shard_si
             "rate_10s_after": after, "six_device_rate": six_rate}
 
 
-def _straggler(work: Path, samples: int, latency_ms: float, capacity: int, shard_size: int) -> dict[str, float]:
+def _straggler(work: Path, samples: int, model: str, shard_size: int) -> dict[str, float]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -123,12 +120,12 @@ def _straggler(work: Path, samples: int, latency_ms: float, capacity: int, shard
             c.add_node(**DEVICE, env_vars={"RAYINFER_SIM_SLOWDOWN": slowdown})
         c.wait_for_nodes()
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
-        runs = {on: _job(limit=samples, model=_sim(latency_ms, capacity), shard_size=shard_size, actors=4,
+        runs = {on: _job(limit=samples, model=model, shard_size=shard_size, actors=4,
                          speculation=on, output=str(work / f"straggler-{on}")) for on in (False, True)}
     finally:
         ray.shutdown()
         c.shutdown()
-    rate = capacity / (latency_ms / 1000)  # one fast device, samples/s
+    rate = max(a["device_rate"] for a in runs[True]["actors"])  # one fast device, samples/s
     ideal = samples / (3 * rate + rate / 3)
     return {"straggler_ratio": runs[True]["timings"]["inference_s"] / ideal,
             "straggler_ratio_no_speculation": runs[False]["timings"]["inference_s"] / ideal,
@@ -137,13 +134,15 @@ def _straggler(work: Path, samples: int, latency_ms: float, capacity: int, shard
 
 
 def run_elastic_bench(latency_ms: float = 200.0, capacity: int = 4, shard_size: int = 16,
-                      growth_samples: int = 2400, straggler_samples: int = 1200) -> dict[str, float]:
+                      growth_samples: int = 2400, straggler_samples: int = 1200, device: str = "streams",
+                      per_item_ms: float = 0.25) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="rayinfer-elastic-"))
+    model = sim_uri(device, latency_ms, capacity, per_item_ms)
     results: dict[str, float] = {}
-    results.update(_from_zero(work, 200, latency_ms, capacity))
-    results.update(_growth(work, growth_samples, latency_ms, capacity, shard_size))
-    results.update(_straggler(work, straggler_samples, latency_ms, capacity, shard_size))
-    print(f"elastic: simulated devices (C={capacity}, {latency_ms:g} ms), shards of {shard_size}")
+    results.update(_from_zero(work, 200, model))
+    results.update(_growth(work, growth_samples, model, shard_size))
+    results.update(_straggler(work, straggler_samples, model, shard_size))
+    print(f"elastic: simulated devices ({model}), shards of {shard_size}")
     print(format_table(["figure", "value"], [
         ["first result from zero workers (s)", f"{results['first_result_s']:.1f}"],
         ["Ray's node start (s)", f"{results['node_start_s']:.1f}"],

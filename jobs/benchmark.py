@@ -2,9 +2,12 @@
 Ultralytics' benchmark mode give).
 
 Without a dataset, for each runtime x requests (1, 2, 4, auto = the runtime's optimal
-count): the model built as an actor would build it with this process's CPUs, fed random
-inputs of its shape, every request kept busy for `seconds` after a warm-up; img/s, and each
-request's latency inside the runtime (min / p50 / p90 / p99 / max, ms).
+count), one sample per request, then x batches at the optimal count (default: 8, 32 and
+auto where the model's batch axis is dynamic; auto = what a job would pick: 1 on a CPU):
+the model built as an actor would build it with this process's CPUs, fed random inputs of
+its shape, every request kept busy for `seconds` after a warm-up; img/s (samples), and each
+request's latency inside the runtime (min / p50 / p90 / p99 / max, ms). A batch the model's
+batch axis cannot take is named, with why, and left out.
 
 With `--data-root`, speed and accuracy side by side, one row per runtime x precision it
 can compute in (`model`, `bf16`, `fp16`; a precision no runtime here computes in is named,
@@ -15,6 +18,7 @@ figures). The task is the one whose layout the data root has, or `--task`.
 
     rayinfer bench --model ../shared/models/yolov8n_fp32.onnx
     rayinfer bench --model yolov8n.onnx --requests 1,auto --json
+    rayinfer bench --model ../shared/models/yolov8n_fp32_dynbatch.onnx --providers cuda --batch 1,8,32,auto
     rayinfer bench --model yolov8n.onnx --data-root ../shared/data/coco-val2017-mini --images 79
 """
 
@@ -29,8 +33,9 @@ from typing import Any
 
 from rayinfer.actors.backends import backend, build, candidates
 from rayinfer.actors.backends.choice import example_inputs, saturate
+from rayinfer.actors.batching import BatchedModel, batch_axis, resolve_batch
 from rayinfer.actors.model import PRECISIONS, available_cpus
-from rayinfer.actors.queue import queue_for
+from rayinfer.actors.queue import AsyncInferQueue, queue_for
 from rayinfer.datasets.base import SetupError
 from rayinfer.jobs.config import JobConfig
 from rayinfer.jobs.driver import percentiles
@@ -46,36 +51,57 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
     return percentiles(latencies_ms, QUANTILES)
 
 
-def measure(model: Any, requests: int, hint: str, cpus: int, seconds: float) -> dict[str, Any]:
-    """Keep `requests` busy on `model` for `seconds`: img/s and per-request latency."""
-    queue = queue_for(model, requests, hint, cpus)
-    feed = example_inputs(model)
+def measure(model: Any, requests: int, hint: str, cpus: int, seconds: float, batch: int = 1) -> dict[str, Any]:
+    """Keep `requests` busy on `model` for `seconds`, `batch` samples each: samples/s and
+    per-request latency."""
+    if batch > 1:
+        queue = AsyncInferQueue(BatchedModel(model, batch), jobs=requests, hint=hint, cpus=cpus)
+        feed: Any = [{s.name: a for s, a in zip(model.inputs, example_inputs(model).values())}] * batch
+    else:
+        queue = queue_for(model, requests, hint, cpus)
+        feed = example_inputs(model)
     try:
         saturate(queue, feed, 0.0, at_least=2 * len(queue))  # warm-up
         elapsed, latencies = saturate(queue, feed, seconds)
     finally:
         queue.close()
-    return {"requests": len(queue), "img_s": round(len(latencies) / elapsed, 2),
+    return {"requests": len(queue), "batch": batch, "img_s": round(batch * len(latencies) / elapsed, 2),
             "latency_ms": latency_summary(latencies)}
 
 
 def run_model_bench(model: str, runtimes: Sequence[str] = ("auto",), requests: Sequence[str] = ("1", "2", "4", "auto"),
-                    seconds: float = 5.0, hint: str = "throughput") -> dict[str, Any]:
+                    seconds: float = 5.0, hint: str = "throughput",
+                    batches: Sequence[str] | None = None, providers: Sequence[str] | None = None) -> dict[str, Any]:
     """The JSON object `rayinfer bench --json` prints without a dataset (see the module docstring)."""
-    cfg = JobConfig(task="null", data_root=".", model=model, output=".", hint=hint)
+    cfg = JobConfig(task="null", data_root=".", model=model, output=".", hint=hint,
+                    runtime_options=_providers(providers))
     cpus = available_cpus()
-    runs = []
+    runs, skipped = [], []
     for name in _runtime_names(model, runtimes):
         for count in requests:
-            run_cfg = dataclasses.replace(cfg, runtime=name, requests=0 if count == "auto" else int(count))
+            run_cfg = dataclasses.replace(cfg, runtime=name, requests=0 if count == "auto" else int(count), batch="1")
             log.info("%s, %s requests: measuring for %.0f s", name, count, seconds)
             runs.append({"runtime": name, "requested": count, **_speed(run_cfg, cpus, seconds)})
-    return {"model": model, "cpus": cpus, "hint": hint, "seconds": seconds, "runs": runs}
+        for size in batches if batches is not None else _default_batches(run_cfg, cpus):
+            run_cfg = dataclasses.replace(cfg, runtime=name, batch=size)
+            log.info("%s, batch %s: measuring for %.0f s", name, size, seconds)
+            try:
+                runs.append({"runtime": name, "requested": "auto", **_speed(run_cfg, cpus, seconds)})
+            except SetupError as exc:  # a batch the model's batch axis cannot take
+                skipped.append({"runtime": name, "batch": size, "why": str(exc)})
+    return {"model": model, "cpus": cpus, "hint": hint, "seconds": seconds, "runs": runs, "skipped": skipped}
+
+
+def _default_batches(cfg: JobConfig, cpus: int) -> list[str]:
+    """8, 32 and auto where the model's batch axis is dynamic; none where it is fixed."""
+    instance, _ = build(backend(cfg.runtime), cfg, cpus)
+    return ["8", "32", "auto"] if batch_axis(instance) is None else []
 
 
 def run_accuracy_bench(model: str, data_root: str, task: str | None = None, images: int | None = None,
                        runtimes: Sequence[str] = ("auto",), precisions: Sequence[str] = PRECISIONS,
-                       seconds: float = 5.0, hint: str = "throughput") -> dict[str, Any]:
+                       seconds: float = 5.0, hint: str = "throughput",
+                       providers: Sequence[str] | None = None) -> dict[str, Any]:
     """Speed and accuracy per runtime x precision on `data_root`'s first `images` samples:
     {"task", "model", "images", "cpus", "rows": [{runtime, precision, img_s, p50_ms, p99_ms,
     requests, metrics, delta}], "skipped": [{runtime, precision, why}]}."""
@@ -85,7 +111,8 @@ def run_accuracy_bench(model: str, data_root: str, task: str | None = None, imag
     from rayinfer.jobs.tasks import task_of
 
     task = task or task_of(data_root)
-    cfg = JobConfig(task=task, data_root=data_root, model=model, output=".", hint=hint, limit=images)
+    cfg = JobConfig(task=task, data_root=data_root, model=model, output=".", hint=hint, limit=images,
+                    runtime_options=_providers(providers))
     cpus = available_cpus()
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -117,6 +144,11 @@ def run_accuracy_bench(model: str, data_root: str, task: str | None = None, imag
             "seconds": seconds, "rows": rows, "skipped": skipped}
 
 
+def _providers(providers: Sequence[str] | None) -> dict[str, Any]:
+    """`--providers` as the configuration's ONNX Runtime options (nothing when not given)."""
+    return {"onnxruntime": {"providers": tuple(providers)}} if providers else {}
+
+
 def _runtime_names(model: str, runtimes: Sequence[str]) -> list[str]:
     names: list[str] = []
     for runtime in runtimes:
@@ -127,7 +159,8 @@ def _runtime_names(model: str, runtimes: Sequence[str]) -> list[str]:
 def _speed(cfg: JobConfig, cpus: int, seconds: float) -> dict[str, Any]:
     instance, plan = build(backend(cfg.runtime), cfg, cpus)
     try:
-        return measure(instance, plan.requests, cfg.hint, cpus, seconds)
+        batch, _ = resolve_batch(cfg, instance, plan.requests, cpus)
+        return measure(instance, plan.requests, cfg.hint, cpus, seconds, batch)
     finally:
         del instance
 
@@ -148,11 +181,13 @@ def _accuracy(cfg: JobConfig) -> dict[str, float]:
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    rows = [[r["runtime"], r["requested"], r["requests"], f"{r['img_s']:.1f}",
+    rows = [[r["runtime"], r["requested"], r["requests"], r.get("batch", 1), f"{r['img_s']:.1f}",
              *(f"{r['latency_ms'][k]:.1f}" for k in QUANTILES)] for r in result["runs"]]
-    return "\n".join([f"model {result['model']}, {result['cpus']} CPUs, hint {result['hint']}, "
-                      f"{result['seconds']:g} s per run (latency: inside the runtime, per request)",
-                      format_table(["runtime", "asked", "in flight", "img/s", *(f"{k} ms" for k in QUANTILES)], rows)])
+    lines = [f"model {result['model']}, {result['cpus']} CPUs, hint {result['hint']}, "
+             f"{result['seconds']:g} s per run (latency: inside the runtime, per request)",
+             format_table(["runtime", "asked", "in flight", "batch", "img/s", *(f"{k} ms" for k in QUANTILES)], rows)]
+    lines += [f"not run: {s['runtime']} at batch {s['batch']}: {s['why']}" for s in result.get("skipped", [])]
+    return "\n".join(lines)
 
 
 def format_accuracy_bench(result: dict[str, Any]) -> str:

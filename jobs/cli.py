@@ -178,6 +178,8 @@ def _summary(metrics: dict[str, Any], run: dict[str, Any]) -> None:
     for a in run["actors"]:
         if a.get("busy_fraction") is not None:
             line = f"  {a['name']}: {a.get('samples', 0)} samples, {a['shards']} shards, busy {a['busy_fraction']:.0%}"
+            if (a.get("batch") or 1) > 1:
+                line += f", batches of {a['batch']} (mean fill {a.get('batch_fill') or 0:.1f})"
             if a.get("host_ms_per_sample") is not None:
                 line += f", host {a['host_ms_per_sample']:.1f} ms/sample"
             if a.get("host_cores_needed") is not None:
@@ -347,11 +349,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not Path(args.data_root).is_dir():
             raise SetupError(f"data root not found: {args.data_root}")
         result = run_accuracy_bench(args.model, args.data_root, args.task, args.images, args.runtime,
-                                    args.precision, args.seconds, args.hint)
+                                    args.precision, args.seconds, args.hint, args.providers)
         text = json.dumps(result, indent=2) if args.json else format_accuracy_bench(result)
     else:
         result = run_model_bench(args.model, args.runtime, args.requests or ["1", "2", "4", "auto"], args.seconds,
-                                 args.hint)
+                                 args.hint, args.batches, args.providers)
         text = json.dumps(result, indent=2) if args.json else format_bench(result)
     sys.stdout.write(text + "\n")
     return 0
@@ -364,6 +366,14 @@ def _precisions(text: str) -> list[str]:
     for v in values:
         if v not in PRECISIONS:
             raise argparse.ArgumentTypeError(f"precision: {v!r} is not one of {', '.join(PRECISIONS)}")
+    return values
+
+
+def _batches(text: str) -> list[str]:
+    values = csv_list(text)
+    for v in values:
+        if v != "auto" and not (v.isdigit() and int(v) > 0):
+            raise argparse.ArgumentTypeError(f"batch: {v!r} is not a positive size or auto")
     return values
 
 
@@ -462,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rayinfer.actors.backends import runtime_names
 
-    bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts: img/s and "
+    bn = sub.add_parser("bench", parents=[common], help="a model on each installed runtime x request counts and batches: img/s and "
                                                         "latency; with --data-root, x precision with the dataset's metrics")
     bn.add_argument("--model", required=True, help="ONNX model file (or OpenVINO IR .xml)")
     bn.add_argument("--runtime", type=csv_list, default=["auto"],
@@ -470,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--requests", type=_requests,
                     help="requests in flight, comma-separated; auto = the runtime's optimal count (default: 1,2,4,auto; "
                          "with --data-root: auto)")
+    bn.add_argument("--batch", type=_batches, dest="batches",
+                    help="samples per request, comma-separated, each at the runtime's optimal request count; auto = "
+                         "what a job would pick (default: 8,32,auto where the model's batch axis is dynamic; a size "
+                         "the model cannot take is named and left out)")
+    bn.add_argument("--providers", type=csv_list, help="ONNX Runtime execution providers in order, e.g. cuda "
+                                                       "(default: cpu)")
     bn.add_argument("--seconds", type=float, default=5.0, help="measured time per run (default: %(default)s)")
     bn.add_argument("--hint", choices=("throughput", "latency"), default="throughput")
     bn.add_argument("--data-root", help="a dataset folder: one row per runtime x precision, with the task's metrics "

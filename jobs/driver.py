@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from rayinfer.actors.actor import STAGES, ShardResult, peak_rss_mb
 from rayinfer.actors.backends import backend_for, candidates
+from rayinfer.actors.batching import asked_batch
 from rayinfer.actors.devices import Plan
 from rayinfer.actors.fetch import fetched, pin
 from rayinfer.datasets.base import ERROR_SCHEMA, ModelFamily, Dataset, Sample, SetupError, rows_schema
@@ -92,7 +93,7 @@ def fingerprint(cfg: JobConfig, setup: Setup) -> dict[str, Any]:
         "samples": samples_digest(Location.of(cfg.data_root, cfg.storage_options), setup.samples, cfg.hash_samples),
         "model": model_digest(cfg),
         "model_family": cfg.model_family,
-        "shard_size": cfg.shard_size,
+        "shard_size": cfg.shard_samples,
         # under the config section's name, so a refusal names the option as the user set it
         setup.task.options_key or "task_options": options_record(setup.options),
     }
@@ -167,6 +168,7 @@ def check_setup(cfg: JobConfig) -> Setup:
         raise
     except Exception as exc:
         raise SetupError(str(exc)) from None
+    asked_batch(cfg.batch, model)  # --batch N where the model's batch axis cannot take N: refused here
     family = task.family(cfg, dataset, model)
     return Setup(task, dataset, samples, family, task.resolved_options(cfg, family))
 
@@ -190,7 +192,7 @@ def _run_locked(cfg: JobConfig, setup: Setup, output: RunOutput, t_start: float,
     """The job, once it holds its output: prepare it, dispatch, evaluate, report."""
     samples = setup.samples
     committed = output.prepare(fingerprint(cfg, setup), resume=cfg.resume, overwrite=cfg.overwrite)
-    shards = make_shards(samples, cfg.shard_size)
+    shards = make_shards(samples, cfg.shard_samples)
     todo = [s for s in shards if s.index not in committed]
     done_before = sum(len(s.samples) for s in shards if s.index in committed)
     if committed:

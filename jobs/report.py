@@ -141,6 +141,13 @@ def number(v: Any) -> str:
     return f"{v:.3f}" if abs(v) <= 1 else f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
+def _batch(actor: dict[str, Any]) -> str:
+    """An actor's samples per request: its batch and the mean it carried (1 for a run.json
+    written before batches)."""
+    batch, fill = actor.get("batch") or 1, actor.get("batch_fill")
+    return f"{batch} ({fill:.1f})" if batch > 1 and fill is not None else str(batch)
+
+
 def _table(header: list[str], rows: list[list[Any]], title: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{number(v)}</td>" for v in r) + "</tr>" for r in rows)
@@ -250,10 +257,10 @@ def _time_section(run: dict[str, Any] | None, figures: list[Figure]) -> str:
     parts += [_figure(f) for f in figures]
     actors = run.get("actors") or []
     if actors:
-        parts.append(_table(["actor", "node", "device", "CPUs", "requests", "samples", "shards", "busy fraction",
-                             "host ms/sample", "cores to keep the device busy"],
+        parts.append(_table(["actor", "node", "device", "CPUs", "requests", "batch (mean fill)", "samples", "shards",
+                             "busy fraction", "host ms/sample", "cores to keep the device busy"],
                             [[a.get("name"), a.get("host"), a.get("device"), a.get("cpus"), a.get("requests"),
-                              a.get("samples"), a.get("shards"), a.get("busy_fraction"), a.get("host_ms_per_sample"),
+                              _batch(a), a.get("samples"), a.get("shards"), a.get("busy_fraction"), a.get("host_ms_per_sample"),
                               a.get("host_cores_needed")]
                              for a in sorted(actors, key=lambda a: (a.get("host") or "", a.get("name") or ""))],
                             "Actors (busy fraction: the share of its time the device had work)"))

@@ -49,12 +49,12 @@ def test_run_inside_the_callers_ray_gives_a_result_and_leaves_ray_running(ray_se
 def test_a_bad_option_raises_the_command_lines_one_line(coco_det, tmp_path):
     root, model = coco_det
     cli = subprocess.run([sys.executable, "-m", "rayinfer.jobs", "run", "coco", "--data-root", str(root), "--model",
-                          str(model), "--output", str(tmp_path / "x"), "--shard-size", "0"],
+                          str(model), "--output", str(tmp_path / "x"), "--shard-size", "-1"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     line = cli.stderr.strip().removeprefix("rayinfer: error: ")
     with pytest.raises(rayinfer.ConfigError) as raised:
-        rayinfer.run("coco", data_root=str(root), model=str(model), output=str(tmp_path / "x"), shard_size=0)
-    assert str(raised.value) == line == "shard_size: must be >= 1, got 0"
+        rayinfer.run("coco", data_root=str(root), model=str(model), output=str(tmp_path / "x"), shard_size=-1)
+    assert str(raised.value) == line == "shard_size: must be >= 0, got -1"
     with pytest.raises(rayinfer.ConfigError, match="task 'coco' has no option depth_profile"):
         rayinfer.run("coco", data_root=str(root), model=str(model), output=str(tmp_path / "y"), depth_profile="x")
     with pytest.raises(rayinfer.SetupError, match="data root not found"):

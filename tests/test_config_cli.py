@@ -78,7 +78,9 @@ def test_yaml_then_flags_win(tmp_path):
     ("task", "yaml_text", "message"),
     [
         ("coco", "shard_sise: 8\n", "unknown configuration keys: \\['shard_sise'\\]"),
-        ("coco", "shard_size: 0\n", "shard_size: must be >= 1"),
+        ("coco", "shard_size: -1\n", "shard_size: must be >= 0"),
+        ("coco", "batch: many\n", "batch: must be auto or a number >= 1, got 'many'"),
+        ("coco", "batch: 0\n", "batch: must be auto or a number >= 1"),
         ("coco", "actors: two\n", "actors: expected int, got str 'two'"),
         ("coco", "options:\n  conf_thres: 2\n", "conf_thres must be in"),
         ("nyu", "options:\n  align: scale\n", "align must be one of"),
@@ -112,7 +114,7 @@ def test_help_lists_every_option_with_its_default():
     for flag in ("--actors", "--conf-thres", "--iou-thres", "--max-det", "--profile", "--align", "--resume",
                  "--shard-size", "--providers", "--config", "--quiet"):
         assert flag in text
-    assert "(default: 0.7)" in text and "(default: 16)" in text and "(default: cpu)" in text
+    assert "(default: 0.7)" in text and "(default: 300)" in text and "(default: cpu)" in text
 
 
 def test_the_flags_are_generated_from_the_config_fields_each_with_its_help():

@@ -8,7 +8,9 @@ is missing), `resolve` (the reference every node sees), `check` (can it be opene
 why not), `digest` (what `--resume` compares), `device(cfg)` (the device the configuration
 asks for: "cpu", "gpu", "npu", ...), `resource(cfg)` (the custom Ray resource an actor of
 that device needs, or None: placement reserves it, `--resource` overrides), `devices()`
-(what it sees on this host, for `rayinfer doctor`), `check_precision(cfg)`
+(what it sees on this host, for `rayinfer doctor`), optionally `batches(cfg)` (True where
+that device computes a batch for much less than its samples one by one, a GPU: `--batch
+auto` measures the batch there; absent: False), `check_precision(cfg)`
 (None when that device computes the model in `cfg.precision`, else why not: under
 `--runtime auto` such a runtime is not a candidate; named, it is refused for a reduced
 precision and runs with a warning at the model's, where it computes some of the model's

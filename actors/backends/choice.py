@@ -65,12 +65,12 @@ def cpu_model() -> str:
 
 def cached(key: str) -> dict[str, Any] | None:
     """The probe remembered under `key`: {"choice", "probe", ...}, or None."""
-    entry = _load().get(key)
+    entry = entries().get(key)
     return entry if isinstance(entry, dict) and "choice" in entry and "probe" in entry else None
 
 
 def remember(key: str, winner: str, rates: dict[str, float], cpus: int) -> None:
-    _save(key, {"choice": winner, "probe": rates, "cpu": cpu_model(), "cpus": cpus,
+    store(key, {"choice": winner, "probe": rates, "cpu": cpu_model(), "cpus": cpus,
                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -169,7 +169,8 @@ def cache_key(found: list[Any], cfg: ActorSettings, cpus: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _load() -> dict[str, Any]:
+def entries() -> dict[str, Any]:
+    """Everything cached: the runtime probes, and `--batch auto`'s (actors/batching.py)."""
     try:
         data = json.loads((cache_dir() / CACHE_FILE).read_text())
         return data if isinstance(data, dict) else {}
@@ -177,15 +178,15 @@ def _load() -> dict[str, Any]:
         return {}
 
 
-def _save(key: str, entry: dict[str, Any]) -> None:
+def store(key: str, entry: dict[str, Any]) -> None:
     """Add one entry (atomically: concurrent actors on one node may write at once)."""
     path = cache_dir() / CACHE_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load()
+        data = entries()
         data[key] = entry
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("runtime probe not cached (%s): %s", path, exc)
+        log.warning("probe not cached (%s): %s", path, exc)

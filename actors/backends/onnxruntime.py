@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,16 +155,88 @@ class OnnxModel:
         self.output_names = [o.name for o in self.outputs]
         self.providers = tuple(self.session.get_providers())
         self.device = "gpu" if self.providers[0] in GPU_PROVIDERS else "cpu"
+        #: a GPU computes a batch for little more than one sample (--batch auto measures it)
+        self.batches = self.device == "gpu"
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # On a GPU each request thread keeps its own IOBinding: inputs are bound from host
+        # memory (the batch buffers `host_buffer` gives: pinned) and copied in once, outputs
+        # copied back once per run.
+        self._bindings = threading.local() if self.device == "gpu" else None
 
     def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
         return check_inputs(self.inputs, inputs)
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feed)
+        if self._bindings is None:
+            return self.session.run(self.output_names, feed)
+        binding = getattr(self._bindings, "binding", None)
+        if binding is None:
+            binding = self._bindings.binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        try:
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+        finally:
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A host array for a batch's inputs, reused by its request thread: page-locked on a
+        GPU (its copy to the device is one DMA, not staged through a bounce buffer), where
+        CUDA's runtime library loads; ordinary memory elsewhere."""
+        if self.device == "gpu":
+            pinned = pinned_array(shape, dtype)
+            if pinned is not None:
+                return pinned
+        return np.zeros(shape, dtype)
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.path.name!r}, providers={list(self.providers)}, threads={self.intra_op_threads})"
+
+
+_CUDART_NAMES = ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0")
+_cudart: Any = None
+
+
+def pinned_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
+    """A zeroed array in page-locked host memory (cudaHostAlloc), or None where CUDA's
+    runtime library is not found or the allocation fails (logged once). Never freed: one
+    per request thread and input, for the actor's life."""
+    import ctypes
+
+    global _cudart
+    if _cudart is None:
+        _cudart = False
+        for name in _CUDART_NAMES + tuple(_pip_cudart()):
+            try:
+                _cudart = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        else:
+            log.warning("CUDA's runtime library (libcudart) not found: batch buffers are not pinned")
+    if not _cudart:
+        return None
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    ptr = ctypes.c_void_p()
+    if _cudart.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes), 0) != 0 or not ptr.value:
+        log.warning("cudaHostAlloc of %d bytes failed: this batch buffer is not pinned", nbytes)
+        return None
+    array = np.frombuffer((ctypes.c_byte * nbytes).from_address(ptr.value), dtype=dtype).reshape(shape)
+    array[...] = 0
+    return array
+
+
+def _pip_cudart() -> list[str]:
+    """libcudart from NVIDIA's pip wheels (nvidia-cuda-runtime-cu12), which onnxruntime-gpu uses."""
+    try:
+        import nvidia.cuda_runtime as rt  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    return [str(p) for d in rt.__path__ for p in sorted(Path(d, "lib").glob("libcudart.so*"))]
 
 
 class OnnxRuntimeBackend:
@@ -200,6 +273,12 @@ class OnnxRuntimeBackend:
     def device(cfg: ActorSettings) -> str:
         """The device the configuration asks for (the session may get less: OnnxModel.device)."""
         return "gpu" if _session_options(cfg).wants_gpu else "cpu"
+
+    @staticmethod
+    def batches(cfg: ActorSettings) -> bool:
+        """Whether the device asked for computes a batch for much less than its images one by
+        one (a GPU: `--batch auto` measures it there)."""
+        return OnnxRuntimeBackend.device(cfg) == "gpu"
 
     @staticmethod
     def resource(cfg: ActorSettings) -> str | None:
