@@ -196,6 +196,7 @@ class BatchingQueue:
         self._pending: deque[tuple[dict[str, np.ndarray], Any, float]] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._handing = 0  # batches taken from the pending samples and not yet in a request
         self.batches = 0  # requests started
         self.samples = 0  # samples they carried
         self.callback_errors = 0
@@ -222,7 +223,7 @@ class BatchingQueue:
         """Wait until no sample waits for a batch and every request is idle."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending and not self._closed:
+            while (self._pending or self._handing) and not self._closed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -275,9 +276,8 @@ class BatchingQueue:
                         break
                     self._cond.wait(left)
                 take = [self._pending.popleft() for _ in range(min(self.size, len(self._pending)))]
+                self._handing += 1
                 self._cond.notify_all()
-            if not take:
-                continue
             self.batches += 1
             self.samples += len(take)
             users = [userdata for _, userdata, _ in take]
@@ -285,6 +285,10 @@ class BatchingQueue:
                 self.queue.start_async([feed for feed, _, _ in take], users)
             except Exception as exc:  # noqa: BLE001 - a closed queue: each sample's callback says so
                 self._split(_Failed(exc), users)
+            finally:
+                with self._cond:
+                    self._handing -= 1
+                    self._cond.notify_all()
 
     def _split(self, request: Any, users: Sequence[Any]) -> None:
         callback = self._callback
@@ -350,9 +354,10 @@ def _cache_key(cfg: Any, model: Model, requests: int, cpus: int) -> str | None:
     import json
     from pathlib import Path
 
+    from rayinfer.actors.fetch import fetched
     from rayinfer.datasets.base import sha256_file
 
-    path = Path(cfg.model)
+    path = Path(fetched(cfg).model)  # a remote model: this node's copy, which open_model fetched
     if not path.is_file():
         return None
     parts = {"batch_auto": sha256_file(path), "device": model.device,
