@@ -240,7 +240,7 @@ class InferenceActor:
         if self.batch > 1:
             requests = AsyncInferQueue(BatchedModel(self.model, self.batch), jobs=plan.requests, hint=cfg.hint,
                                        cpus=self.cpus)
-            self.queue = BatchingQueue(requests, self.batch, cfg.batch_wait_ms)
+            self.queue = BatchingQueue(requests, self.batch, cfg.batch_wait_ms, workers=self.cpus)
         else:
             prepare = self._prepare if self.preprocess_in == "request" else None
             self.queue = queue_for(self.model, plan.requests, cfg.hint, self.cpus, prepare)

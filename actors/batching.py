@@ -18,8 +18,9 @@ that the device gains from more.
   `start_async`. It gathers samples into requests of `queue`: when a request is free, it
   takes the samples ready (up to `size`), waiting at most `wait_ms` after the oldest of
   them for the batch to fill (Triton's max queue delay), and calls the callback once per
-  sample with that sample's outputs (a `SampleRequest`). A sample that fails its read or
-  preprocess never reaches it, so it never holds or fails the others.
+  sample with that sample's outputs (a `SampleRequest`), in a pool of `workers` threads so
+  the request is free for the next batch while the last one is postprocessed. A sample
+  that fails its read or preprocess never reaches it, so it never holds or fails the others.
 - `choose_batch(model, requests, limit)`: `--batch auto` on a device that batches: the
   smallest of `SIZES` within `WITHIN` of the best measured rate whose request stays under
   `LATENCY_CAP_MS`.
@@ -154,10 +155,11 @@ class SampleRequest:
     """One sample's part of a finished batched request: its own `outputs` (leading axis 1),
     and the request's `error`, `latency` (ms in the model, for the whole batch) and size."""
 
-    __slots__ = ("batch", "error", "latency", "outputs", "request_id")
+    __slots__ = ("batch", "error", "index", "latency", "outputs", "request_id")
 
     def __init__(self, request: Any, index: int, size: int) -> None:
         self.request_id = request.request_id
+        self.index = index
         self.error = request.error
         self.latency = request.latency
         self.batch = size
@@ -185,13 +187,22 @@ class BatchingQueue:
     ...     q.start_async({"images": image[None]}, i)   # blocks while `size` samples wait
     """
 
-    def __init__(self, queue: Any, size: int, wait_ms: float) -> None:
+    def __init__(self, queue: Any, size: int, wait_ms: float, workers: int = 1) -> None:
+        """`workers`: threads that run the per-sample callbacks, a batch's samples split
+        among them. The request is free for the next batch as soon as its outputs are handed
+        over: a batch's postprocessing never holds the device's request slot, and runs on
+        as many cores as it is given."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from rayinfer.actors.queue import QueueClosedError
 
         self._closed_error = QueueClosedError
         self.queue = queue
         self.size = size
         self.wait_s = max(0.0, wait_ms) / 1000.0
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="batch-callback")
+        self._callbacks = 0  # chunks of samples handed to the pool and not yet called back
         self._callback: Callable[[Any, Any], None] | None = None
         self._pending: deque[tuple[dict[str, np.ndarray], Any, float]] = deque()
         self._cond = threading.Condition()
@@ -223,7 +234,7 @@ class BatchingQueue:
         """Wait until no sample waits for a batch and every request is idle."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while (self._pending or self._handing) and not self._closed:
+            while (self._pending or self._handing or self._callbacks) and not self._closed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -254,6 +265,7 @@ class BatchingQueue:
             self._cond.notify_all()
         self.queue.close(timeout)
         self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- gathering ---------------------------------------------------------------------
     def _gather(self) -> None:
@@ -291,15 +303,34 @@ class BatchingQueue:
                     self._cond.notify_all()
 
     def _split(self, request: Any, users: Sequence[Any]) -> None:
-        callback = self._callback
-        if callback is None:
+        """The request's thread: each sample's part, called back in `workers` chunks."""
+        if self._callback is None:
             return
-        for i, userdata in enumerate(users):
+        parts = [(SampleRequest(request, i, len(users)), userdata) for i, userdata in enumerate(users)]
+        chunks = [parts[k::self.workers] for k in range(min(self.workers, len(parts)))]
+        with self._cond:
+            self._callbacks += len(chunks)
+        for chunk in chunks:
             try:
-                callback(SampleRequest(request, i, len(users)), userdata)
-            except Exception:  # noqa: BLE001 - one sample's callback never loses the others'
-                self.callback_errors += 1
-                log.exception("callback for sample %d of a batch of %d raised", i, len(users))
+                self._pool.submit(self._call, chunk)
+            except RuntimeError:  # closed: the actor is going away
+                self._called()
+
+    def _call(self, chunk: Sequence[tuple[SampleRequest, Any]]) -> None:
+        try:
+            for part, userdata in chunk:
+                try:
+                    self._callback(part, userdata)  # type: ignore[misc]
+                except Exception:  # noqa: BLE001 - one sample's callback never loses the others'
+                    self.callback_errors += 1
+                    log.exception("callback for sample %d of a batch of %d raised", part.index, part.batch)
+        finally:
+            self._called()
+
+    def _called(self) -> None:
+        with self._cond:
+            self._callbacks -= 1
+            self._cond.notify_all()
 
 
 def batch_cap(cfg: Any) -> int:

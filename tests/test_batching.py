@@ -225,3 +225,36 @@ def test_rayinfer_bench_has_a_batch_axis_beside_requests(scale_model):
     assert [r["batch"] for r in fixed["runs"]] == [1]
     assert "its batch axis is fixed at 1" in fixed["skipped"][0]["why"]
     assert "not run: onnxruntime at batch 8: --batch 8: model input 'x'" in format_bench(fixed)
+
+
+def test_a_batchs_postprocessing_never_holds_the_request_and_spreads_over_the_workers():
+    """One request: the first batch's callbacks wait until the model has run the second
+    batch, which it can only do once the request is free again."""
+
+    class Counting(Doubler):
+        def run(self, feed):
+            out = super().run(feed)
+            if len(self.seen) == 2:
+                second.set()
+            return out
+
+    model = Counting(None)
+    second = threading.Event()
+    threads: set[str] = set()
+    done: list[int] = []
+
+    def callback(request, i):
+        threads.add(threading.current_thread().name)
+        if i < 4:
+            assert second.wait(10), "the request stayed busy while its batch was postprocessed"
+        done.append(i)
+
+    queue = BatchingQueue(AsyncInferQueue(BatchedModel(model, 4), jobs=1), size=4, wait_ms=1000, workers=2)
+    queue.set_callback(callback)
+    try:
+        for i in range(8):
+            queue.start_async(_sample(i), i)
+        assert queue.wait_all(20)
+    finally:
+        queue.close()
+    assert sorted(done) == list(range(8)) and len(threads) == 2
