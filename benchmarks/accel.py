@@ -113,6 +113,18 @@ def real_output(ds: Any, sample: Any, model: Path, dest: Path) -> Path:
     return dest
 
 
+def device_output(ds: Any, samples: Sequence[Any], output_model: Path | None, work: Path) -> tuple[str | None, np.ndarray]:
+    """What the simulated devices return: `output_model`'s real output for the set's first
+    image, saved as .npy for their URI (its path, and the array), or zeros where there is no
+    such model (then decode + NMS cost less than for real, and it says so)."""
+    output_file = None
+    if output_model is not None and output_model.exists():
+        output_file = str(real_output(ds, samples[0], output_model, work / "output.npy"))
+    else:
+        print(f"no --output-model ({output_model}): the devices return zeros, so decode + NMS cost less than for real")
+    return output_file, np.load(output_file) if output_file else np.zeros((1, 84, 8400), np.float32)
+
+
 def host_costs(ds: Any, samples: Sequence[Any], output: np.ndarray, n: int, threads: int,
                family: Any = None) -> dict[str, float]:
     """Seconds per image for each of `STEPS`, the loop run by `threads` threads at once
@@ -165,12 +177,7 @@ def run_accel_bench(data_root: Path, images: int, devices: int, latency_ms: floa
                     output_model: Path | None = None, grid: Sequence[int] = (1, 4, 16, 64)) -> dict[str, float]:
     cpus = available_cpus()
     work, root, ds, samples, paths = _bench_set(data_root, images, "rayinfer-accel-")
-    output_file = None
-    if output_model is not None and output_model.exists():
-        output_file = str(real_output(ds, samples[0], output_model, work / "output.npy"))
-    else:
-        print(f"no --output-model ({output_model}): the devices return zeros, so decode + NMS cost less than for real")
-    output = np.load(output_file) if output_file else np.zeros((1, 84, 8400), np.float32)
+    output_file, output = device_output(ds, samples, output_model, work)
     device_bound = devices * capacity / (latency_ms / 1000)
 
     rows: list[list[object]] = []

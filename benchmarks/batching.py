@@ -20,9 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.accel import STEPS, host_costs, real_output
+from benchmarks.accel import STEPS, device_output, host_costs
 from benchmarks.common import _bench_set, _rayinfer, start_ray
 from rayinfer.actors.model import available_cpus
 from rayinfer.jobs.format import format_table
@@ -64,12 +62,7 @@ def run_gpu_accel_bench(data_root: Path, images: int, devices: int, fixed_ms: fl
     fill = statistics.mean(a["batch_fill"] for a in batched["actors"])
 
     # 2. the host is the limit
-    output_file = None
-    if output_model is not None and output_model.exists():
-        output_file = str(real_output(ds, samples[0], output_model, work / "output.npy"))
-    else:
-        print(f"no --output-model ({output_model}): the devices return zeros, so decode + NMS cost less than for real")
-    output = np.load(output_file) if output_file else np.zeros((1, 84, 8400), np.float32)
+    output_file, output = device_output(ds, samples, output_model, work)
     coco_uri = gpu_uri(fixed_ms, per_item_ms, "input=1x3x640x640&output=1x84x8400", output_file)
     before = host_costs(ds, samples, output, 96, cpus)
     host: dict[str, list[float]] = {"1": [], "auto": []}

@@ -369,20 +369,19 @@ def _precisions(text: str) -> list[str]:
     return values
 
 
-def _batches(text: str) -> list[str]:
-    values = csv_list(text)
-    for v in values:
-        if v != "auto" and not (v.isdigit() and int(v) > 0):
-            raise argparse.ArgumentTypeError(f"batch: {v!r} is not a positive size or auto")
-    return values
+def _counts_or_auto(what: str, noun: str) -> Any:
+    """A parser of comma-separated positive numbers or `auto` (`--requests`, `--batch`)."""
+    def parse(text: str) -> list[str]:
+        values = csv_list(text)
+        for v in values:
+            if v != "auto" and not (v.isdigit() and int(v) > 0):
+                raise argparse.ArgumentTypeError(f"{what}: {v!r} is not a positive {noun} or auto")
+        return values
+
+    return parse
 
 
-def _requests(text: str) -> list[str]:
-    values = csv_list(text)
-    for v in values:
-        if v != "auto" and not (v.isdigit() and int(v) > 0):
-            raise argparse.ArgumentTypeError(f"requests: {v!r} is not a positive count or auto")
-    return values
+_batches, _requests = _counts_or_auto("batch", "size"), _counts_or_auto("requests", "count")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -52,6 +52,17 @@ def _sample(i: float) -> dict[str, np.ndarray]:
     return {"x": np.full((1, 2), i, np.float32)}
 
 
+def _feed(queue: BatchingQueue, callback, n: int, finished) -> None:
+    """Samples 0..n-1 through `queue` (userdata: the index), until `finished()` holds; then close it."""
+    queue.set_callback(callback)
+    try:
+        for i in range(n):
+            queue.start_async(_sample(i), i)
+        assert finished()
+    finally:
+        queue.close()
+
+
 def test_a_fixed_batch_axis_is_padded_and_the_padding_never_comes_back():
     fixed = Doubler(4)
     out = BatchedModel(fixed, 4).run([_sample(1), _sample(2), _sample(3)])
@@ -78,13 +89,7 @@ def test_samples_gather_into_batches_and_each_gets_its_own_output():
             done.set()
 
     queue = BatchingQueue(AsyncInferQueue(BatchedModel(model, 4), jobs=1), size=4, wait_ms=200)
-    queue.set_callback(callback)
-    try:
-        for i in range(10):
-            queue.start_async(_sample(i), i)
-        assert done.wait(10)
-    finally:
-        queue.close()
+    _feed(queue, callback, 10, lambda: done.wait(10))
     assert {i: float(v[0, 0]) for i, v in got.items()} == {i: 2.0 * i for i in range(10)}
     assert all(v.shape == (1, 2) for v in got.values())
     assert max(sizes) == 4 and queue.batches < 10 and queue.mean_fill == 10 / queue.batches
@@ -250,11 +255,5 @@ def test_a_batchs_postprocessing_never_holds_the_request_and_spreads_over_the_wo
         done.append(i)
 
     queue = BatchingQueue(AsyncInferQueue(BatchedModel(model, 4), jobs=1), size=4, wait_ms=1000, workers=2)
-    queue.set_callback(callback)
-    try:
-        for i in range(8):
-            queue.start_async(_sample(i), i)
-        assert queue.wait_all(20)
-    finally:
-        queue.close()
+    _feed(queue, callback, 8, lambda: queue.wait_all(20))
     assert sorted(done) == list(range(8)) and len(threads) == 2
