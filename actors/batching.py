@@ -231,16 +231,23 @@ class BatchingQueue:
             self._cond.notify_all()
 
     def wait_all(self, timeout: float | None = None) -> bool:
-        """Wait until no sample waits for a batch and every request is idle."""
+        """Wait until no sample waits for a batch, every request is idle and every sample has
+        been called back (samples queued meanwhile are not waited for). False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while (self._pending or self._handing or self._callbacks) and not self._closed:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return bool(self.queue.wait_all(left))
+
+        def settled(busy: Callable[[], Any]) -> bool:
+            with self._cond:
+                while busy() and not self._closed:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+            return True
+
+        # in this order: a request's callbacks are handed over before it goes idle
+        return (settled(lambda: self._pending or self._handing)
+                and bool(self.queue.wait_all(None if deadline is None else max(0.0, deadline - time.monotonic())))
+                and settled(lambda: self._callbacks))
 
     @property
     def mean_fill(self) -> float | None:

@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     el.add_argument("--device", choices=("streams", "gpu"), default="streams",
                     help="stream-shaped devices, or GPU-shaped (--latency-ms fixed + --per-item-ms per sample)")
     el.add_argument("--per-item-ms", type=float, default=0.25, help="(gpu) each sample's share of a request")
+    el.add_argument("--growth-samples", type=int, default=2400,
+                    help="the growth case's job: long enough to outlast 4 nodes joining at 8 s (scale with the rate)")
+    el.add_argument("--straggler-samples", type=int, default=1200)
     args = parser.parse_args(argv)
     if args.bench in ("scale", "elastic") and args.capacity is None:
         args.capacity = 1 if args.device == "gpu" else 4
@@ -150,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.bench == "elastic":
         from benchmarks.elastic import run_elastic_bench
 
-        result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size, device=args.device,
-                                   per_item_ms=args.per_item_ms)
+        result = run_elastic_bench(args.latency_ms, args.capacity, args.shard_size, args.growth_samples,
+                                   args.straggler_samples, device=args.device, per_item_ms=args.per_item_ms)
     elif args.bench == "gpu":
         from benchmarks.gpu import run_gpu_bench
 

@@ -2,8 +2,8 @@
 in two shapes: stream-shaped (an NPU, a CPU-like device: parallel single-image requests)
 and GPU-shaped (one engine, batches cost little more than one image).
 
-Stream-shaped (`engine=streams`, the default): each request takes a fixed latency during which it holds neither the GIL nor a core
-(it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
+Stream-shaped (`engine=streams`, the default): each request takes a fixed latency during
+which it holds neither the GIL nor a core (it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
 NPU). Requests beyond that wait in the device's own queue and start the moment a
 stream frees, without the host's help, as a GPU's queued kernels or an NPU's command
 queue do. The device reports `optimal_requests = 2 x capacity`: one request computing
@@ -71,8 +71,8 @@ class SimulatedModel:
         capacity = capacity if capacity is not None else (1 if gpu else 4)
         if capacity < 1 or latency_ms < 0 or fixed_ms < 0 or per_item_ms < 0:
             raise ValueError("capacity must be >= 1 and latency_ms, fixed_ms, per_item_ms >= 0")
-        if batch is not None and batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        if batch is not None and (batch < 1 or not gpu):
+            raise ValueError(f"batch={batch}: a batch axis of 1 or more, for engine=gpu only")
         self.engine = engine
         #: whether a batch costs less per sample than single requests (what --batch auto measures)
         self.batches = gpu
