@@ -234,7 +234,9 @@ def _stage_figure(run: dict[str, Any], folder: Path) -> Figure | None:
     return save_figure(fig, folder, "stage_latency.png",
                        "Time per sample in each stage: the bars are the median (p50), p90 and p99 over every "
                        "sample, the figures beside them p50 / p90 / p99 in ms. A long p99 next to a short p50 "
-                       "means a few slow samples (large images, a busy host), not a slow stage.")
+                       "means a few slow samples (large images, a busy host), not a slow stage. Where requests "
+                       "carry batches, a sample's infer is its whole batch's time in the model and its queue "
+                       "includes the wait for its batch to fill.")
 
 
 def _time_jobs(run: dict[str, Any] | None, folder: Path) -> list[FigureJob]:
