@@ -100,8 +100,9 @@ class BatchedModel:
     def __init__(self, model: Model, size: int) -> None:
         self.model = model
         self.size = size
-        #: the batch a request is padded to (a fixed axis), or None (dynamic: as many as came)
-        self.fixed = batch_axis(model)
+        #: the batch a request is padded to (a fixed axis, or `size` for a runtime that builds an
+        #: engine per input shape: TensorRT, `static_shapes`), or None (as many as came)
+        self.fixed = batch_axis(model) or (size if getattr(model, "static_shapes", False) else None)
         self.device = model.device
         #: one sample's inputs: the model's, with a batch of 1
         self.inputs = tuple(TensorSpec(s.name, (1, *s.shape[1:]), s.dtype) for s in model.inputs)

@@ -73,6 +73,10 @@ def test_a_fixed_batch_axis_is_padded_and_the_padding_never_comes_back():
     assert dynamic.seen[0].shape == (2, 2)  # a dynamic axis goes short
     np.testing.assert_array_equal(out[0], [[10, 10], [12, 12]])
     assert batch_axis(fixed) == 4 and batch_axis(dynamic) is None
+    static = Doubler(None)
+    static.static_shapes = True  # a runtime that builds an engine per input shape (TensorRT)
+    out = BatchedModel(static, 8).run([_sample(7)] * 3)
+    assert static.seen[0].shape == (8, 2) and out[0].shape == (3, 2)  # always the one size, padded
 
 
 def test_samples_gather_into_batches_and_each_gets_its_own_output():

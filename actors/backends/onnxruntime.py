@@ -157,6 +157,9 @@ class OnnxModel:
         self.device = "gpu" if self.providers[0] in GPU_PROVIDERS else "cpu"
         #: a GPU computes a batch for little more than one sample (--batch auto measures it)
         self.batches = self.device == "gpu"
+        #: TensorRT builds an engine for each new input shape: batches are padded to one size
+        #: (actors/batching.py), so a short batch never costs an engine build
+        self.static_shapes = self.providers[0] == "TensorrtExecutionProvider"
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         # On a GPU each request thread keeps its own IOBinding: inputs are bound from host
         # memory (the batch buffers `host_buffer` gives: pinned) and copied in once, outputs
