@@ -3,10 +3,10 @@ in two shapes: stream-shaped (an NPU, a CPU-like device: parallel single-image r
 and GPU-shaped (one engine, batches cost little more than one image).
 
 Stream-shaped (`engine=streams`, the default): each request takes a fixed latency during
-which it holds neither the GIL nor a core (it sleeps), and at most `capacity` requests run at once (like streams on a GPU or an
-NPU). Requests beyond that wait in the device's own queue and start the moment a
-stream frees, without the host's help, as a GPU's queued kernels or an NPU's command
-queue do. The device reports `optimal_requests = 2 x capacity`: one request computing
+which it holds neither the GIL nor a core (it sleeps), and at most `capacity` requests run
+at once (like streams on a GPU or an NPU). Requests beyond that wait in the device's own
+queue and start the moment a stream frees, without the host's help, as a GPU's queued
+kernels or an NPU's command queue do. The device reports `optimal_requests = 2 x capacity`: one request computing
 per stream and one queued behind it, so a stream never idles while the host notices a
 completion and runs its callback. Used by the benchmarks (where the async queue
 matters) and by the fault tests (`hang`).
