@@ -410,12 +410,12 @@ def choose_batch(model: Model, requests: int, limit: int | None = None,
                  sizes: Sequence[int] = SIZES, round_s: float = ROUND_S) -> tuple[int, dict[int, float]]:
     """`--batch auto` on a device that batches: (the batch, {size: samples/s measured}).
 
-    Each size keeps `requests` requests of zeros busy for `round_s` seconds (after one
-    request per slot to warm up); the rate counts samples. The smallest size within `WITHIN`
-    of the best rate wins, among those whose mean request took at most `LATENCY_CAP_MS`
+    Each size keeps `requests` requests of random inputs (the runtime probe's) busy for
+    `round_s` seconds (after one request per slot to warm up); the rate counts samples. The
+    smallest size within `WITHIN` of the best rate wins, among those whose mean request took at most `LATENCY_CAP_MS`
     (the smallest size always qualifies).
     """
-    from rayinfer.actors.backends.choice import saturate
+    from rayinfer.actors.backends.choice import example_inputs, saturate
     from rayinfer.actors.queue import AsyncInferQueue
 
     tried = [b for b in sizes if limit is None or b <= limit] or [1]
@@ -423,7 +423,7 @@ def choose_batch(model: Model, requests: int, limit: int | None = None,
     latency: dict[int, float] = {}
     for b in tried:
         batched = BatchedModel(model, b)
-        sample = {s.name: np.zeros(s.shape, s.dtype) for s in batched.inputs}
+        sample = example_inputs(batched)
         with AsyncInferQueue(batched, jobs=requests) as queue:
             saturate(queue, [sample] * b, 0.0, at_least=len(queue))  # warm-up: buffers, the runtime's first calls
             elapsed, latencies = saturate(queue, [sample] * b, round_s, at_least=len(queue))

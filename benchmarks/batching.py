@@ -21,14 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accel import STEPS, device_output, host_costs
-from benchmarks.common import _bench_set, _rayinfer, start_ray
+from benchmarks.common import _bench_set, _rayinfer, sim_uri, start_ray
 from rayinfer.actors.model import available_cpus
 from rayinfer.jobs.format import format_table
-
-
-def gpu_uri(fixed_ms: float, per_item_ms: float, shape: str, output_file: str | None = None) -> str:
-    uri = f"sim://?engine=gpu&fixed_ms={fixed_ms:g}&per_item_ms={per_item_ms:g}&{shape}"
-    return uri + (f"&output_file={output_file}" if output_file else "")
 
 
 def _steady(run: dict[str, Any]) -> float:
@@ -47,7 +42,7 @@ def run_gpu_accel_bench(data_root: Path, images: int, devices: int, fixed_ms: fl
     start_ray(cpus, {"sim_device": devices})
 
     # 1. the device is the limit
-    null_uri = gpu_uri(fixed_ms, per_item_ms, "input=1x1&output=1x1")
+    null_uri = sim_uri("gpu", fixed_ms, 1, per_item_ms)
     rate_1 = devices * 1 / ((fixed_ms + per_item_ms) / 1000)
     n1 = int(max(500, rate_1 * null_seconds))
     _, unbatched = _rayinfer(dict(task="null", data_root=".", model=null_uri, output=str(work / "null-b1"),
@@ -63,7 +58,7 @@ def run_gpu_accel_bench(data_root: Path, images: int, devices: int, fixed_ms: fl
 
     # 2. the host is the limit
     output_file, output = device_output(ds, samples, output_model, work)
-    coco_uri = gpu_uri(fixed_ms, per_item_ms, "input=1x3x640x640&output=1x84x8400", output_file)
+    coco_uri = sim_uri("gpu", fixed_ms, 1, per_item_ms, "input=1x3x640x640&output=1x84x8400", output_file)
     before = host_costs(ds, samples, output, 96, cpus)
     host: dict[str, list[float]] = {"1": [], "auto": []}
     coco_chosen = []

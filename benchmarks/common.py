@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 def sim_uri(device: str, latency_ms: float, capacity: int, per_item_ms: float = 0.25,
-            shape: str = "input=1x1&output=1x1") -> str:
+            shape: str = "input=1x1&output=1x1", output_file: str | None = None) -> str:
     """A simulated device of either shape: `streams` (`capacity` streams, `latency_ms` per
-    request) or `gpu` (`capacity` engines, `latency_ms` fixed + `per_item_ms` per sample)."""
+    request) or `gpu` (`capacity` engines, `latency_ms` fixed + `per_item_ms` per sample);
+    `output_file`: the .npy it returns per sample."""
     if device == "gpu":
-        return (f"sim://?engine=gpu&fixed_ms={latency_ms:g}&per_item_ms={per_item_ms:g}&capacity={capacity}"
-                f"&{shape}")
-    return f"sim://?latency_ms={latency_ms:g}&capacity={capacity}&{shape}"
+        uri = (f"sim://?engine=gpu&fixed_ms={latency_ms:g}&per_item_ms={per_item_ms:g}&capacity={capacity}"
+               f"&{shape}")
+    else:
+        uri = f"sim://?latency_ms={latency_ms:g}&capacity={capacity}&{shape}"
+    return uri + (f"&output_file={output_file}" if output_file else "")
 
 
 def device_rate(run: dict[str, Any]) -> float:

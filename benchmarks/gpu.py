@@ -17,7 +17,6 @@ itself); its figures say nothing about GPUs.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,11 @@ def run_gpu_bench(data_root: Path, model: Path, images: int, batches: list[str],
     start_ray(cpus)
     rows, results = [], []
     for batch in batches:
-        _, mini = _rayinfer(dict(base, data_root=str(data_root), output=str(work / f"mini-{batch}"), batch=batch))
+        _rayinfer(dict(base, data_root=str(data_root), output=str(work / f"mini-{batch}"), batch=batch))
         _, big = _rayinfer(dict(base, data_root=str(root), output=str(work / f"big-{batch}"), batch=batch))
         actor = big["actors"][0]
         cfg = JobConfig(**dict(base, data_root=".", output="."), batch=batch)
-        instance, plan = build(backend("onnxruntime"), dataclasses.replace(cfg, model=str(model)), actor["cpus"])
+        instance, plan = build(backend("onnxruntime"), cfg, actor["cpus"])
         size, _ = resolve_batch(cfg, instance, plan.requests, actor["cpus"])
         alone = measure(instance, plan.requests, "throughput", actor["cpus"], seconds, size)
         metrics = _metrics(work / f"mini-{batch}")

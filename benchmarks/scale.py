@@ -8,6 +8,7 @@ from pathlib import Path
 from rayinfer.actors.model import available_cpus
 from benchmarks.common import _rayinfer, device_rate, sim_uri, start_ray
 from rayinfer.actors.backends.simulated import SimulatedModel
+from rayinfer.actors.batching import SIZES
 from rayinfer.jobs.format import format_table
 
 
@@ -35,7 +36,7 @@ def run_scale_bench(max_devices: int, latency_ms: float, capacity: int, seconds:
     d = 1
     uri = sim_uri(device, latency_ms, capacity, per_item_ms)
     single = SimulatedModel.from_uri(uri)
-    best = single.rate(64) if single.batches else single.rate(1)  # the most one device takes
+    best = single.rate(max(SIZES)) if single.batches else single.rate(1)  # the most one device takes
     while d <= max_devices:
         n = int(min(20000, max(200, d * (best or 0.0) * seconds)))
         run = _null_run(d, n, uri, work / f"d{d}")

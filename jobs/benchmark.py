@@ -56,7 +56,7 @@ def measure(model: Any, requests: int, hint: str, cpus: int, seconds: float, bat
     per-request latency."""
     if batch > 1:
         queue = AsyncInferQueue(BatchedModel(model, batch), jobs=requests, hint=hint, cpus=cpus)
-        feed: Any = [{s.name: a for s, a in zip(model.inputs, example_inputs(model).values())}] * batch
+        feed: Any = [example_inputs(model)] * batch
     else:
         queue = queue_for(model, requests, hint, cpus)
         feed = example_inputs(model)
